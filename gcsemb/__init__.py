@@ -1,0 +1,43 @@
+"""gcsemb: CLIP embeddings of the images in a Google Cloud Storage bucket, as parquet.
+
+``import gcsemb`` is light (no torch, no gcsfs); each helper loads its heavy parts when first used.
+
+Example:
+    >>> import gcsemb
+    >>> for obj in gcsemb.list_images("gs://my-bucket/photos", limit=3):  # doctest: +SKIP
+    ...     print(obj.uri)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+__version__ = "0.1.0"
+
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    # Must be set before gcsfs is imported; see gcsemb.emulator.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+_EXPORTS = {
+    "filesystem": "gcsemb.storage",
+    "list_images": "gcsemb.storage",
+    "ObjectInfo": "gcsemb.storage",
+    "Emulator": "gcsemb.emulator",
+    "Identity": "gcsemb.auth",
+    "GcsembError": "gcsemb.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gcsemb' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

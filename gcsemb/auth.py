@@ -1,0 +1,179 @@
+"""From whatever credentials a user holds to what gcsfs needs, with a printable identity.
+
+Accepted ``token`` values:
+
+- ``None`` (default): application default credentials, found the way Google's libraries find them
+  (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's ADC file, Colab after ``authenticate_user()``, the
+  metadata server on Vertex AI Workbench / GCE). In Colab, missing credentials trigger
+  ``authenticate_user()``. Nothing found is an error: gcsemb never falls back to anonymous silently.
+  Against the local emulator no credentials are needed.
+- ``"anon"``: anonymous access, for public buckets.
+- ``"adc"`` / ``"google_default"``: application default credentials only.
+- ``"metadata"`` / ``"cloud"``: the VM's service account from the metadata server.
+- ``"colab"``: run Colab's ``authenticate_user()`` first.
+- a path to a JSON key (service account, authorized user, external account), or its parsed dict.
+- a ``google.auth.credentials.Credentials`` object.
+
+Example:
+    >>> ident = resolve("anon")
+    >>> ident
+    Identity('anonymous')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gcsemb.errors import AUTH_FIXES, AuthError
+
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+ANON = "anon"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Resolved credentials: ``token`` goes to gcsfs, ``description`` into messages.
+
+    The repr shows only the description, never key material or tokens.
+    """
+
+    token: Any = field(repr=False, compare=False)
+    description: str
+
+    def __repr__(self) -> str:
+        return f"Identity({self.description!r})"
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether requests go out without credentials."""
+        return self.token == ANON
+
+
+def describe(credentials: Any) -> str:
+    """A human name for a credentials object: an e-mail or a kind, never a secret."""
+    email = getattr(credentials, "service_account_email", None)
+    kind = type(credentials).__module__
+    if "compute_engine" in kind:
+        return f"the VM's service account ({email or 'default'}, metadata server)"
+    if email:
+        return f"service account {email}"
+    if kind.startswith("google.oauth2.credentials"):
+        account = getattr(credentials, "account", "") or "gcloud application-default login"
+        return f"user credentials ({account})"
+    return f"{type(credentials).__name__} credentials"
+
+
+def _from_info(info: Mapping[str, Any], source: str) -> Identity:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    kind = info.get("type")
+    if kind is None:
+        raise AuthError(f"{source} is not a Google credentials file (it has no 'type' field).")
+    try:
+        credentials, _ = google.auth.load_credentials_from_dict(dict(info), scopes=SCOPES)
+    except (DefaultCredentialsError, ValueError, KeyError) as e:
+        missing = [k for k in ("client_email", "private_key", "token_uri") if k not in info]
+        hint = f" (missing fields: {', '.join(missing)})" if kind == "service_account" and missing else ""
+        raise AuthError(
+            f"{source} is not a valid {kind} key{hint}. Download a new JSON key from the Cloud "
+            "console (IAM > Service accounts > Keys) and pass its path."
+        ) from e
+    return Identity(credentials, describe(credentials))
+
+
+def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> Identity:
+    source = source or f"Key file {os.fspath(path)!r}"
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise AuthError(f"{source} does not exist. Check the path, or: {AUTH_FIXES}")
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}") from e
+    if not isinstance(info, dict):
+        raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}")
+    return _from_info(info, source)
+
+
+def _in_colab() -> bool:
+    return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
+
+
+def _colab_login() -> None:
+    try:
+        from google.colab import auth as colab_auth  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise AuthError("token='colab' works only inside Google Colab. " + AUTH_FIXES) from e
+    colab_auth.authenticate_user()
+
+
+def _default() -> Identity:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    env_key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if env_key:
+        return _from_key_file(env_key, f"GOOGLE_APPLICATION_CREDENTIALS={env_key!r}")
+    try:
+        credentials, _ = google.auth.default(scopes=SCOPES)
+    except DefaultCredentialsError as e:
+        if not _in_colab():
+            raise AuthError(f"No Google credentials found on this machine. {AUTH_FIXES}") from e
+        _colab_login()
+        credentials, _ = google.auth.default(scopes=SCOPES)
+    return Identity(credentials, describe(credentials))
+
+
+def _metadata() -> Identity:
+    from google.auth import compute_engine
+
+    credentials = compute_engine.Credentials(scopes=list(SCOPES))
+    return Identity(credentials, describe(credentials))
+
+
+def resolve(token: Any = None, *, emulator: bool = False) -> Identity:
+    """Turn any supported ``token`` into an :class:`Identity`.
+
+    Args:
+        token: See the module docstring for the accepted forms.
+        emulator: The endpoint is a local emulator: ``token=None`` then means anonymous.
+
+    Returns:
+        The identity to hand to gcsfs.
+
+    Raises:
+        AuthError: No credentials could be found, or a key is unreadable; the message names fixes.
+
+    Example:
+        >>> resolve("anon").anonymous
+        True
+    """
+    if isinstance(token, Identity):
+        return token
+    if token is None:
+        return Identity(ANON, "anonymous (local emulator)") if emulator else _default()
+    if isinstance(token, str) and token.lower() in (ANON, "anonymous"):
+        return Identity(ANON, "anonymous")
+    if isinstance(token, str) and token.lower() in ("adc", "google_default", "default"):
+        return _default()
+    if isinstance(token, str) and token.lower() in ("metadata", "cloud"):
+        return _metadata()
+    if isinstance(token, str) and token.lower() == "colab":
+        _colab_login()
+        return _default()
+    if isinstance(token, str | os.PathLike):
+        return _from_key_file(token)
+    if isinstance(token, Mapping):
+        return _from_info(token, "The key dict")
+    if hasattr(token, "apply") and hasattr(token, "refresh"):  # google.auth Credentials
+        return Identity(token, describe(token))
+    raise AuthError(
+        f"token must be None, 'anon', 'adc', 'metadata', 'colab', a key path or dict, or a "
+        f"google.auth credentials object; got a {type(token).__name__}."
+    )

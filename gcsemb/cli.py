@@ -1,0 +1,155 @@
+"""The ``gcsemb`` command line: the same work as the notebooks, from a terminal.
+
+Run ``gcsemb --help`` or ``gcsemb COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gcsemb.errors import GcsembError
+
+EPILOG = """\
+examples:
+  gcsemb demo                                   everything offline, on a local emulator
+  gcsemb list gs://my-bucket/photos             list the images under a prefix
+  gcsemb list 'gs://my-bucket/**/*.jpg' --format jsonl --limit 10
+  gcsemb list gs://my-bucket --token key.json   with a service-account key
+
+credentials (--token): by default the application default credentials (gcloud auth
+application-default login, GOOGLE_APPLICATION_CREDENTIALS, Colab, the VM's metadata server).
+'anon' for public buckets, a key file path, 'metadata' or 'colab' to choose explicitly.
+"""
+
+
+def _add_auth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help="credentials: key file path, 'anon', 'adc', 'metadata', 'colab'")
+    p.add_argument("--project", help="Google Cloud project (billing for requester-pays buckets)")
+    p.add_argument("--requester-pays", action="store_true", help="bill reads to --project")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the images under a URL as a table, CSV or JSON lines."""
+    from gcsemb.storage import ObjectInfo, list_images
+
+    objects = list_images(args.url, args.token, project=args.project,
+                          requester_pays=args.requester_pays, limit=args.limit,
+                          extensions=None if args.all_files else args.extensions)  # fmt: skip
+    out = sys.stdout
+    count, total, started = 0, 0, time.perf_counter()
+    writer: Callable[[ObjectInfo], Any]
+    if args.format == "jsonl":
+        writer = lambda obj: out.write(json.dumps(obj.to_dict(), ensure_ascii=False) + "\n")  # noqa: E731
+    elif args.format == "csv":
+        fields = ["uri", "size", "md5", "crc32c", "generation", "content_type", "updated"]
+        dict_writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        dict_writer.writeheader()
+        writer = lambda obj: dict_writer.writerow(obj.to_dict())  # noqa: E731
+    else:
+        out.write(f"{'SIZE':>10}  {'UPDATED':<16}  URI\n")
+        writer = lambda obj: out.write(  # noqa: E731
+            f"{_human(obj.size):>10}  {obj.updated:%Y-%m-%d %H:%M}  {obj.uri}\n"
+            if obj.updated
+            else f"{_human(obj.size):>10}  {'':<16}  {obj.uri}\n"
+        )
+    for obj in objects:
+        writer(obj)
+        count += 1
+        total += obj.size
+    elapsed = time.perf_counter() - started
+    if count == 0:
+        print(f"No images under {args.url} (extensions: {', '.join(sorted(args.extensions))}; "
+              "use --all-files to list everything).", file=sys.stderr)  # fmt: skip
+    elif args.format == "table":
+        print(f"{count} images, {_human(total)}, listed in {elapsed:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the main job on the embedded default: local GCS, sample photographs."""
+    from gcsemb.demo import run_demo
+
+    run_demo(n_images=args.images)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    from gcsemb.storage import IMAGE_EXTENSIONS
+
+    parser = argparse.ArgumentParser(
+        prog="gcsemb",
+        description="CLIP embeddings of the images in a Google Cloud Storage bucket, as parquet.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and gcsfs logs")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and gcsfs logs")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="list the images under a gs:// prefix, glob or local folder",
+                       description="List image objects with the metadata later stages use. "
+                       "Globs: * within a folder, ** across folders; quote them in the shell.")  # fmt: skip
+    p.add_argument("url", help="gs://bucket/prefix, gs://bucket/**/*.jpg, or a local folder")
+    _add_auth(p)
+    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
+    p.add_argument("--limit", type=int, help="stop after N images")
+    p.add_argument("--extensions", nargs="+", default=sorted(IMAGE_EXTENSIONS),
+                   metavar="EXT", help="file endings counted as images (default: common formats)")  # fmt: skip
+    p.add_argument("--all-files", action="store_true", help="list every object, not only images")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", parents=[common], help="the whole job offline: local GCS emulator, sample photos",
+                       description="Start a local GCS emulator, upload sample photographs and "
+                       "run the job on them. Needs no account and no internet.")  # fmt: skip
+    p.add_argument("--images", type=int, default=300, help="how many sample images (default 300)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gcsemb`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+    if not args.debug:
+        # gcsfs logs every failed request with a traceback before raising; we print one line.
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+    try:
+        return args.func(args)
+    except GcsembError as e:
+        if args.debug:
+            raise
+        print(f"gcsemb: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gcsemb: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `gcsemb list ... | head`
+        return 0
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"gcsemb: error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

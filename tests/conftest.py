@@ -1,0 +1,43 @@
+"""Shared fixtures: a real GCS emulator (fake-gcs-server) and loopback stand-ins for Google."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Before anything imports gcsfs (see gcsemb.emulator).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+from gcsemb.emulator import Emulator  # noqa: E402
+
+_bucket_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[Emulator]:
+    """One fake-gcs-server for the whole session; STORAGE_EMULATOR_HOST points at it."""
+    with Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def bucket(gcs: Emulator) -> str:
+    """A fresh, empty bucket name on the emulator."""
+    name = f"test-bucket-{os.getpid()}-{next(_bucket_ids)}"
+    gcs.filesystem().mkdir(name)
+    return name
+
+
+@pytest.fixture
+def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A machine with no Google credentials anywhere and no metadata server."""
+    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "COLAB_RELEASE_TAG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # closed port: refused at once
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
