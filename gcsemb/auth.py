@@ -71,15 +71,26 @@ def describe(credentials: Any) -> str:
 def _from_info(info: Mapping[str, Any], source: str) -> Identity:
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
 
     kind = info.get("type")
     if kind is None:
         raise AuthError(f"{source} is not a Google credentials file (it has no 'type' field).")
     try:
-        credentials, _ = google.auth.load_credentials_from_dict(dict(info), scopes=SCOPES)
+        if kind == "service_account":
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+        elif kind == "authorized_user":
+            credentials = user_credentials.Credentials.from_authorized_user_info(info, SCOPES)
+        else:  # external_account, impersonated_service_account, ...
+            credentials, _ = google.auth.load_credentials_from_dict(dict(info), scopes=SCOPES)
     except (DefaultCredentialsError, ValueError, KeyError) as e:
         missing = [k for k in ("client_email", "private_key", "token_uri") if k not in info]
-        hint = f" (missing fields: {', '.join(missing)})" if kind == "service_account" and missing else ""
+        hint = (
+            f" (missing fields: {', '.join(missing)})"
+            if kind == "service_account" and missing
+            else ""
+        )
         raise AuthError(
             f"{source} is not a valid {kind} key{hint}. Download a new JSON key from the Cloud "
             "console (IAM > Service accounts > Keys) and pass its path."

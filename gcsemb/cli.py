@@ -47,9 +47,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Print the images under a URL as a table, CSV or JSON lines."""
     from gcsemb.storage import ObjectInfo, list_images
 
-    objects = list_images(args.url, args.token, project=args.project,
-                          requester_pays=args.requester_pays, limit=args.limit,
-                          extensions=None if args.all_files else args.extensions)  # fmt: skip
+    objects = list_images(
+        args.url,
+        args.token,
+        project=args.project,
+        requester_pays=args.requester_pays,
+        limit=args.limit,
+        extensions=None if args.all_files else args.extensions,
+    )
     out = sys.stdout
     count, total, started = 0, 0, time.perf_counter()
     writer: Callable[[ObjectInfo], Any]
@@ -73,8 +78,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         total += obj.size
     elapsed = time.perf_counter() - started
     if count == 0:
-        print(f"No images under {args.url} (extensions: {', '.join(sorted(args.extensions))}; "
-              "use --all-files to list everything).", file=sys.stderr)  # fmt: skip
+        print(
+            f"No images under {args.url} (extensions: {', '.join(sorted(args.extensions))}; "
+            "use --all-files to list everything).",
+            file=sys.stderr,
+        )
     elif args.format == "table":
         print(f"{count} images, {_human(total)}, listed in {elapsed:.1f} s", file=sys.stderr)
     return 0
@@ -100,25 +108,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and gcsfs logs")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and gcsfs logs")  # fmt: skip
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and gcsfs logs",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", parents=[common], help="list the images under a gs:// prefix, glob or local folder",
-                       description="List image objects with the metadata later stages use. "
-                       "Globs: * within a folder, ** across folders; quote them in the shell.")  # fmt: skip
+    p = sub.add_parser(
+        "list",
+        parents=[common],
+        help="list the images under a gs:// prefix, glob or local folder",
+        description="List image objects with the metadata later stages use. "
+        "Globs: * within a folder, ** across folders; quote them in the shell.",
+    )
     p.add_argument("url", help="gs://bucket/prefix, gs://bucket/**/*.jpg, or a local folder")
     _add_auth(p)
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
     p.add_argument("--limit", type=int, help="stop after N images")
-    p.add_argument("--extensions", nargs="+", default=sorted(IMAGE_EXTENSIONS),
-                   metavar="EXT", help="file endings counted as images (default: common formats)")  # fmt: skip
+    p.add_argument(
+        "--extensions",
+        nargs="+",
+        default=sorted(IMAGE_EXTENSIONS),
+        metavar="EXT",
+        help="file endings counted as images (default: common formats)",
+    )
     p.add_argument("--all-files", action="store_true", help="list every object, not only images")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("demo", parents=[common], help="the whole job offline: local GCS emulator, sample photos",
-                       description="Start a local GCS emulator, upload sample photographs and "
-                       "run the job on them. Needs no account and no internet.")  # fmt: skip
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole job offline: local GCS emulator, sample photos",
+        description="Start a local GCS emulator, upload sample photographs and "
+        "run the job on them. Needs no account and no internet.",
+    )
     p.add_argument("--images", type=int, default=300, help="how many sample images (default 300)")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -146,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"gcsemb: error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"gcsemb: error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -31,12 +31,16 @@ def run_demo(n_images: int = 300) -> None:
     with Emulator(buckets=[DEMO_BUCKET]) as gcs:
         started = time.perf_counter()
         count = upload_samples(gcs.filesystem(), n_images=n_images)
-        print(f"Uploaded {count} objects to gs://{DEMO_BUCKET}/photos in "
-              f"{time.perf_counter() - started:.1f} s ({gcs.url}).")  # fmt: skip
+        print(
+            f"Uploaded {count} objects to gs://{DEMO_BUCKET}/photos in "
+            f"{time.perf_counter() - started:.1f} s ({gcs.url})."
+        )
         started = time.perf_counter()
         listed = list(list_images(f"gs://{DEMO_BUCKET}/photos"))
         total = sum(o.size for o in listed)
-        print(f"Listed {len(listed)} images ({total / 1e6:.1f} MB) in "
-              f"{time.perf_counter() - started:.2f} s. First three:")  # fmt: skip
+        print(
+            f"Listed {len(listed)} images ({total / 1e6:.1f} MB) in "
+            f"{time.perf_counter() - started:.2f} s. First three:"
+        )
         for obj in listed[:3]:
             print(f"  {obj.uri}  {obj.size} bytes  md5={obj.md5}  generation={obj.generation}")

@@ -78,7 +78,7 @@ class Emulator:
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's stderr, kept for errors)
 
     @property
     def url(self) -> str:
@@ -100,9 +100,20 @@ class Emulator:
             if self.root is not None:
                 self.root.mkdir(parents=True, exist_ok=True)
                 backend = ["-backend", "filesystem", "-filesystem-root", str(self.root)]
-            cmd = [str(_binary()), "-scheme", "http", *backend, "-host", "127.0.0.1",
-                   "-port", str(self.port), "-external-url", f"http://127.0.0.1:{self.port}",
-                   "-log-level", "error"]  # fmt: skip
+            cmd = [
+                str(_binary()),
+                "-scheme",
+                "http",
+                *backend,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-external-url",
+                f"http://127.0.0.1:{self.port}",
+                "-log-level",
+                "error",
+            ]
             self._process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
             if self._wait_ready(timeout):
                 break

@@ -28,8 +28,8 @@ class BadURL(GcsembError, ValueError):
 
 
 AUTH_FIXES = (
-    "Fixes: in Colab run `from google.colab import auth; auth.authenticate_user()`; on a laptop run "
-    "`gcloud auth application-default login`; with a service account pass "
+    "Fixes: in Colab run `from google.colab import auth; auth.authenticate_user()`; "
+    "on a laptop run `gcloud auth application-default login`; with a service account pass "
     "`token='/path/key.json'` (CLI: --token) or set GOOGLE_APPLICATION_CREDENTIALS; "
     "for a public bucket pass token='anon'."
 )

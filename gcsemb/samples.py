@@ -21,11 +21,25 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "hubble_deep_field.jpg", "retina.jpg", "camera.png", "moon.png", "coins.png", "brick.png",
-    "grass.png", "gravel.png", "ihc.png", "page.png", "clock_motion.png", "cell.png",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "camera.png",
+    "moon.png",
+    "coins.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "ihc.png",
+    "page.png",
+    "clock_motion.png",
+    "cell.png",
     "motorcycle_right.png",
-)  # fmt: skip
+)
 
 
 def _crop(box: tuple[float, float, float, float]) -> Callable[[Image.Image], Image.Image]:
@@ -78,7 +92,7 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
 
 
 def sample_images(n: int | None = None, *, prefix: str = "photos") -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, bytes)`` of varied sample photographs, ``len(PHOTOS) * len(VARIANTS)`` at most.
+    """Yield ``(name, bytes)`` of varied sample photographs (306 at most).
 
     Args:
         n: How many (default all, 306).

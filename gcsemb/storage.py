@@ -125,8 +125,9 @@ def filesystem(
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if not bucket:
         raise BadURL(f"{url!r} names no bucket: write gs://BUCKET/optional/prefix.")
-    endpoint = storage_options.pop("endpoint_url", None) or os.environ.get(EMULATOR_ENV)
-    identity = resolve(token, emulator=bool(endpoint))
+    emulator = os.environ.get(EMULATOR_ENV)
+    endpoint = storage_options.pop("endpoint_url", None) or emulator
+    identity = resolve(token, emulator=endpoint == emulator)
     options = dict(
         token=identity.token, project=project, requester_pays=requester_pays, **storage_options
     )
@@ -164,7 +165,9 @@ def explain(exc: BaseException, uri: str, fs: Any, action: str = "read") -> Gcse
         target = f"gs://{uri[5:].split('/', 1)[0]}" if uri.startswith("gs://") else uri
         return NotFound(f"{target} does not exist (looked up as {who}). Check the name for typos.")
     if (code == 401 or "Invalid Credentials" in text) and who.startswith("anonymous"):
-        return AccessDenied(f"{uri} is not public: anonymous requests are refused (401). {AUTH_FIXES}")
+        return AccessDenied(
+            f"{uri} is not public: anonymous requests are refused (401). {AUTH_FIXES}"
+        )
     if code == 401 or "Invalid Credentials" in text:
         return AccessDenied(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")
     if code == 403 or str(exc).startswith("Forbidden"):
@@ -218,9 +221,15 @@ def _gcs_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
     page_token = None
     while True:
         page = fs.call(
-            "GET", "b/{}/o", bucket, json_out=True, prefix=prefix or None,
-            maxResults=PAGE_SIZE, pageToken=page_token, fields=_LIST_FIELDS,
-        )  # fmt: skip
+            "GET",
+            "b/{}/o",
+            bucket,
+            json_out=True,
+            prefix=prefix or None,
+            maxResults=PAGE_SIZE,
+            pageToken=page_token,
+            fields=_LIST_FIELDS,
+        )
         for item in page.get("items", []):
             yield ObjectInfo(
                 uri=f"gs://{bucket}/{item['name']}",
@@ -250,8 +259,12 @@ def _info_to_object(fs: Any, info: dict[str, Any]) -> ObjectInfo:
     mtime = info.get("mtime") or info.get("LastModified")
     if isinstance(mtime, int | float):
         mtime = datetime.fromtimestamp(mtime, tz=timezone.utc)
-    return ObjectInfo(uri=fs.unstrip_protocol(info["name"]), size=int(info.get("size") or 0),
-                      md5=info.get("md5Hash"), updated=mtime)  # fmt: skip
+    return ObjectInfo(
+        uri=fs.unstrip_protocol(info["name"]),
+        size=int(info.get("size") or 0),
+        md5=info.get("md5Hash"),
+        updated=mtime,
+    )
 
 
 def list_images(
@@ -293,8 +306,9 @@ def list_images(
         >>> [o.uri for o in objs]  # doctest: +SKIP
         ['gs://my-bucket/photos/a.jpg', ...]
     """
-    fs, path = filesystem(url, token, project=project, requester_pays=requester_pays,
-                          **storage_options)  # fmt: skip
+    fs, path = filesystem(
+        url, token, project=project, requester_pays=requester_pays, **storage_options
+    )
     gcs = is_gcs(url)
     match = _GLOB_CHARS.search(path)
     if match:
@@ -338,7 +352,12 @@ def _single_gcs_object(fs: Any, path: str) -> Iterator[ObjectInfo]:
         return
     if info.get("type") == "file":
         bucket, _, name = path.partition("/")
-        yield ObjectInfo(uri=f"gs://{bucket}/{name}", size=int(info.get("size", 0)),
-                         md5=info.get("md5Hash"), crc32c=info.get("crc32c"),
-                         generation=int(info["generation"]) if info.get("generation") else None,
-                         content_type=info.get("contentType"), updated=info.get("mtime"))  # fmt: skip
+        yield ObjectInfo(
+            uri=f"gs://{bucket}/{name}",
+            size=int(info.get("size", 0)),
+            md5=info.get("md5Hash"),
+            crc32c=info.get("crc32c"),
+            generation=int(info["generation"]) if info.get("generation") else None,
+            content_type=info.get("contentType"),
+            updated=info.get("mtime"),
+        )

@@ -68,3 +68,48 @@ def token_endpoint(access_token: str = "ya29.test-access-token") -> Handler:
         return 200, {"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"}
 
     return handler
+
+
+def private_bucket(access_token: str, names: list[str]) -> Handler:
+    """A GCS listing endpoint that answers only requests bearing ``access_token``."""
+
+    def handler(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, Any]]:
+        auth = request.headers.get("Authorization")
+        if auth is None:
+            return 401, {
+                "error": {
+                    "code": 401,
+                    "message": "Anonymous caller does not have "
+                    "storage.objects.list access to the bucket.",
+                }
+            }
+        if auth != f"Bearer {access_token}":
+            return 403, {"error": {"code": 403, "message": "wrong token"}}
+        items = [
+            {
+                "name": n,
+                "size": "3",
+                "md5Hash": "abc=",
+                "generation": "7",
+                "updated": "2026-01-02T03:04:05Z",
+            }
+            for n in names
+        ]
+        return 200, {"kind": "storage#objects", "items": items}
+
+    return handler
+
+
+def metadata_server(access_token: str, email: str) -> Handler:
+    """The GCE / Vertex Workbench metadata server's token and identity endpoints."""
+
+    def handler(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
+        if "/token" in request.path:
+            return 200, {"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"}
+        return 200, {
+            "email": email,
+            "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+            "aliases": ["default"],
+        }
+
+    return handler

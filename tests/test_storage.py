@@ -6,10 +6,10 @@ import types
 
 import pytest
 from gcsfs.core import GCSFileSystem
+from servers import StubServer, deny
 
 from gcsemb.errors import AccessDenied, BadURL, NotFound
 from gcsemb.storage import filesystem, list_images
-from servers import StubServer, deny
 
 ODD_NAMES = [
     "with space/cat 1.jpg",
@@ -72,14 +72,19 @@ def test_listing_streams(gcs, bucket):
     ],
 )
 def test_extension_filter(gcs, bucket, extensions, expected):
-    gcs.filesystem().pipe({f"{bucket}/x/{n}": b"1" for n in ["a.jpg", "b.JPEG", "c.png",
-                                                              "d.txt", "e.json", "f"]})
-    names = {o.uri.rsplit("/", 1)[1] for o in list_images(f"gs://{bucket}/x", extensions=extensions)}
+    gcs.filesystem().pipe(
+        {f"{bucket}/x/{n}": b"1" for n in ["a.jpg", "b.JPEG", "c.png", "d.txt", "e.json", "f"]}
+    )
+    names = {
+        o.uri.rsplit("/", 1)[1] for o in list_images(f"gs://{bucket}/x", extensions=extensions)
+    }
     assert names == expected
 
 
 def test_default_filter_is_case_insensitive_and_skips_non_images(gcs, bucket):
-    gcs.filesystem().pipe({f"{bucket}/{n}": b"1" for n in ["A.JPG", "b.WebP", "c.csv", "d.parquet"]})
+    gcs.filesystem().pipe(
+        {f"{bucket}/{n}": b"1" for n in ["A.JPG", "b.WebP", "c.csv", "d.parquet"]}
+    )
     assert {o.uri.rsplit("/", 1)[1] for o in list_images(f"gs://{bucket}")} == {"A.JPG", "b.WebP"}
 
 
@@ -95,8 +100,15 @@ def test_default_filter_is_case_insensitive_and_skips_non_images(gcs, bucket):
     ],
 )
 def test_globs(gcs, bucket, pattern, expected):
-    names = ["top.jpg", "cats/a.jpg", "cats/old/b.jpg", "cats/x.png", "dogs/c.jpg",
-             "dogs/what?.png", "dogs/whatX.png"]  # fmt: skip
+    names = [
+        "top.jpg",
+        "cats/a.jpg",
+        "cats/old/b.jpg",
+        "cats/x.png",
+        "dogs/c.jpg",
+        "dogs/what?.png",
+        "dogs/whatX.png",
+    ]
     gcs.filesystem().pipe({f"{bucket}/{n}": b"1" for n in names})
     found = {o.uri.split("/", 3)[3] for o in list_images(f"gs://{bucket}/{pattern}")}
     assert found == expected
