@@ -27,6 +27,11 @@ _EXPORTS = {
     "Emulator": "gcsemb.emulator",
     "Identity": "gcsemb.auth",
     "GcsembError": "gcsemb.errors",
+    "embed": "gcsemb.pipeline",
+    "EmbedConfig": "gcsemb.pipeline",
+    "read_embeddings": "gcsemb.dataset",
+    "read_errors": "gcsemb.dataset",
+    "load_embedder": "gcsemb.embedder",
 }
 
 __all__ = sorted(_EXPORTS)

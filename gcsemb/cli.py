@@ -22,6 +22,8 @@ examples:
   gcsemb list gs://my-bucket/photos             list the images under a prefix
   gcsemb list 'gs://my-bucket/**/*.jpg' --format jsonl --limit 10
   gcsemb list gs://my-bucket --token key.json   with a service-account key
+  gcsemb embed gs://my-bucket/photos gs://my-bucket/embeddings
+  gcsemb embed ./photos ./embeddings --model ViT-L-14 --pretrained datacomp_xl_s13b_b90k
 
 credentials (--token): by default the application default credentials (gcloud auth
 application-default login, GOOGLE_APPLICATION_CREDENTIALS, Colab, the VM's metadata server).
@@ -88,11 +90,34 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed every image under SRC into a parquet dataset at DST."""
+    from gcsemb.pipeline import embed
+
+    pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
+    summary = embed(
+        args.src,
+        args.dst,
+        model=args.model,
+        pretrained=pretrained,
+        token=args.token,
+        project=args.project,
+        requester_pays=args.requester_pays,
+        limit=args.limit,
+        progress=not args.no_progress,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    print(summary)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default: local GCS, sample photographs."""
     from gcsemb.demo import run_demo
 
-    run_demo(n_images=args.images)
+    run_demo(n_images=args.images, model=args.model)
     return 0
 
 
@@ -145,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run the job on them. Needs no account and no internet.",
     )
     p.add_argument("--images", type=int, default=300, help="how many sample images (default 300)")
+    p.add_argument("--model", help="open_clip architecture (default: a tiny CLIP, fast on CPU)")
     p.set_defaults(func=cmd_demo)
     return parser
 

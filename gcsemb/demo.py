@@ -1,5 +1,9 @@
 """The embedded default: the whole job on a local GCS emulator with sample photographs.
 
+No account, no bucket, no internet: fake-gcs-server stands in for GCS, scikit-image's bundled
+photographs (varied into a few hundred) stand in for a bucket of images, and a model with seeded
+random weights stands in for downloaded CLIP weights.
+
 Example:
     >>> from gcsemb.demo import run_demo
     >>> run_demo(n_images=50)  # doctest: +SKIP
@@ -7,7 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from gcsemb.emulator import Emulator
 from gcsemb.samples import broken_images, sample_images
@@ -15,32 +22,89 @@ from gcsemb.samples import broken_images, sample_images
 DEMO_BUCKET = "gcsemb-demo"
 
 
-def upload_samples(fs: object, bucket: str = DEMO_BUCKET, n_images: int = 300) -> int:
-    """Upload ``n_images`` sample photographs plus a few broken files; return how many objects."""
+def upload_samples(fs: Any, bucket: str = DEMO_BUCKET, n_images: int = 300) -> int:
+    """Upload sample photographs, a few broken files and one exact copy; return the count.
+
+    Example:
+        >>> with Emulator(buckets=["demo"]) as gcs:  # doctest: +SKIP
+        ...     upload_samples(gcs.filesystem(), "demo", 20)
+        24
+    """
     objects = {f"{bucket}/{name}": data for name, data in sample_images(n_images)}
     objects.update({f"{bucket}/{name}": data for name, data in broken_images().items()})
-    fs.pipe(objects)  # type: ignore[attr-defined]  # concurrent uploads
+    first = next(iter(objects.values()))
+    objects[f"{bucket}/photos/copies/same bytes, other name.jpg"] = first
+    fs.pipe(objects)  # concurrent uploads
     return len(objects)
 
 
-def run_demo(n_images: int = 300) -> None:
-    """Start the emulator, upload sample images and list them, printing what happens."""
-    from gcsemb.storage import list_images
+def demo_checkpoint(model: str) -> Path:
+    """Seeded random weights for ``model``, saved once in the cache (no download)."""
+    from gcsemb.checkpoints import cache_dir
+    from gcsemb.embedder import save_random_checkpoint
 
+    path = cache_dir() / "demo" / f"{Path(model).stem}-random-seed0.pt"
+    if not path.is_file():
+        logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about random init
+        save_random_checkpoint(path, model)
+    return path
+
+
+def run_demo(n_images: int = 300, model: str | None = None, out: str = "demo-output") -> Any:
+    """Upload sample images to a local emulator, embed them, write parquet, show the results.
+
+    Args:
+        n_images: How many sample photographs (306 at most).
+        model: open_clip architecture or config JSON (default: a tiny CLIP, fast on a CPU).
+        out: Local folder that receives a copy of the parquet dataset.
+
+    Returns:
+        The :class:`gcsemb.pipeline.EmbedSummary` of the first run.
+    """
+    from gcsemb.dataset import read_embeddings, read_errors
+    from gcsemb.embedder import TINY_MODEL
+    from gcsemb.pipeline import embed
+
+    model = model or TINY_MODEL
     print("Starting a local GCS emulator (fake-gcs-server): no account or internet needed.")
     with Emulator(buckets=[DEMO_BUCKET]) as gcs:
+        fs = gcs.filesystem()
         started = time.perf_counter()
-        count = upload_samples(gcs.filesystem(), n_images=n_images)
+        count = upload_samples(fs, n_images=n_images)
         print(
-            f"Uploaded {count} objects to gs://{DEMO_BUCKET}/photos in "
-            f"{time.perf_counter() - started:.1f} s ({gcs.url})."
+            f"Uploaded {count} objects to gs://{DEMO_BUCKET}/photos/ "
+            f"in {time.perf_counter() - started:.1f} s."
         )
-        started = time.perf_counter()
-        listed = list(list_images(f"gs://{DEMO_BUCKET}/photos"))
-        total = sum(o.size for o in listed)
+        ckpt = demo_checkpoint(model)
         print(
-            f"Listed {len(listed)} images ({total / 1e6:.1f} MB) in "
-            f"{time.perf_counter() - started:.2f} s. First three:"
+            f"Model: {Path(model).stem} with RANDOM weights ({ckpt}), so no download is needed.\n"
+            "  Embeddings are real computations but carry no meaning. For real CLIP weights pass "
+            "--model ViT-B-32 --pretrained laion2b_s34b_b79k\n  (downloaded once), or a "
+            "checkpoint path / gs:// URL."
         )
-        for obj in listed[:3]:
-            print(f"  {obj.uri}  {obj.size} bytes  md5={obj.md5}  generation={obj.generation}")
+        src, dst = f"gs://{DEMO_BUCKET}/photos", f"gs://{DEMO_BUCKET}/embeddings"
+        summary = embed(src, dst, model=model, pretrained=str(ckpt))
+        print(summary)
+        again = embed(src, dst, model=model, pretrained=str(ckpt), progress=False)
+        print(
+            f"Run again (nothing changed): {again.embedded} embedded, {again.skipped} skipped, "
+            f"in {again.seconds:.2f} s."
+        )
+        df, matrix = read_embeddings(dst)
+        errors = read_errors(dst)
+        print(
+            f"\nThe dataset: {len(df)} rows x {matrix.shape[1]} dimensions; "
+            f"{len(errors)} failures recorded in {dst}/_errors/:"
+        )
+        for row in errors.itertuples():
+            print(f"  {row.uri}: {row.error} ({row.stage})")
+        local = Path(out).resolve() / "embeddings"
+        local.mkdir(parents=True, exist_ok=True)
+        fs.get(f"{DEMO_BUCKET}/embeddings/", str(local), recursive=True)
+    print(
+        f"\nA copy is in {local}. Next:\n"
+        f"  python -c \"import pandas as pd; print(pd.read_parquet('{local}').head())\"\n"
+        "  jupyter lab notebooks/   (walk through listing, embedding and plots)\n"
+        "  gcsemb embed gs://YOUR-BUCKET/photos gs://YOUR-BUCKET/embeddings   (your images)"
+    )
+    return summary

@@ -27,6 +27,10 @@ class BadURL(GcsembError, ValueError):
     """A URL that gcsemb cannot make sense of."""
 
 
+class ModelLoadError(GcsembError, RuntimeError):
+    """The model or its weights could not be loaded; the message says what to do next."""
+
+
 AUTH_FIXES = (
     "Fixes: in Colab run `from google.colab import auth; auth.authenticate_user()`; "
     "on a laptop run `gcloud auth application-default login`; with a service account pass "

@@ -1,0 +1,134 @@
+"""Where weights live on disk and what they are called, without importing torch.
+
+The cache root is ``$GCSEMB_CACHE``, else ``$XDG_CACHE_HOME/gcsemb`` (``~/.cache/gcsemb``). Every
+file in it is written under a temporary name and renamed, so an interrupted copy is never trusted.
+:func:`model_tag` names a (model, weights) pair exactly as the parquet ``model`` column does, so a
+run can decide what is already done before loading any model.
+
+Example:
+    >>> model_tag("ViT-B-32", "laion2b-s34b-b79k")
+    'ViT-B-32/laion2b_s34b_b79k'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gcsemb.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+_VERSION_KEYS = ("md5Hash", "crc32c", "generation", "etag", "ETag", "size", "mtime", "updated")
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$GCSEMB_CACHE``, else ``$XDG_CACHE_HOME/gcsemb`` (``~/.cache/gcsemb``).
+
+    Example:
+        >>> cache_dir().name  # doctest: +SKIP
+        'gcsemb'
+    """
+    if os.environ.get("GCSEMB_CACHE"):
+        return Path(os.environ["GCSEMB_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gcsemb"
+
+
+def model_tag(model: str, pretrained: str | None, *, token: object = None) -> str:
+    """The ``"<arch>/<weights>"`` tag that :class:`gcsemb.embedder.Embedder` stores, cheaply.
+
+    Architecture names and weights tags are taken as given (tags in open_clip's spelling); a
+    checkpoint file is named by its file name and content hash; a remote checkpoint is copied
+    into the cache first (once).
+    """
+    arch = Path(model).stem if model.endswith(".json") else model
+    if pretrained is None:
+        return f"{arch}/random-seed0"
+    if "://" in pretrained:
+        return f"{arch}/{checkpoint_weights(remote_checkpoint(pretrained, token))}"
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return f"{arch}/{checkpoint_weights(Path(pretrained).expanduser())}"
+    return f"{arch}/{pretrained.lower().replace('-', '_')}"
+
+
+def checkpoint_weights(path: Path) -> str:
+    """A checkpoint's weights name: file name and the start of its sha256."""
+    return f"{path.name}#{_content_hash(path)[:8]}"
+
+
+def remote_checkpoint(url: str, token: object) -> Path:
+    """Copy a checkpoint at an fsspec URL into the cache once (keyed on its version)."""
+    from gcsemb.storage import explain, filesystem
+
+    try:
+        fs, path = filesystem(url, token=token)
+    except Exception as e:
+        raise ModelLoadError(f"Cannot open the checkpoint {url}: {e}") from e
+    try:
+        info = fs.info(path)
+        version = json.dumps({k: info[k] for k in _VERSION_KEYS if k in info}, default=str)
+        key = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()[:16]
+        dest = cache_dir() / "checkpoints" / key / os.path.basename(path.rstrip("/"))
+        if not dest.is_file():
+            log.info("copying %s into %s", url, dest)
+            atomic_write(dest, lambda tmp: _copy(fs, path, tmp), info.get("size"))
+    except Exception as e:
+        raise ModelLoadError(
+            f"Cannot copy the checkpoint into the cache: {explain(e, url, fs)}"
+        ) from e
+    return dest
+
+
+def _copy(fs: Any, path: str, local: str) -> None:
+    fs.get_file(path, local)
+
+
+def atomic_write(dest: Path, write: Callable[[str], Any], size: int | None = None) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``dest``, then rename it to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(tmp)
+        if size is not None and os.path.getsize(tmp) != size:
+            raise OSError(f"copied {os.path.getsize(tmp)} bytes of {size}: interrupted?")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) in memory and in the cache."""
+    stat, path = path.stat(), path.resolve()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _HASHES:
+        return _HASHES[key]
+    sidecar = cache_dir() / "checkpoint-hashes.json"
+    try:
+        known = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key[0], {})
+    if [entry.get("size"), entry.get("mtime_ns")] != list(key[1:]) or "sha256" not in entry:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        entry = known[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": digest.hexdigest()}
+        with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing
+            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=1)))
+    _HASHES[key] = entry["sha256"]
+    return entry["sha256"]

@@ -1,0 +1,365 @@
+"""The embedding pipeline: list → skip → fetch → decode → batch → embed → write, all at once.
+
+The stages are plain functions on a plain record (:class:`Item`); this module alone wires them
+into a ``torchdata.nodes`` graph, so another engine (Ray Data) can drive the same functions::
+
+    plan (skip done, spot identical bytes) ─ Batcher ─ ParallelMapper(fetch, threads: many
+    requests in flight) ─ Unbatcher ─ ParallelMapper(decode + preprocess, threads) ─ Batcher ─
+    Prefetcher ─ Loader ─ embed (main thread: the accelerator) ─ ShardWriter
+
+Queues between stages are bounded, so memory does not grow with the bucket.
+
+Example:
+    >>> import gcsemb
+    >>> summary = gcsemb.embed("gs://my-bucket/photos", "gs://my-bucket/emb")  # doctest: +SKIP
+    >>> summary.embedded, summary.images_per_second  # doctest: +SKIP
+    (10234, 412.5)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED, model_tag
+from gcsemb.dataset import ShardWriter, done_index, failed_index, is_done
+from gcsemb.decode import decode_image
+from gcsemb.errors import AccessDenied, GcsembError
+from gcsemb.storage import IMAGE_EXTENSIONS, ObjectInfo, explain, filesystem, list_images
+
+if TYPE_CHECKING:
+    from gcsemb.embedder import Embedder
+
+DEDUPE_WINDOW = 100_000  # identical bytes farther apart than this many images are embedded twice
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How to run: stored with a run and hashable, so settings travel as one value.
+
+    Attributes:
+        model: open_clip architecture name or model-config JSON path.
+        pretrained: open_clip weights tag, local or gs:// checkpoint (``None``: random weights).
+        batch_size: Images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
+        fetch_batch: Objects fetched by one concurrent request group.
+        io_workers: Fetch groups in flight at once.
+        decode_workers: Threads decoding and preprocessing.
+        rows_per_shard: Rows per parquet shard.
+        seconds_per_shard: Write a shard at least this often.
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    fetch_batch: int = 32
+    io_workers: int = 4
+    decode_workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    rows_per_shard: int = 5000
+    seconds_per_shard: float = 60.0
+
+
+@dataclass
+class Item:
+    """One image on its way through the stages."""
+
+    obj: ObjectInfo
+    md5: str | None = None
+    alias: bool = False  # same bytes as an earlier image: reuse its result, fetch nothing
+    data: bytes | None = None
+    tensor: Any = None
+    width: int = 0
+    height: int = 0
+    stage: str | None = None
+    error: str | None = None
+    fatal: GcsembError | None = None  # stops the run (denied access), raised in the main thread
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did. Printed by the CLI, shown as a table in notebooks."""
+
+    src: str
+    dst: str
+    model: str = ""
+    seen: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Images embedded (or reused) per second of the run."""
+        return (self.embedded + self.duplicates) / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.seen} images seen under {self.src}: {self.embedded} embedded, "
+            f"{self.skipped} skipped as already done, {self.duplicates} identical to another, "
+            f"{self.failed} failed; {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
+            f" -> {self.dst}"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
+            for k, v in [
+                ("source", self.src),
+                ("destination", self.dst),
+                ("model", self.model),
+                ("seen", self.seen),
+                ("embedded", self.embedded),
+                ("skipped (done before)", self.skipped),
+                ("identical bytes", self.duplicates),
+                ("failed", self.failed),
+                ("images/s", f"{self.images_per_second:.1f}"),
+            ]
+        )
+        return f"<table>{rows}</table>"
+
+
+def plan(
+    objects: Iterable[ObjectInfo], done: dict[str, Any], summary: EmbedSummary
+) -> Iterator[Item]:
+    """Drop what ``dst`` already holds; mark identical bytes (same md5) as aliases."""
+    recent: OrderedDict[str, None] = OrderedDict()
+    for obj in objects:
+        summary.seen += 1
+        if is_done(obj, done):
+            summary.skipped += 1
+            continue
+        alias = obj.md5 is not None and obj.md5 in recent
+        if obj.md5 is not None:
+            _remember(recent, obj.md5, None)
+        yield Item(obj, md5=obj.md5, alias=alias)
+
+
+def _remember(lru: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Insert or refresh ``key``; plan and write keep identical LRU states this way."""
+    if key in lru:
+        lru.move_to_end(key)
+        return
+    lru[key] = value
+    if len(lru) > DEDUPE_WINDOW:
+        lru.popitem(last=False)
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def fetch(fs: Any, items: list[Item]) -> list[Item]:
+    """Download a group of objects concurrently; a failure is recorded on its item."""
+    todo = {fs._strip_protocol(it.obj.uri): it for it in items if not it.alias}
+    results = fs.cat(list(todo), on_error="return") if todo else {}
+    for path, it in todo.items():
+        got = results.get(path, FileNotFoundError(path))
+        if isinstance(got, BaseException):
+            err = explain(got, it.obj.uri, fs, "read")
+            if isinstance(err, AccessDenied):
+                it.fatal = err
+            it.stage, it.error = "fetch", str(err)
+            continue
+        md5 = _md5(got)
+        if it.md5 is not None and md5 != it.md5:
+            it.stage, it.error = "fetch", "corrupted download: md5 does not match the listing"
+            continue
+        it.md5, it.data = md5, got
+    return items
+
+
+def decode(item: Item, embedder: Embedder, min_side: int) -> Item:
+    """Decode and preprocess one fetched image (thread-safe); failures are recorded."""
+    if item.data is None:
+        return item
+    decoded = decode_image(item.data, min_side=min_side)
+    item.data = None  # free the bytes early
+    if not decoded.ok:
+        item.stage, item.error = "decode", decoded.error
+        return item
+    try:
+        item.tensor = embedder.preprocess(decoded.image)
+    except Exception as e:  # a model transform that cannot take this image
+        item.stage, item.error = "preprocess", f"{type(e).__name__}: {e}"
+        return item
+    item.width, item.height = decoded.width, decoded.height
+    return item
+
+
+def _graph(items: Iterator[Item], fs: Any, embedder: Embedder, cfg: EmbedConfig) -> Any:
+    from torchdata import nodes
+
+    min_side = embedder.image_size
+    node: Any = nodes.IterableWrapper(items)
+    node = nodes.Batcher(node, cfg.fetch_batch, drop_last=False)
+    node = nodes.ParallelMapper(
+        node,
+        lambda group: fetch(fs, group),
+        num_workers=cfg.io_workers,
+        method="thread",
+        in_order=True,
+    )
+    node = nodes.Unbatcher(node)
+    node = nodes.ParallelMapper(
+        node,
+        lambda it: decode(it, embedder, min_side),
+        num_workers=cfg.decode_workers,
+        method="thread",
+        in_order=True,
+    )
+    node = nodes.Batcher(node, cfg.batch_size, drop_last=False)
+    node = nodes.Prefetcher(node, prefetch_factor=2)
+    return nodes.Loader(node)
+
+
+def write(
+    batch: list[Item],
+    embedder: Embedder,
+    writer: ShardWriter,
+    results: OrderedDict[str, Any],
+    summary: EmbedSummary,
+) -> None:
+    """Embed the ready images of a batch and hand every item's outcome to the writer."""
+    import torch
+
+    for it in batch:
+        if it.fatal is not None:
+            raise it.fatal
+    ready = [it for it in batch if it.tensor is not None]
+    vectors = iter(
+        embedder.embed_tensors(torch.stack([it.tensor for it in ready])) if ready else ()
+    )
+    for it in batch:
+        if it.tensor is not None:
+            outcome: tuple[Any, ...] = ("ok", next(vectors), it.width, it.height)
+            summary.embedded += 1
+        elif it.alias and it.md5 in results:
+            outcome = results[it.md5]
+            summary.duplicates += 1
+        else:
+            outcome = ("error", it.stage or "fetch", it.error or "no result")
+        if it.md5 is not None:
+            _remember(results, it.md5, outcome)
+        if outcome[0] == "ok":
+            writer.add(it.obj, it.md5, outcome[2], outcome[3], outcome[1])
+        else:
+            summary.failed += 1
+            writer.add_error(it.obj, it.md5, outcome[1], outcome[2])
+        it.tensor = None
+
+
+def embed(
+    src: str,
+    dst: str,
+    *,
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    limit: int | None = None,
+    extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
+    progress: bool = True,
+    config: EmbedConfig | None = None,
+    **overrides: Any,
+) -> EmbedSummary:
+    """Embed every image under ``src`` into a parquet dataset at ``dst``.
+
+    Safe to stop and run again: a re-run embeds only new or changed images (decided from the
+    listing's md5, without downloading the others), and a run killed at any point leaves only
+    whole shards, so the next run ends with exactly one row per image.
+
+    Args:
+        src: ``gs://bucket/prefix``, a glob, a local folder, or any fsspec URL.
+        dst: Destination folder (``gs://`` or local).
+        model: open_clip architecture name or model-config JSON path.
+        pretrained: Weights tag, local or gs:// checkpoint; ``None`` for random weights.
+        token: Credentials for both ``src`` and ``dst`` (see :mod:`gcsemb.auth`).
+        project: Google Cloud project (requester-pays billing).
+        requester_pays: Bill reads to ``project``.
+        limit: Consider only the first N images of the listing.
+        extensions: File endings counted as images.
+        progress: Show a progress bar (tqdm.auto: a widget in notebooks).
+        config: Pipeline settings (:class:`EmbedConfig`).
+        **overrides: Single fields of the config to replace, e.g. ``batch_size=32``.
+
+    Returns:
+        What the run did (seen, embedded, skipped, duplicates, failed, images/s).
+
+    Raises:
+        AccessDenied: The identity may not read ``src`` or write ``dst``: the run stops at once.
+
+    Example:
+        >>> summary = embed("gs://my-bucket/photos", "gs://my-bucket/emb")  # doctest: +SKIP
+        >>> print(summary)  # doctest: +SKIP
+        306 images seen under gs://my-bucket/photos: 306 embedded, 0 skipped ...
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    cfg = replace(config or EmbedConfig(model=model, pretrained=pretrained), **overrides)
+    started = time.perf_counter()
+    summary = EmbedSummary(src, dst)
+    src_fs, _ = filesystem(src, token, project=project, requester_pays=requester_pays)
+    dst_fs, dst_path = filesystem(dst, token, project=project, requester_pays=requester_pays)
+    objects = list_images(
+        src,
+        token,
+        project=project,
+        requester_pays=requester_pays,
+        extensions=extensions,
+        limit=limit,
+    )
+    summary.model = model_tag(cfg.model, cfg.pretrained, token=token)
+    try:
+        done = failed_index(dst_fs, dst_path, summary.model)
+        done.update(done_index(dst_fs, dst_path, summary.model))
+    except Exception as e:
+        raise explain(e, dst, dst_fs, "read") from e
+    items = plan(objects, done, summary)
+    first = next(items, None)
+    if first is None:  # nothing new: no model loaded, no fetch, no shard
+        summary.seconds = time.perf_counter() - started
+        return summary
+    from gcsemb.embedder import load_embedder
+
+    embedder = load_embedder(
+        cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision, token=token
+    )
+    writer = ShardWriter(
+        dst_fs,
+        dst_path,
+        embedder.name,
+        embedder.dim,
+        rows_per_shard=cfg.rows_per_shard,
+        seconds_per_shard=cfg.seconds_per_shard,
+    )
+    results: OrderedDict[str, Any] = OrderedDict()
+    bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in _graph(_chain(first, items), src_fs, embedder, cfg):
+            write(batch, embedder, writer, results, summary)
+            bar.update(len(batch))
+            bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
+    finally:
+        bar.close()
+        writer.flush()  # keep what is done, even on Ctrl-C
+        summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _chain(first: Item, rest: Iterator[Item]) -> Iterator[Item]:
+    yield first
+    yield from rest
