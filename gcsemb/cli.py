@@ -163,6 +163,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="embed every image under SRC into parquet at DST",
+        description="Embed every image under SRC with CLIP and write parquet shards to DST. "
+        "Safe to stop and run again: a re-run embeds only new or changed images, and images "
+        "that fail are recorded under DST/_errors/ with the reason.",
+    )
+    p.add_argument("src", help="gs://bucket/prefix, a glob, or a local folder")
+    p.add_argument("dst", help="destination folder: gs://bucket/embeddings or a local path")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture or config JSON")
+    p.add_argument(
+        "--pretrained",
+        default="laion2b_s34b_b79k",
+        help="weights tag, checkpoint path or gs:// URL; 'random' for random weights",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--limit", type=int, help="only the first N images of the listing")
+    p.add_argument("--engine", default="local", choices=("local",), help="where to run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_auth(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
         "demo",
         parents=[common],
         help="the whole job offline: local GCS emulator, sample photos",

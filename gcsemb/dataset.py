@@ -71,6 +71,7 @@ def _put(fs: Any, path: str, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
         fs.pipe_file(tmp, buf.getvalue())
         fs.mv(tmp, path)  # a rename: atomic on one filesystem
@@ -290,7 +291,9 @@ def read_embeddings(
 
         table = table.filter(pc.equal(table.column("model"), model))
     df = table.to_pandas()
-    df = df.drop_duplicates("uri", keep="last").reset_index(drop=True)
+    # an image changed since an earlier run has two rows: keep its newest version
+    df = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
+    df = df.sort_index().reset_index(drop=True)
     matrix = (
         np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
         if len(df)

@@ -41,3 +41,12 @@ def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # closed port: refused at once
     monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
     monkeypatch.setenv("NO_GCE_CHECK", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny open_clip model with seeded random weights, saved as a user's checkpoint would be."""
+    from gcsemb.embedder import TINY_MODEL, save_random_checkpoint
+
+    os.environ.setdefault("GCSEMB_CACHE", str(tmp_path_factory.mktemp("gcsemb-cache")))
+    return str(save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY_MODEL))

@@ -100,13 +100,19 @@ def test_debug_shows_traceback(gcs):
 def test_help_teaches():
     out = run("--help")
     assert out.returncode == 0
-    for word in ("list", "demo", "examples:", "--token"):
+    for word in ("list", "embed", "demo", "examples:", "--token"):
         assert word in out.stdout
     assert "--format" in run("list", "--help").stdout
 
 
 @pytest.mark.slow
 def test_demo_runs_offline(tmp_path):
-    out = run("demo", "--images", "20", env={"STORAGE_EMULATOR_HOST": ""})
+    out = run(
+        "demo",
+        "--images",
+        "20",
+        env={"STORAGE_EMULATOR_HOST": "", "GCSEMB_CACHE": str(tmp_path / "cache")},
+    )
     assert out.returncode == 0, out.stderr
-    assert "Listed 23 images" in out.stdout
+    assert "24 images seen" in out.stdout and "3 failed" in out.stdout
+    assert "RANDOM weights" in out.stdout and "0 embedded, 24 skipped" in out.stdout

@@ -1,0 +1,210 @@
+"""The main job end to end on the emulator: rows, schema, re-runs, kills, duplicates, failures."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from gcsfs.core import GCSFileSystem
+from servers import StubServer, deny
+
+from gcsemb.dataset import read_embeddings, read_errors
+from gcsemb.decode import decode_image
+from gcsemb.demo import upload_samples
+from gcsemb.embedder import TINY_MODEL, load_embedder
+from gcsemb.errors import AccessDenied
+from gcsemb.pipeline import embed
+from gcsemb.storage import list_images
+
+COLUMNS = ["uri", "md5", "size", "generation", "updated", "width", "height", "model", "embedding"]
+
+
+@pytest.fixture
+def photos(gcs, bucket):
+    """30 sample photos, 3 broken files and one exact copy under gs://BUCKET/photos."""
+    count = upload_samples(gcs.filesystem(), bucket, 30)
+    return f"gs://{bucket}/photos", count
+
+
+def run(src, dst, ckpt, **kw):
+    return embed(src, dst, model=TINY_MODEL, pretrained=ckpt, progress=False, **kw)
+
+
+def test_rows_schema_and_failures(photos, bucket, tiny_ckpt):
+    src, count = photos
+    dst = f"gs://{bucket}/emb"
+    summary = run(src, dst, tiny_ckpt)
+    assert (summary.seen, summary.embedded, summary.duplicates, summary.failed) == (
+        count,
+        count - 4,
+        1,
+        3,
+    )
+    df = pd.read_parquet(dst, storage_options={"token": "anon"})  # a user's plain pandas read
+    assert list(df.columns) == COLUMNS
+    assert len(df) == count - 3 and df["uri"].is_unique
+    listed = {o.uri for o in list_images(src)}
+    assert set(df["uri"]) == listed - {u for u in listed if "/broken/" in u}
+    matrix = np.stack(df["embedding"].to_numpy())
+    assert matrix.dtype == np.float32 and matrix.shape[1] == 64
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)
+    assert (df["model"] == summary.model).all() and summary.model.startswith("tiny-clip/")
+    fs = GCSFileSystem(endpoint_url=os.environ["STORAGE_EMULATOR_HOST"], token="anon")
+    shard = sorted(fs.glob(f"{bucket}/emb/part-*.parquet"))[0]
+    meta = pq.read_schema(io.BytesIO(fs.cat(shard))).metadata
+    assert meta[b"gcsemb.model"].decode() == summary.model and meta[b"gcsemb.dim"] == b"64"
+    assert pads.dataset(f"{bucket}/emb", filesystem=fs).count_rows() == count - 3
+    errors = read_errors(dst)
+    assert sorted(errors["uri"].str.rsplit("/", n=1).str[1]) == [
+        "empty.png",
+        "not-an-image.jpg",
+        "truncated.jpg",
+    ]
+    assert set(errors["stage"]) == {"decode"} and errors["error"].str.len().min() > 5
+
+
+def test_embeddings_match_the_model_on_the_same_image(photos, bucket, tiny_ckpt, gcs):
+    src, _ = photos
+    run(src, f"gs://{bucket}/emb", tiny_ckpt)
+    df, matrix = read_embeddings(f"gs://{bucket}/emb")
+    embedder = load_embedder(TINY_MODEL, tiny_ckpt)
+    fs = gcs.filesystem()
+    for i in df.index[df["uri"].str.endswith(".png")][:3]:
+        decoded = decode_image(fs.cat(df.at[i, "uri"]))
+        assert (df.at[i, "width"], df.at[i, "height"]) == (decoded.width, decoded.height)
+        reference = embedder.embed_images([decoded.image])[0]
+        assert float(matrix[i] @ reference) >= 0.999
+
+
+def test_rerun_embeds_only_new_or_changed(photos, bucket, tiny_ckpt, gcs):
+    src, count = photos
+    dst = f"gs://{bucket}/emb"
+    run(src, dst, tiny_ckpt)
+    fs = gcs.filesystem()
+    shards = fs.ls(f"{bucket}/emb")
+    again = run(src, dst, tiny_ckpt)
+    assert (again.embedded, again.failed, again.skipped) == (0, 0, count)
+    assert fs.ls(f"{bucket}/emb", refresh=True) == shards  # nothing written
+    first = sorted(fs.glob(f"{bucket}/photos/astronaut/*"))[0]
+    chelsea = sorted(fs.glob(f"{bucket}/photos/chelsea/*"))[0]
+    fs.pipe(f"{bucket}/photos/new/one.jpg", fs.cat(chelsea))
+    fs.pipe(first, fs.cat(chelsea))  # an image replaced by other bytes
+    third = run(src, dst, tiny_ckpt)
+    assert third.embedded + third.duplicates == 2 and third.skipped == count - 1
+    df, _ = read_embeddings(dst)
+    assert df["uri"].is_unique and len(df) == count - 3 + 1
+    row = df.set_index("uri").loc[f"gs://{first}"]
+    assert row["md5"] == fs.info(first)["md5Hash"]
+
+
+def test_identical_bytes_are_fetched_once(photos, bucket, tiny_ckpt, monkeypatch):
+    src, _ = photos
+    fetched = []
+    real = GCSFileSystem._cat_file
+
+    async def counting(self, path, *args, **kwargs):
+        fetched.append(path)
+        return await real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(GCSFileSystem, "_cat_file", counting)
+    summary = run(src, f"gs://{bucket}/emb", tiny_ckpt)
+    assert summary.duplicates == 1
+    assert not [p for p in fetched if "copies/" in p]
+    df, matrix = read_embeddings(f"gs://{bucket}/emb")
+    copy = df.index[df["uri"].str.contains("copies/")][0]
+    twin = df.index[(df["md5"] == df.at[copy, "md5"]) & (df.index != copy)][0]
+    np.testing.assert_array_equal(matrix[copy], matrix[twin])
+
+
+def test_killed_run_resumes_exactly_once(tmp_path, tiny_ckpt):
+    from gcsemb.samples import sample_images
+
+    src, dst = tmp_path / "photos", tmp_path / "emb"
+    for name, data in sample_images(120):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    code = (
+        "from gcsemb.pipeline import embed\n"
+        f"embed({str(src)!r}, {str(dst)!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
+        "progress=False, batch_size=4, rows_per_shard=4, decode_workers=1)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(dst.glob("part-*.parquet"))) < 3:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    written = len(pd.read_parquet(dst)) if list(dst.glob("part-*.parquet")) else 0
+    assert 0 < written < 120, "the kill should land mid-run"
+    summary = run(str(src), str(dst), tiny_ckpt)
+    assert summary.skipped == written and summary.embedded + summary.duplicates == 120 - written
+    raw = pd.read_parquet(dst)  # every shard, no de-duplication by us
+    assert len(raw) == 120 and raw["uri"].is_unique
+    assert not list(dst.glob(".*"))  # no half-written temporary left visible
+
+
+def test_local_folder_to_local_folder_and_duckdb(tmp_path, tiny_ckpt):
+    import duckdb
+
+    from gcsemb.samples import sample_images
+
+    src = tmp_path / "my photos"
+    for name, data in sample_images(12):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    (src / "notes.txt").write_text("not an image")
+    summary = run(str(src), str(tmp_path / "emb"), tiny_ckpt)
+    assert summary.embedded + summary.duplicates == 12 and summary.failed == 0
+    df = pd.read_parquet(tmp_path / "emb")
+    assert df["uri"].str.startswith("file://").all() and df["md5"].notna().all()
+    n, dim = duckdb.sql(
+        f"SELECT count(*), max(len(embedding)) FROM '{tmp_path / 'emb'}/*.parquet'"
+    ).fetchall()[0]
+    assert (n, dim) == (12, 64)
+    assert run(str(src), str(tmp_path / "emb"), tiny_ckpt).skipped == 12
+
+
+def test_denied_source_stops_at_once(tiny_ckpt, monkeypatch, tmp_path):
+    with StubServer(deny(403)) as server:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        started = time.monotonic()
+        with pytest.raises(AccessDenied, match="may not list"):
+            run("gs://private/photos", str(tmp_path / "emb"), tiny_ckpt)
+        assert time.monotonic() - started < 30
+
+
+def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
+    src, count = photos
+    dst = f"gs://{bucket}/emb"
+    gcsemb = str(Path(sys.executable).parent / "gcsemb")
+    args = [
+        gcsemb,
+        "embed",
+        src,
+        dst,
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        tiny_ckpt,
+        "--no-progress",
+    ]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"{count} images seen" in out.stdout and f"{count - 4} embedded" in out.stdout
+    code = (
+        "import sys; from gcsemb.pipeline import embed; "
+        f"s = embed({src!r}, {dst!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
+        "progress=False); print(s.skipped, 'torch' in sys.modules)"
+    )
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert again.stdout.split() == [str(count), "False"], again.stderr
