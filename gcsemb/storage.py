@@ -231,15 +231,7 @@ def _gcs_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
             fields=_LIST_FIELDS,
         )
         for item in page.get("items", []):
-            yield ObjectInfo(
-                uri=f"gs://{bucket}/{item['name']}",
-                size=int(item.get("size", 0)),
-                md5=item.get("md5Hash"),
-                crc32c=item.get("crc32c"),
-                generation=int(item["generation"]) if item.get("generation") else None,
-                content_type=item.get("contentType"),
-                updated=_timestamp(item.get("updated")),
-            )
+            yield _from_resource(bucket, item["name"], item)
         page_token = page.get("nextPageToken")
         if not page_token:
             return
@@ -352,12 +344,17 @@ def _single_gcs_object(fs: Any, path: str) -> Iterator[ObjectInfo]:
         return
     if info.get("type") == "file":
         bucket, _, name = path.partition("/")
-        yield ObjectInfo(
-            uri=f"gs://{bucket}/{name}",
-            size=int(info.get("size", 0)),
-            md5=info.get("md5Hash"),
-            crc32c=info.get("crc32c"),
-            generation=int(info["generation"]) if info.get("generation") else None,
-            content_type=info.get("contentType"),
-            updated=info.get("mtime"),
-        )
+        yield _from_resource(bucket, name, info)
+
+
+def _from_resource(bucket: str, name: str, item: dict[str, Any]) -> ObjectInfo:
+    """An :class:`ObjectInfo` from a GCS object resource (as listed, or as gcsfs's info)."""
+    return ObjectInfo(
+        uri=f"gs://{bucket}/{name}",
+        size=int(item.get("size", 0)),
+        md5=item.get("md5Hash"),
+        crc32c=item.get("crc32c"),
+        generation=int(item["generation"]) if item.get("generation") else None,
+        content_type=item.get("contentType"),
+        updated=_timestamp(item.get("updated")),
+    )
