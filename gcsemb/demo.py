@@ -45,8 +45,13 @@ def demo_checkpoint(model: str) -> Path:
 
     path = cache_dir() / "demo" / f"{Path(model).stem}-random-seed0.pt"
     if not path.is_file():
-        logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about random init
-        save_random_checkpoint(path, model)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # open_clip warns that the weights are random: we know
+        try:
+            save_random_checkpoint(path, model)
+        finally:
+            root.setLevel(level)
     return path
 
 
