@@ -98,11 +98,23 @@ def _from_info(info: Mapping[str, Any], source: str) -> Identity:
     return Identity(credentials, describe(credentials))
 
 
+_KEYS: dict[tuple[str, int, int], Identity] = {}
+
+
 def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> Identity:
+    """Credentials from a JSON key; one per file version, so its token is fetched once."""
     source = source or f"Key file {os.fspath(path)!r}"
     p = Path(path).expanduser()
     if not p.is_file():
         raise AuthError(f"{source} does not exist. Check the path, or: {AUTH_FIXES}")
+    stat = p.stat()
+    key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _KEYS:
+        _KEYS[key] = _read_key_file(p, source)
+    return _KEYS[key]
+
+
+def _read_key_file(p: Path, source: str) -> Identity:
     try:
         info = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -124,13 +136,25 @@ def _colab_login() -> None:
     colab_auth.authenticate_user()
 
 
-def _default() -> Identity:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
+_ADC_ENV = ("CLOUDSDK_CONFIG", "HOME", "APPDATA", "GCE_METADATA_HOST", "COLAB_RELEASE_TAG")
+_DEFAULTS: dict[tuple[str | None, ...], Identity] = {}
 
+
+def _default() -> Identity:
+    """Application default credentials, found once per environment (then reused)."""
     env_key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if env_key:
         return _from_key_file(env_key, f"GOOGLE_APPLICATION_CREDENTIALS={env_key!r}")
+    key = tuple(os.environ.get(var) for var in _ADC_ENV)
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = _find_default()
+    return _DEFAULTS[key]
+
+
+def _find_default() -> Identity:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
     try:
         credentials, _ = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError as e:
@@ -146,6 +170,49 @@ def _metadata() -> Identity:
 
     credentials = compute_engine.Credentials(scopes=list(SCOPES))
     return Identity(credentials, describe(credentials))
+
+
+class _TimeoutRequest:
+    """google-auth's requests transport with a short timeout: a bad key fails in seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        import google.auth.transport.requests
+
+        self._request = google.auth.transport.requests.Request()
+        self._timeout = timeout
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = self._timeout
+        return self._request(*args, **kwargs)
+
+
+def verify(identity: Identity, timeout: float = 15.0) -> Identity:
+    """Obtain an access token now, so an expired, revoked or malformed key fails at once.
+
+    gcsfs would otherwise retry a refused key for half a minute before giving up.
+
+    Raises:
+        AuthError: Google refused the credentials, or its token service could not be reached.
+    """
+    creds = identity.token
+    if identity.anonymous or getattr(creds, "valid", False) or not hasattr(creds, "refresh"):
+        return identity
+    from google.auth.exceptions import RefreshError, TransportError
+
+    try:
+        creds.refresh(_TimeoutRequest(timeout))
+    except RefreshError as e:
+        reason = str(e.args[0] if e.args else e)[:200]
+        raise AuthError(
+            f"Google refused the credentials of {identity.description} ({reason}). The key may be "
+            f"revoked, expired or deleted: create a new one, or use another identity. {AUTH_FIXES}"
+        ) from e
+    except TransportError as e:
+        raise AuthError(
+            f"Could not reach Google's sign-in service for {identity.description}: "
+            f"{str(e)[:200]}. Check the network or proxy settings."
+        ) from e
+    return identity
 
 
 def resolve(token: Any = None, *, emulator: bool = False) -> Identity:

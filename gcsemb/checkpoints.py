@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +53,9 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
     checkpoint file is named by its file name and content hash; a remote checkpoint is copied
     into the cache first (once).
     """
-    arch = Path(model).stem if model.endswith(".json") else model
+    if model.endswith(".json") and not Path(model).expanduser().is_file():
+        raise ModelLoadError(f"The model config {model} does not exist: check the path.")
+    arch = Path(model).stem if model.endswith(".json") else check_architecture(model)
     if pretrained is None:
         return f"{arch}/random-seed0"
     if "://" in pretrained:
@@ -59,6 +63,35 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
     if os.path.isfile(os.path.expanduser(pretrained)):
         return f"{arch}/{checkpoint_weights(Path(pretrained).expanduser())}"
     return f"{arch}/{pretrained.lower().replace('-', '_')}"
+
+
+def check_architecture(model: str, names: list[str] | None = None) -> str:
+    """``model`` if open_clip knows it, else a :class:`ModelLoadError` naming close matches.
+
+    Args:
+        model: An open_clip architecture name.
+        names: The known names; by default the configs shipped with open_clip, read from its
+            package folder without importing it (so no torch import).
+    """
+    if names is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("open_clip")
+        folder = Path(next(iter(spec.submodule_search_locations or ()))) if spec else None
+        names = sorted(p.stem for p in (folder / "model_configs").glob("*.json")) if folder else []
+        if model in names or not names:
+            return model
+        if "open_clip" in sys.modules:  # configs registered at run time count too
+            names = sys.modules["open_clip"].list_models()
+    if model in names:
+        return model
+    lower = {n.lower(): n for n in names}
+    close = [lower[n] for n in difflib.get_close_matches(model.lower(), lower, n=5, cutoff=0.6)]
+    raise ModelLoadError(
+        f"Unknown open_clip architecture {model!r}."
+        + (f" Did you mean {', '.join(close)}?" if close else "")
+        + f" open_clip.list_models() lists all {len(names)}; or pass a model-config JSON path."
+    )
 
 
 def checkpoint_weights(path: Path) -> str:

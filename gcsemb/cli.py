@@ -22,6 +22,7 @@ examples:
   gcsemb list gs://my-bucket/photos             list the images under a prefix
   gcsemb list 'gs://my-bucket/**/*.jpg' --format jsonl --limit 10
   gcsemb list gs://my-bucket --token key.json   with a service-account key
+  gcsemb check gs://my-bucket/embeddings        who am I, may I list/read/write there?
   gcsemb embed gs://my-bucket/photos gs://my-bucket/embeddings
   gcsemb embed ./photos ./embeddings --model ViT-L-14 --pretrained datacomp_xl_s13b_b90k
 
@@ -88,6 +89,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.format == "table":
         print(f"{count} images, {_human(total)}, listed in {elapsed:.1f} s", file=sys.stderr)
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Say which identity is in use and whether it may list, read and write at URL."""
+    from gcsemb.check import check
+
+    report = check(
+        args.url,
+        args.token,
+        write=not args.no_write,
+        project=args.project,
+        requester_pays=args.requester_pays,
+    )
+    print(report)
+    return 0 if report.ok else 1
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -161,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--all-files", action="store_true", help="list every object, not only images")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="which identity is in use, and may it list, read and write at URL?",
+        description="Answer in plain words who gcsemb is on this machine and whether it may list, "
+        "read and write under URL (the write test puts a small object there and deletes it at "
+        "once). Exit status 0 when all three work.",
+    )
+    p.add_argument("url", help="gs://bucket/prefix to test")
+    _add_auth(p)
+    p.add_argument("--no-write", action="store_true", help="do not test writing")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "embed",

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcsemb.storage import ObjectInfo, explain, filesystem
+from gcsemb.storage import ObjectInfo, explain, filesystem, protocols
 
 ERRORS_DIR = "_errors"
 META_MODEL = b"gcsemb.model"
@@ -70,7 +70,7 @@ def _put(fs: Any, path: str, table: pa.Table) -> None:
     """Write a parquet file so that it appears whole or not at all."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if "file" in protocols(fs):
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
         fs.pipe_file(tmp, buf.getvalue())

@@ -37,6 +37,7 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     DEFAULT_PRETRAINED,
     atomic_write,
     cache_dir,
+    check_architecture,
     checkpoint_weights,
     remote_checkpoint,
 )
@@ -243,16 +244,7 @@ def _architecture(model: str) -> str:
         if open_clip.get_model_config(path.stem) != config:
             open_clip.add_model_config(path)
         return path.stem
-    names = open_clip.list_models()
-    if model in names:
-        return model
-    lower = {n.lower(): n for n in names}
-    close = [lower[n] for n in difflib.get_close_matches(model.lower(), lower, n=5, cutoff=0.6)]
-    raise ModelLoadError(
-        f"Unknown open_clip architecture {model!r}."
-        + (f" Did you mean {', '.join(close)}?" if close else "")
-        + f" open_clip.list_models() lists all {len(names)}; or pass a model-config JSON path."
-    )
+    return check_architecture(model, open_clip.list_models())
 
 
 def _resolve(

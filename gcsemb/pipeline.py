@@ -27,11 +27,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gcsemb.check import write_probe
 from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED, model_tag
 from gcsemb.dataset import ShardWriter, done_index, failed_index, is_done
 from gcsemb.decode import decode_image
-from gcsemb.errors import AccessDenied, GcsembError
-from gcsemb.storage import IMAGE_EXTENSIONS, ObjectInfo, explain, filesystem, list_images
+from gcsemb.errors import AccessDenied, BadURL, GcsembError
+from gcsemb.storage import (
+    IMAGE_EXTENSIONS,
+    ObjectInfo,
+    explain,
+    filesystem,
+    list_images,
+    protocols,
+)
 
 if TYPE_CHECKING:
     from gcsemb.embedder import Embedder
@@ -312,8 +320,17 @@ def embed(
     cfg = replace(config or EmbedConfig(model=model, pretrained=pretrained), **overrides)
     started = time.perf_counter()
     summary = EmbedSummary(src, dst)
-    src_fs, _ = filesystem(src, token, project=project, requester_pays=requester_pays)
+    src_fs, src_path = filesystem(src, token, project=project, requester_pays=requester_pays)
     dst_fs, dst_path = filesystem(dst, token, project=project, requester_pays=requester_pays)
+    src_uri, dst_uri = src_fs.unstrip_protocol(src_path), dst_fs.unstrip_protocol(dst_path)
+    inside = dst_uri.rstrip("/") == src_uri.rstrip("/") or dst_uri.startswith(
+        src_uri.rstrip("/") + "/"
+    )
+    if inside and not any(c in src_uri for c in "*["):
+        raise BadURL(
+            f"The destination {dst} is inside the source {src}: choose a folder outside "
+            "it, e.g. a sibling like gs://bucket/embeddings."
+        )
     objects = list_images(
         src,
         token,
@@ -333,6 +350,12 @@ def embed(
     if first is None:  # nothing new: no model loaded, no fetch, no shard
         summary.seconds = time.perf_counter() - started
         return summary
+    try:  # before any model is loaded or any image fetched: may we write there at all?
+        if "file" in protocols(dst_fs):
+            dst_fs.makedirs(dst_path, exist_ok=True)
+        write_probe(dst_fs, dst_path)
+    except Exception as e:
+        raise explain(e, dst, dst_fs, "write") from e
     from gcsemb.embedder import load_embedder
 
     embedder = load_embedder(

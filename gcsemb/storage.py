@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from gcsemb.auth import Identity, resolve
+from gcsemb.auth import Identity, resolve, verify
 from gcsemb.emulator import EMULATOR_ENV, ZB_HNS_ENV
 from gcsemb.errors import AUTH_FIXES, AccessDenied, BadURL, GcsembError, NotFound
 
@@ -127,7 +127,7 @@ def filesystem(
         raise BadURL(f"{url!r} names no bucket: write gs://BUCKET/optional/prefix.")
     emulator = os.environ.get(EMULATOR_ENV)
     endpoint = storage_options.pop("endpoint_url", None) or emulator
-    identity = resolve(token, emulator=endpoint == emulator)
+    identity = verify(resolve(token, emulator=endpoint == emulator))
     options = dict(
         token=identity.token, project=project, requester_pays=requester_pays, **storage_options
     )
@@ -139,6 +139,11 @@ def filesystem(
         fs = gcsfs.GCSFileSystem(**options)
     fs.gcsemb_identity = identity
     return fs, fs._strip_protocol(url)
+
+
+def protocols(fs: Any) -> tuple[str, ...]:
+    """A filesystem's protocol names as a tuple (gcsfs and local files give several)."""
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
 def identity_of(fs: Any) -> str:
@@ -170,6 +175,8 @@ def explain(exc: BaseException, uri: str, fs: Any, action: str = "read") -> Gcse
         )
     if code == 401 or "Invalid Credentials" in text:
         return AccessDenied(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")
+    if isinstance(exc, PermissionError):
+        return AccessDenied(f"No permission to {action} {uri} ({text}): pick a folder you own.")
     if code == 403 or str(exc).startswith("Forbidden"):
         role = {"list": "roles/storage.objectViewer", "read": "roles/storage.objectViewer"}.get(
             action, "roles/storage.objectCreator"

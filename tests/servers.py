@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,15 +23,24 @@ class StubServer:
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 stub.requests.append((self.command, self.path, dict(self.headers), body))
-                status, payload = handler(self, body)
-                data = json.dumps(payload).encode()
+                try:
+                    status, payload = handler(self, body)
+                except ConnectionAbortedError:  # a dropped connection: no answer at all
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if isinstance(payload, tuple):  # (headers, raw body) passed through
+                    headers, data = payload
+                else:
+                    headers, data = [("Content-Type", "application/json")], json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                for key, value in headers:
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _serve
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -113,3 +123,56 @@ def metadata_server(access_token: str, email: str) -> Handler:
         }
 
     return handler
+
+
+class GatewayProxy(StubServer):
+    """A loopback proxy in front of the emulator: checks bearer tokens and injects faults.
+
+    Args:
+        upstream: The emulator's URL.
+        token: When set, requests without ``Authorization: Bearer <token>`` get 401 (a private
+            bucket); with another token, 403.
+        fault: ``fault(n, method, path) -> None | int | "drop"`` for the n-th request: forward it,
+            answer with that HTTP status, or close the connection without an answer.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        token: str | None = None,
+        fault: Callable[[int, str, str], int | str | None] | None = None,
+    ) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        self.faults: list[tuple[str, str, int | str]] = []
+        host = urlsplit(upstream)
+        lock = threading.Lock()
+        proxy = self
+
+        def handler(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
+            with lock:
+                n = len(proxy.requests)
+            auth = request.headers.get("Authorization")
+            if token is not None and auth != f"Bearer {token}":
+                code = 401 if auth is None else 403
+                return code, {"error": {"code": code, "message": "Anonymous caller does not "
+                              "have storage.objects.list access." if code == 401 else
+                              "caller does not have storage.objects.get access."}}  # fmt: skip
+            action = fault(n, request.command, request.path) if fault else None
+            if action is not None:
+                proxy.faults.append((request.command, request.path, action))
+                if action == "drop":
+                    raise ConnectionAbortedError
+                return int(action), {"error": {"code": action, "message": "injected fault"}}
+            conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            conn.request(request.command, request.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out = [(k, v.replace(upstream, proxy.url)) for k, v in resp.getheaders()
+                   if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+            conn.close()
+            return resp.status, (out, data)
+
+        super().__init__(handler)
