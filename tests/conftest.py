@@ -50,3 +50,40 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     os.environ.setdefault("GCSEMB_CACHE", str(tmp_path_factory.mktemp("gcsemb-cache")))
     return str(save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY_MODEL))
+
+
+@pytest.fixture(scope="session")
+def private_key_pem() -> str:
+    """A real RSA key, as in a downloaded service-account JSON key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.fixture
+def oauth():
+    """Google's OAuth token endpoint, on loopback: grants ACCESS_TOKEN to any signed JWT."""
+    from servers import ACCESS_TOKEN, StubServer, token_endpoint
+
+    with StubServer(token_endpoint(ACCESS_TOKEN)) as server:
+        yield server
+
+
+@pytest.fixture
+def sa_info(private_key_pem, oauth) -> dict:
+    """A service-account key whose token_uri points at the loopback OAuth endpoint."""
+    return {
+        "type": "service_account",
+        "project_id": "demo-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_key_pem,
+        "client_email": "embedder@demo-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": f"{oauth.url}/token",
+    }

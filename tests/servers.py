@@ -176,3 +176,6 @@ class GatewayProxy(StubServer):
             return resp.status, (out, data)
 
         super().__init__(handler)
+
+
+ACCESS_TOKEN = "ya29.c.fake-access-token-value"

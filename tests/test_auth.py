@@ -14,50 +14,17 @@ import sys
 
 import google.oauth2.credentials
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from servers import StubServer, metadata_server, private_bucket, token_endpoint
+from servers import ACCESS_TOKEN, StubServer, metadata_server, private_bucket
 
 from gcsemb.auth import Identity, resolve
 from gcsemb.errors import AuthError
 from gcsemb.storage import list_images
-
-ACCESS_TOKEN = "ya29.c.fake-access-token-value"
-
-
-@pytest.fixture(scope="module")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-@pytest.fixture
-def oauth():
-    with StubServer(token_endpoint(ACCESS_TOKEN)) as server:
-        yield server
 
 
 @pytest.fixture
 def storage():
     with StubServer(private_bucket(ACCESS_TOKEN, ["photos/a.jpg", "photos/b.png"])) as server:
         yield server
-
-
-@pytest.fixture
-def sa_info(private_key_pem, oauth) -> dict:
-    return {
-        "type": "service_account",
-        "project_id": "demo-project",
-        "private_key_id": "0123456789abcdef",
-        "private_key": private_key_pem,
-        "client_email": "embedder@demo-project.iam.gserviceaccount.com",
-        "client_id": "1234567890",
-        "token_uri": f"{oauth.url}/token",
-    }
 
 
 def _list(storage, token):

@@ -1,0 +1,274 @@
+"""Private buckets, refused credentials, transient faults and secrets, end to end.
+
+A loopback proxy in front of the emulator stands in for Google: it lists, reads and writes only
+for the bearer token that the loopback OAuth endpoint grants to our service-account key, and it
+injects 429/503 answers and dropped connections on any kind of request.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from servers import ACCESS_TOKEN, GatewayProxy, StubServer
+
+from gcsemb.dataset import read_embeddings, read_errors
+from gcsemb.demo import upload_samples
+from gcsemb.embedder import TINY_MODEL
+from gcsemb.errors import AccessDenied, AuthError, BadURL, ModelLoadError, NotFound
+from gcsemb.pipeline import embed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def key_file(sa_info, tmp_path) -> str:
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(sa_info))
+    return str(path)
+
+
+@pytest.fixture
+def photos(gcs, bucket):
+    upload_samples(gcs.filesystem(), bucket, 12)
+    return bucket
+
+
+def private(gcs, monkeypatch, **kw) -> GatewayProxy:
+    proxy = GatewayProxy(gcs.url, token=ACCESS_TOKEN, **kw)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    return proxy
+
+
+def run(bucket, token, ckpt, dst="emb", **kw):
+    return embed(
+        f"gs://{bucket}/photos",
+        f"gs://{bucket}/{dst}",
+        model=TINY_MODEL,
+        pretrained=ckpt,
+        token=token,
+        progress=False,
+        **kw,
+    )
+
+
+def test_private_bucket_with_a_service_account_key(
+    gcs, photos, key_file, tiny_ckpt, monkeypatch, oauth
+):
+    with private(gcs, monkeypatch) as proxy:
+        summary = run(photos, key_file, tiny_ckpt)
+        df, _ = read_embeddings(f"gs://{photos}/emb", key_file)
+    assert summary.failed == 3 and len(df) == summary.embedded + summary.duplicates
+    auth = [{k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h, _ in proxy.requests]
+    assert auth and set(auth) == {f"Bearer {ACCESS_TOKEN}"}
+    assert len(oauth.requests) == 1  # one token for the whole run
+
+
+@pytest.mark.parametrize(
+    ("token", "fragment"),
+    [("anon", "not public"), ("other-key", "may not read")],
+)
+def test_denied_stops_at_once_naming_identity(
+    gcs, photos, tiny_ckpt, monkeypatch, token, fragment, private_key_pem, tmp_path
+):
+    if token == "other-key":  # a valid key of another account: its token is refused with 403
+        with StubServer(
+            lambda r, b: (200, {"access_token": "ya29.other", "expires_in": 3600})
+        ) as other:
+            token = str(tmp_path / "other.json")
+            Path(token).write_text(
+                json.dumps(
+                    {
+                        "type": "service_account",
+                        "private_key": private_key_pem,
+                        "private_key_id": "1",
+                        "client_email": "intruder@elsewhere.iam.gserviceaccount.com",
+                        "token_uri": f"{other.url}/token",
+                    }
+                )
+            )
+            with private(gcs, monkeypatch), pytest.raises(AccessDenied) as err:
+                run(photos, token, tiny_ckpt)
+            assert "intruder@elsewhere" in str(err.value)
+    else:
+        started = time.monotonic()
+        with private(gcs, monkeypatch), pytest.raises(AccessDenied) as err:
+            run(photos, token, tiny_ckpt)
+        assert time.monotonic() - started < 10
+    assert fragment in str(err.value) and "Fix" in str(err.value)
+
+
+def test_expired_or_revoked_key_fails_in_seconds(
+    gcs, photos, sa_info, tmp_path, tiny_ckpt, monkeypatch
+):
+    refused = StubServer(
+        lambda r, b: (
+            400,
+            {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
+        )
+    )
+    with refused:
+        key = tmp_path / "revoked.json"
+        key.write_text(json.dumps(dict(sa_info, token_uri=f"{refused.url}/token")))
+        started = time.monotonic()
+        with private(gcs, monkeypatch), pytest.raises(AuthError) as err:
+            run(photos, str(key), tiny_ckpt)
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "embedder@demo-project" in message and "invalid_grant" in message
+    assert "create a new one" in message
+
+
+def _first_attempt_fails(kind):
+    seen: set[tuple[str, str]] = set()
+
+    def fault(n, method, path):
+        if (method, path) in seen:
+            return None
+        seen.add((method, path))
+        return kind
+
+    return fault
+
+
+@pytest.mark.parametrize("kind", [503, 429, "drop"])
+def test_transient_faults_change_nothing(gcs, photos, tiny_ckpt, monkeypatch, kind):
+    clean = run(photos, None, tiny_ckpt, dst="clean")
+    with GatewayProxy(gcs.url, fault=_first_attempt_fails(kind)) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        faulty = run(photos, None, tiny_ckpt, dst="faulty")
+        got, got_x = read_embeddings(f"gs://{photos}/faulty")
+        errors = read_errors(f"gs://{photos}/faulty")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    want, want_x = read_embeddings(f"gs://{photos}/clean")
+    kinds = {p.split("?")[0].split("/")[1] for _, p, _ in proxy.faults}
+    assert {"storage", "download", "upload"} <= kinds  # listing, reads and writes all hit
+    assert (faulty.embedded, faulty.failed) == (clean.embedded, clean.failed)
+    assert list(got["uri"]) == list(want["uri"])
+    np.testing.assert_allclose(got_x, want_x, atol=1e-6)
+    assert set(errors["stage"]) == {"decode"}  # only the broken files, no fetch failures
+
+
+@pytest.mark.slow
+def test_an_object_that_keeps_failing_is_recorded(gcs, photos, tiny_ckpt, monkeypatch):
+    def fault(n, method, path):
+        return 503 if "alt=media" in path and "chelsea" in path else None
+
+    with GatewayProxy(gcs.url, fault=fault) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        summary = run(photos, None, tiny_ckpt)
+        errors = read_errors(f"gs://{photos}/emb")
+    fetch = errors[errors["stage"] == "fetch"]
+    assert len(fetch) == 1 and "chelsea" in fetch["uri"].iloc[0]
+    assert "503" in fetch["error"].iloc[0] and summary.failed == 4
+
+
+def test_secrets_never_leak(gcs, photos, key_file, sa_info, tiny_ckpt, monkeypatch, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    secrets = [ACCESS_TOKEN, sa_info["private_key"].splitlines()[1], sa_info["private_key_id"]]
+    texts = []
+    with private(gcs, monkeypatch):
+        summary = embed(
+            f"gs://{photos}/photos",
+            f"gs://{photos}/emb",
+            model=TINY_MODEL,
+            pretrained=tiny_ckpt,
+            token=key_file,
+            progress=True,
+        )
+        texts += [str(summary), repr(summary), summary._repr_html_()]
+        from gcsemb.storage import filesystem
+
+        fs, _ = filesystem(f"gs://{photos}", key_file)
+        texts += [repr(fs.gcsemb_identity), str(fs.gcsemb_identity)]
+        shard = sorted(fs.glob(f"{photos}/emb/part-*.parquet"))[0]
+        texts.append(str(pq.read_schema(io.BytesIO(fs.cat(shard))).metadata))
+        texts.append(read_errors(f"gs://{photos}/emb", key_file).to_string())
+        with pytest.raises(AccessDenied) as err:
+            run(photos, "anon", tiny_ckpt)
+        texts.append(str(err.value))
+    out = capsys.readouterr()
+    texts += [out.out, out.err, caplog.text]
+    texts += [p.read_text() for p in (ROOT / "notebooks").glob("*.ipynb")]
+    for secret in secrets:
+        assert not [t for t in texts if secret in t], f"secret leaked: {secret[:10]}..."
+
+
+def test_bad_arguments_fail_before_any_work(gcs, photos, tiny_ckpt, tmp_path, monkeypatch):
+    with GatewayProxy(gcs.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        with pytest.raises(NotFound, match="does not exist"):
+            embed(
+                "gs://no-such-bucket-zz/photos",
+                f"gs://{photos}/emb",
+                model=TINY_MODEL,
+                pretrained=tiny_ckpt,
+                progress=False,
+            )
+        with pytest.raises(BadURL, match="inside the source"):
+            embed(
+                f"gs://{photos}/photos",
+                f"gs://{photos}/photos/emb",
+                model=TINY_MODEL,
+                pretrained=tiny_ckpt,
+                progress=False,
+            )
+        with pytest.raises(ModelLoadError, match="Did you mean ViT-B-32"):
+            embed(
+                f"gs://{photos}/photos",
+                f"gs://{photos}/emb",
+                model="ViT-B-23",
+                pretrained=None,
+                progress=False,
+            )
+        broken = tmp_path / "broken.pt"
+        broken.write_bytes(b"\x80\x02 not a checkpoint")
+        with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+            embed(
+                f"gs://{photos}/photos",
+                f"gs://{photos}/emb",
+                model=TINY_MODEL,
+                pretrained=str(broken),
+                progress=False,
+            )
+    assert not [p for _, p, _, _ in proxy.requests if "alt=media" in p]  # no image fetched
+    with GatewayProxy(gcs.url, fault=lambda n, m, p: 403 if "upload" in p else None) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        with pytest.raises(AccessDenied, match="may not write"):
+            run(photos, None, tiny_ckpt, dst="readonly")
+    assert not [p for _, p, _, _ in proxy.requests if "alt=media" in p]
+
+
+def test_cli_check(gcs, photos, key_file, monkeypatch):
+    gcsemb = str(Path(sys.executable).parent / "gcsemb")
+    with private(gcs, monkeypatch) as proxy:
+        env = {**__import__("os").environ, "STORAGE_EMULATOR_HOST": proxy.url}
+        good = subprocess.run(
+            [gcsemb, "check", f"gs://{photos}/photos", "--token", key_file],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        anon = subprocess.run(
+            [gcsemb, "check", f"gs://{photos}/photos", "--token", "anon"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert good.returncode == 0, good.stderr
+    assert "identity: service account embedder@demo-project" in good.stdout
+    for action in ("list", "read", "write"):
+        assert f"{action}" in good.stdout
+    assert good.stdout.count(": yes") == 3
+    assert anon.returncode == 1 and "list  gs://" in anon.stdout and ": no: " in anon.stdout
+    assert ACCESS_TOKEN not in good.stdout + good.stderr
