@@ -32,7 +32,10 @@ class StubServer:
                 if isinstance(payload, tuple):  # (headers, raw body) passed through
                     headers, data = payload
                 else:
-                    headers, data = [("Content-Type", "application/json")], json.dumps(payload).encode()
+                    headers, data = (
+                        [("Content-Type", "application/json")],
+                        json.dumps(payload).encode(),
+                    )
                 self.send_response(status)
                 for key, value in headers:
                     self.send_header(key, value)
@@ -170,8 +173,11 @@ class GatewayProxy(StubServer):
             conn.request(request.command, request.path, body=body or None, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            out = [(k, v.replace(upstream, proxy.url)) for k, v in resp.getheaders()
-                   if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+            out = [
+                (k, v.replace(upstream, proxy.url))
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            ]
             conn.close()
             return resp.status, (out, data)
 

@@ -67,7 +67,9 @@ def test_private_bucket_with_a_service_account_key(
         summary = run(photos, key_file, tiny_ckpt)
         df, _ = read_embeddings(f"gs://{photos}/emb", key_file)
     assert summary.failed == 3 and len(df) == summary.embedded + summary.duplicates
-    auth = [{k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h, _ in proxy.requests]
+    auth = [
+        {k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h, _ in proxy.requests
+    ]
     assert auth and set(auth) == {f"Bearer {ACCESS_TOKEN}"}
     assert len(oauth.requests) == 1  # one token for the whole run
 
