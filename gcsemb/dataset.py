@@ -203,7 +203,7 @@ def _read(fs: Any, files: Sequence[str], columns: list[str] | None) -> pa.Table 
 
     def one(path: str) -> pa.Table:
         # a plain read-ahead buffer: gcsfs's default "adaptive" cache leaves asyncio tasks behind
-        with fs.open(path, "rb", cache_type="readahead") as f:
+        with fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
             return pq.read_table(f, columns=columns)
 
     with ThreadPoolExecutor(8) as pool:

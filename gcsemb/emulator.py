@@ -127,9 +127,13 @@ class Emulator:
             for key, value in ((EMULATOR_ENV, self.url), (ZB_HNS_ENV, "false")):
                 self._saved_env[key] = os.environ.get(key)
                 os.environ[key] = value
-        fs = self.filesystem()
-        for bucket in self.buckets:
-            fs.mkdir(bucket)
+        try:
+            fs = self.filesystem()
+            for bucket in self.buckets:
+                fs.mkdir(bucket)
+        except BaseException:
+            self.stop()  # no orphaned server, no stale STORAGE_EMULATOR_HOST
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> bool:

@@ -24,6 +24,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ from gcsemb.storage import (
 if TYPE_CHECKING:
     from gcsemb.embedder import Embedder
 
-DEDUPE_WINDOW = 100_000  # identical bytes farther apart than this many images are embedded twice
+DEDUPE_WINDOW = 20_000  # identical bytes farther apart than this many images are embedded twice
 
 
 @dataclass(frozen=True)
@@ -250,11 +251,11 @@ def write(
     )
     for it in batch:
         if it.tensor is not None:
-            outcome: tuple[Any, ...] = ("ok", next(vectors), it.width, it.height)
+            outcome: tuple[Any, ...] = ("ok", next(vectors).copy(), it.width, it.height)
             summary.embedded += 1
         elif it.alias and it.md5 in results:
             outcome = results[it.md5]
-            summary.duplicates += 1
+            summary.duplicates += outcome[0] == "ok"
         else:
             outcome = ("error", it.stage or "fetch", it.error or "no result")
         if it.md5 is not None:
@@ -280,6 +281,10 @@ def embed(
     extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
     progress: bool = True,
     config: EmbedConfig | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
     **overrides: Any,
 ) -> EmbedSummary:
     """Embed every image under ``src`` into a parquet dataset at ``dst``.
@@ -300,6 +305,11 @@ def embed(
         extensions: File endings counted as images.
         progress: Show a progress bar (tqdm.auto: a widget in notebooks).
         config: Pipeline settings (:class:`EmbedConfig`).
+        engine: ``"local"`` (this machine) or ``"ray"`` (a Ray cluster, :mod:`gcsemb.ray_engine`;
+            needs ``pip install 'gcsemb[ray]'``).
+        address: Ray only: the cluster (``auto``, ``ray://host:10001``, ``vertex_ray://...``).
+        workers: Ray only: embedding actors (default: one per ``gpus_per_worker`` GPUs).
+        gpus_per_worker: Ray only: GPUs per embedding actor (0: embed on CPU).
         **overrides: Single fields of the config to replace, e.g. ``batch_size=32``.
 
     Returns:
@@ -318,6 +328,25 @@ def embed(
     from tqdm.auto import tqdm
 
     cfg = replace(config or EmbedConfig(model=model, pretrained=pretrained), **overrides)
+    if engine == "ray":
+        from gcsemb.ray_engine import embed_ray  # only here: the local engine never imports ray
+
+        return embed_ray(
+            src,
+            dst,
+            config=cfg,
+            token=token,
+            project=project,
+            requester_pays=requester_pays,
+            limit=limit,
+            extensions=extensions,
+            progress=progress,
+            address=address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+        )
+    if engine != "local":
+        raise ValueError(f"engine={engine!r}: use 'local' or 'ray'.")
     started = time.perf_counter()
     summary = EmbedSummary(src, dst)
     src_fs, src_path = filesystem(src, token, project=project, requester_pays=requester_pays)
@@ -331,19 +360,19 @@ def embed(
             f"The destination {dst} is inside the source {src}: choose a folder outside "
             "it, e.g. a sibling like gs://bucket/embeddings."
         )
-    objects = list_images(
-        src,
-        token,
-        project=project,
-        requester_pays=requester_pays,
-        extensions=extensions,
-        limit=limit,
-    )
     summary.model = model_tag(cfg.model, cfg.pretrained, token=token)
+    listing = list_images(
+        src, token, project=project, requester_pays=requester_pays, extensions=extensions,
+        limit=limit,
+    )  # fmt: skip
+    objects = _Prefetched(listing)  # the source is listed while DST's index is read
     try:
-        done = failed_index(dst_fs, dst_path, summary.model)
-        done.update(done_index(dst_fs, dst_path, summary.model))
+        with ThreadPoolExecutor(2) as pool:
+            failed = pool.submit(failed_index, dst_fs, dst_path, summary.model)
+            done = done_index(dst_fs, dst_path, summary.model)
+            done.update(failed.result())
     except Exception as e:
+        objects.close()
         raise explain(e, dst, dst_fs, "read") from e
     items = plan(objects, done, summary)
     first = next(items, None)
@@ -371,16 +400,115 @@ def embed(
     )
     results: OrderedDict[str, Any] = OrderedDict()
     bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
+    tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
     try:
         for batch in _graph(_chain(first, items), src_fs, embedder, cfg):
             write(batch, embedder, writer, results, summary)
+            tuner.step(len(batch))
             bar.update(len(batch))
             bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
     finally:
+        tuner.restore()
+        objects.close()
         bar.close()
         writer.flush()  # keep what is done, even on Ctrl-C
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+class ThreadTuner:
+    """On a CPU, find how many torch threads make the whole pipeline fastest.
+
+    The model runs in the main thread while decode threads share the same cores: a large model
+    wants every core for its matrix products, a small one leaves the cores to decoding (torch's
+    idle threads spin and starve the decoders). After one warm-up batch, each candidate thread
+    count runs ``trial`` batches; the fastest in images per second of the whole pipeline stays.
+    """
+
+    def __init__(self, enabled: bool, trial: int = 3) -> None:
+        import torch
+
+        self._torch = torch
+        self.original = torch.get_num_threads()
+        self.candidates = [self.original, 1] if enabled and self.original > 1 else []
+        self.trial, self.seen, self.rates = trial, -1, []
+        self._mark = time.perf_counter()
+        self._images = 0
+
+    def step(self, images: int) -> None:
+        """Account one batch of ``images``; switch candidates or settle when a trial ends."""
+        if not self.candidates:
+            return
+        self.seen += 1
+        if self.seen == 0:  # warm-up
+            self._start(0)
+            return
+        self._images += images
+        if self.seen % self.trial == 0:
+            self.rates.append(self._images / (time.perf_counter() - self._mark))
+            if len(self.rates) < len(self.candidates):
+                self._start(len(self.rates))
+            else:
+                best = self.candidates[self.rates.index(max(self.rates))]
+                self._torch.set_num_threads(best)
+                self.candidates = []
+
+    def _start(self, index: int) -> None:
+        self._torch.set_num_threads(self.candidates[index])
+        self._mark, self._images = time.perf_counter(), 0
+
+    def restore(self) -> None:
+        """Give the process its thread count back."""
+        self._torch.set_num_threads(self.original)
+
+
+class _Prefetched:
+    """An iterator run in a background thread, ``size`` items ahead; errors surface in order."""
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator[Any], size: int = 2000) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue(size)
+        self._full = queue.Full
+        self._stop = threading.Event()
+        threading.Thread(target=self._produce, args=(iterator,), daemon=True).start()
+
+    def _produce(self, iterator: Iterator[Any]) -> None:
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except self._full:
+                continue
+        return False
+
+    def __iter__(self) -> _Prefetched:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(item)  # later calls end too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the producer thread (the run ended early)."""
+        self._stop.set()
 
 
 def _chain(first: Item, rest: Iterator[Item]) -> Iterator[Item]:
