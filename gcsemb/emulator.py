@@ -27,14 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gcsemb.errors import GcsembError
+from gcsemb.storage import EMULATOR_ENV, ZB_HNS_ENV, emulator_filesystem
 
 if TYPE_CHECKING:
     import gcsfs
-
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-# gcsfs >= 2026.3 asks a gRPC control API for the bucket type before reads; against an emulator
-# that retries for a minute per call. It is read when gcsfs is imported, so set it early.
-ZB_HNS_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 
 
 def _binary() -> Path:
@@ -167,8 +163,6 @@ class Emulator:
 
     def filesystem(self) -> gcsfs.GCSFileSystem:
         """A gcsfs filesystem bound to this emulator (anonymous: the emulator checks no tokens)."""
-        from gcsemb.storage import emulator_filesystem
-
         return emulator_filesystem(self.url)
 
     def __enter__(self) -> Emulator:

@@ -22,13 +22,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gcsemb.auth import Identity, resolve, verify
-from gcsemb.emulator import EMULATOR_ENV, ZB_HNS_ENV
 from gcsemb.errors import AUTH_FIXES, AccessDenied, BadURL, GcsembError, NotFound
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 )
 GCS_PROTOCOLS = ("gs", "gcs")
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+# gcsfs >= 2026.3 asks a gRPC control API for the bucket type before reads; against an emulator
+# that retries for a minute per call. It is read when gcsfs is imported, so set it early.
+ZB_HNS_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 PAGE_SIZE = 1000  # the most GCS returns per listing call
 _LIST_FIELDS = "items(name,size,md5Hash,crc32c,generation,contentType,updated),nextPageToken"
 _GLOB_CHARS = re.compile(r"[*\[]")
