@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import mimetypes
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,12 @@ def upload_samples(fs: Any, bucket: str = DEMO_BUCKET, n_images: int = 300) -> i
     objects.update({f"{bucket}/{name}": data for name, data in broken_images().items()})
     first = next(iter(objects.values()))
     objects[f"{bucket}/photos/copies/same bytes, other name.jpg"] = first
-    fs.pipe(objects)  # concurrent uploads
+    by_type: dict[str, dict[str, bytes]] = {}
+    for path, data in objects.items():
+        kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        by_type.setdefault(kind, {})[path] = data
+    for kind, group in by_type.items():
+        fs.pipe(group, content_type=kind)  # concurrent uploads
     return len(objects)
 
 

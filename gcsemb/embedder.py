@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import html
+import io
 import json
 import logging
 import os
@@ -205,7 +206,9 @@ def save_random_checkpoint(
     if target.is_dir():
         target = target / f"{arch}-random-seed{seed}.pt"
     net = _create(arch, None, seed=seed)
-    atomic_write(target, lambda tmp: torch.save(net.state_dict(), tmp))
+    buf = io.BytesIO()  # saved to memory: a file name would end up inside the archive
+    torch.save(net.state_dict(), buf)
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
     return target
 
 
