@@ -32,6 +32,13 @@ _EXPORTS = {
     "read_embeddings": "gcsemb.dataset",
     "read_errors": "gcsemb.dataset",
     "load_embedder": "gcsemb.embedder",
+    "umap_project": "gcsemb.projection",
+    "plot_projection": "gcsemb.viz",
+    "image_grid": "gcsemb.viz",
+    "search_text": "gcsemb.search",
+    "search_image": "gcsemb.search",
+    "near_duplicates": "gcsemb.search",
+    "Explorer": "gcsemb.widgets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,6 +25,9 @@ examples:
   gcsemb check gs://my-bucket/embeddings        who am I, may I list/read/write there?
   gcsemb embed gs://my-bucket/photos gs://my-bucket/embeddings
   gcsemb embed ./photos ./embeddings --model ViT-L-14 --pretrained datacomp_xl_s13b_b90k
+  gcsemb embed gs://b/photos gs://b/emb --engine ray --address auto --gpus-per-worker 1
+  gcsemb umap gs://my-bucket/embeddings --out umap.png --thumbnails 80
+  gcsemb search gs://my-bucket/embeddings "a dog on a beach" -k 8 --out dogs.png
 
 credentials (--token): by default the application default credentials (gcloud auth
 application-default login, GOOGLE_APPLICATION_CREDENTIALS, Colab, the VM's metadata server).
@@ -124,6 +127,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
     )
     print(summary)
     return 0
@@ -134,6 +141,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gcsemb.demo import run_demo
 
     run_demo(n_images=args.images, model=args.model)
+    return 0
+
+
+def _save_figure(fig: Any, out: str, dpi: int, token: Any) -> tuple[int, int]:
+    """Write a figure as PNG to a local path or a gs:// URL; return its pixel size."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    if "://" in out:
+        from gcsemb.storage import filesystem
+
+        fs, path = filesystem(out, token)
+        fs.pipe_file(path, data)
+    else:
+        with open(out, "wb") as f:
+            f.write(data)
+    return Image.open(io.BytesIO(data)).size
+
+
+def cmd_umap(args: argparse.Namespace) -> int:
+    """Project a dataset with UMAP and save the scatter plot, with thumbnails, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gcsemb.projection import umap_project
+    from gcsemb.viz import THUMBNAIL_GID, plot_projection
+
+    coords = umap_project(
+        args.dst,
+        token=args.token,
+        model=args.model_tag,
+        n_neighbors=args.n_neighbors,
+        min_dist=args.min_dist,
+        seed=None if args.seed < 0 else args.seed,
+        reuse=not args.recompute,
+    )
+    info = coords.attrs["umap"]
+    color_by = None if args.color_by.lower() == "none" else args.color_by
+    ax = plot_projection(
+        coords, color_by=color_by, thumbnails=args.thumbnails, token=args.token, title=args.title
+    )
+    drawn = sum(1 for a in ax.artists if a.get_gid() == THUMBNAIL_GID)
+    width, height = _save_figure(ax.figure, args.out, args.dpi, args.token)
+    how = "reused from" if info["reused"] else "saved to"
+    print(
+        f"{args.out}: {width}x{height} px, {len(coords):,} images, {drawn} thumbnails; "
+        f"projection {how} {info['path'] or '(not saved)'} in {info['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Print the images of a dataset that best match a text (or an image), best first."""
+    from gcsemb.search import embeddings_of, search_image, search_text
+
+    if not args.query and not args.image:
+        raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')
+    df, matrix, _ = embeddings_of(args.dst, token=args.token, model=args.model_tag)
+    options = dict(
+        k=args.k,
+        model=args.model,
+        pretrained=args.pretrained,
+        token=args.token,
+        device=args.device,
+    )
+    if args.image:
+        results = search_image((df, matrix), args.image, **options)
+    else:
+        results = search_text((df, matrix), args.query, **options)
+    out = sys.stdout
+    if args.format == "jsonl":
+        for row in results.itertuples():
+            record = {"uri": row.uri, "score": round(float(row.score), 6)}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{'RANK':>4}  {'SCORE':>6}  URI\n")
+        for rank, row in enumerate(results.itertuples(), 1):
+            out.write(f"{rank:>4}  {row.score:6.3f}  {row.uri}\n")
+    if args.out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from gcsemb.viz import image_grid
+
+        what = f"images like {args.image}" if args.image else f"\u201c{args.query}\u201d"
+        fig = image_grid(results, token=args.token, title=f"Top {len(results)}: {what}")
+        width, height = _save_figure(fig, args.out, args.dpi, args.token)
+        print(f"{args.out}: {width}x{height} px, {len(results)} images", file=sys.stderr)
     return 0
 
 
@@ -211,7 +311,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--limit", type=int, help="only the first N images of the listing")
-    p.add_argument("--engine", default="local", choices=("local",), help="where to run")
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this machine; ray: a Ray cluster (pip install 'gcsemb[ray]')",
+    )
+    p.add_argument(
+        "--address", help="ray: cluster to join (auto, ray://HOST:10001, vertex_ray://...)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="ray: embedding actors (default: one per --gpus-per-worker)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        help="ray: GPUs per embedding actor (0: embed on CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_auth(p)
     p.set_defaults(func=cmd_embed)
@@ -226,6 +343,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=300, help="how many sample images (default 300)")
     p.add_argument("--model", help="open_clip architecture (default: a tiny CLIP, fast on CPU)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "umap",
+        parents=[common],
+        help="plot a dataset's UMAP map (with image thumbnails) as a PNG",
+        description="Project the embeddings under DST to 2-D with UMAP (cosine, seed 42) and draw\n"
+        "them, coloured by a column, with thumbnails of images from the densest areas. The\n"
+        "projection is saved as DST/_umap/<model>.parquet and reused while the images and\n"
+        "parameters stay the same.",
+        epilog="example:\n  gcsemb umap gs://my-bucket/embeddings --out umap.png "
+        "--thumbnails 80 --color-by folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dst", help="the embeddings folder written by gcsemb embed")
+    p.add_argument("--out", required=True, help="PNG to write (local path or gs:// URL)")
+    p.add_argument(
+        "--thumbnails", type=int, default=50, help="images drawn over their points (default 50)"
+    )
+    p.add_argument(
+        "--color-by",
+        default="folder",
+        help="column to colour by: folder (default), width, height, size, ... or none",
+    )
+    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood (default 15)")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="layout seed; -1: faster (all cores), not repeatable"
+    )
+    p.add_argument("--recompute", action="store_true", help="ignore a saved projection")
+    p.add_argument("--title", help="plot title (default: UMAP of N images)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--model-tag", help="the model column value to plot, when DST holds several")
+    p.add_argument("--token", help="credentials: key file path, 'anon', 'adc', 'metadata', 'colab'")
+    p.set_defaults(func=cmd_umap)
+
+    p = sub.add_parser(
+        "search",
+        parents=[common],
+        help="find the images that best match a text (or an image)",
+        description="Embed QUERY with the text tower of the model that embedded DST and print the\n"
+        "K closest images, best first. The model is recovered from the dataset when it was an\n"
+        "open_clip weights tag; for a checkpoint pass --pretrained PATH again.",
+        epilog="examples:\n"
+        '  gcsemb search gs://my-bucket/embeddings "a dog on a beach" -k 8\n'
+        '  gcsemb search ./embeddings "a red car" --format jsonl --out cars.png\n'
+        "  gcsemb search ./embeddings --image gs://my-bucket/photos/cat.jpg -k 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dst", help="the embeddings folder written by gcsemb embed")
+    p.add_argument("query", nargs="?", help="what to look for, e.g. 'a dog on a beach'")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--image", help="search by image: a dataset uri, another gs:// URL or a file")
+    p.add_argument("--format", choices=("table", "jsonl"), default="table")
+    p.add_argument("--out", help="also draw the results as an image grid PNG (path or gs://)")
+    p.add_argument("--model", help="architecture given to gcsemb embed (default: the dataset's)")
+    p.add_argument("--pretrained", help="weights given to gcsemb embed (needed for a checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dpi", type=int, default=150, help="grid PNG resolution (default 150)")
+    p.add_argument("--model-tag", help="the model column value to search, when DST holds several")
+    p.add_argument("--token", help="credentials: key file path, 'anon', 'adc', 'metadata', 'colab'")
+    p.set_defaults(func=cmd_search)
     return parser
 
 

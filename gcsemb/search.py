@@ -1,0 +1,449 @@
+"""Search an embeddings dataset: by text, by image, and for near-duplicate pairs.
+
+Text and new images are embedded with the same model that embedded the dataset (its tag is in the
+``model`` column). Pass an :class:`~gcsemb.embedder.Embedder`, or ``model=``/``pretrained=`` as
+given to :func:`gcsemb.embed`; with neither, an open_clip weights tag is recovered from the dataset
+itself, while a checkpoint must be passed again (its path is not stored, only its name and hash).
+
+Every search returns a DataFrame, best first: ``uri``, ``score`` (cosine similarity, 1.0 is an
+identical embedding) and ``md5`` (for thumbnails). :func:`gcsemb.viz.image_grid` draws it.
+
+Example:
+    >>> from gcsemb.search import search_text, search_image, near_duplicates
+    >>> df, X = gcsemb.read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
+    >>> search_text((df, X), "a dog on a beach", k=5)  # doctest: +SKIP
+    >>> search_image((df, X), df.uri[0], k=5)  # the image itself comes first  # doctest: +SKIP
+    >>> near_duplicates((df, X), threshold=0.97)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gcsemb.errors import GcsembError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+
+    from gcsemb.embedder import Embedder
+
+RESULT_COLUMNS = ["uri", "score", "md5"]
+PAIR_COLUMNS = ["uri_a", "uri_b", "score", "exact"]
+
+
+def embeddings_of(
+    data: Any, *, token: Any = None, model: str | None = None
+) -> tuple[pd.DataFrame, np.ndarray, str | None]:
+    """``(df, matrix, dst)`` from any of the forms the search and plot functions accept.
+
+    Args:
+        data: A dataset URL or local path, the ``(df, matrix)`` pair of
+            :func:`gcsemb.read_embeddings`, or a DataFrame with an ``embedding`` column.
+        token: Credentials for ``gs://`` when ``data`` is a URL.
+        model: Keep the rows of this model tag only.
+
+    Returns:
+        The rows, their embeddings as an ``(n, dim)`` float32 array, and the dataset URL (None
+        unless ``data`` was one).
+
+    Example:
+        >>> df, X, dst = embeddings_of("gs://my-bucket/embeddings")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    if isinstance(data, str | os.PathLike):
+        from gcsemb.dataset import read_embeddings
+
+        df, matrix = read_embeddings(str(data), token, model=model)
+        return df, matrix, str(data)
+    if isinstance(data, tuple) and len(data) == 2:
+        df, matrix = data
+        matrix = np.asarray(matrix, dtype=np.float32)
+    elif isinstance(data, pd.DataFrame):
+        if "embedding" not in data:
+            raise ValueError(
+                "The DataFrame has no 'embedding' column: pass gcsemb.read_embeddings(dst), "
+                "i.e. the (df, matrix) pair, or the dataset URL."
+            )
+        df = data
+        matrix = (
+            np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
+            if len(df)
+            else np.zeros((0, 0), np.float32)
+        )
+    else:
+        raise TypeError(
+            f"Cannot search {type(data).__name__}: pass a dataset URL, the (df, matrix) pair of "
+            "gcsemb.read_embeddings(dst), or a DataFrame with an 'embedding' column."
+        )
+    if len(df) != len(matrix):
+        raise ValueError(f"{len(df)} rows but {len(matrix)} embeddings: they must match.")
+    if model is not None and "model" in df:
+        keep = (df["model"] == model).to_numpy()
+        df, matrix = df[keep].reset_index(drop=True), matrix[keep]
+    elif "model" in df and df["model"].nunique() > 1:
+        raise ValueError(
+            f"The rows hold several models {sorted(df['model'].unique())}: pass model=... to "
+            "pick one (embeddings of different models are not comparable)."
+        )
+    return df, matrix, None
+
+
+def _tag(df: pd.DataFrame) -> str | None:
+    return str(df["model"].iloc[0]) if "model" in df and len(df) else None
+
+
+def embedder_for(
+    tag: str,
+    *,
+    embedder: Embedder | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    token: Any = None,
+    device: str = "auto",
+) -> Embedder:
+    """The embedder of the model tagged ``tag`` (``"<arch>/<weights>"``), checked to match.
+
+    Args:
+        tag: The dataset's ``model`` column value, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
+        embedder: Use this one (it is only checked against ``tag``).
+        model: open_clip architecture or config JSON (default: the tag's architecture).
+        pretrained: Weights tag or checkpoint path/URL (default: the tag's weights, when they
+            are an open_clip tag or random; a checkpoint must be passed).
+        token: Credentials for a ``gs://`` checkpoint.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+
+    Raises:
+        GcsembError: The weights cannot be recovered, or the loaded model is another one.
+
+    Example:
+        >>> e = embedder_for("ViT-B-32/laion2b_s34b_b79k")  # doctest: +SKIP
+    """
+    arch, _, weights = tag.partition("/")
+    if embedder is None:
+        if pretrained is None:
+            if "#" in weights:
+                raise GcsembError(
+                    f"The dataset was embedded with the checkpoint {weights.split('#')[0]!r} "
+                    f"(content hash {weights.split('#')[1]}); its location is not stored. Pass "
+                    "it again: pretrained='/path/or/gs://.../"
+                    f"{weights.split('#')[0]}' (CLI: --pretrained PATH), or an embedder=."
+                )
+            pretrained = None if weights == "random-seed0" else weights
+        if model is None:
+            model = _architecture_path(arch)
+        from gcsemb.embedder import load_embedder
+
+        embedder = load_embedder(model, pretrained, device=device, token=token)
+    if embedder.name != tag:
+        raise GcsembError(
+            f"The dataset was embedded with {tag} but the model loaded is {embedder.name}: "
+            "their embeddings are not comparable. Pass the model and pretrained weights the "
+            "dataset was embedded with (CLI: --model/--pretrained as given to gcsemb embed)."
+        )
+    return embedder
+
+
+def _architecture_path(arch: str) -> str:
+    """``arch`` if open_clip knows it, else gcsemb's bundled config of that name."""
+    bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    if bundled.is_file():
+        import open_clip
+
+        if arch not in open_clip.list_models():
+            return str(bundled)
+    return arch
+
+
+def top_k(
+    df: pd.DataFrame, matrix: np.ndarray, query: np.ndarray, k: int, first: str | None = None
+) -> pd.DataFrame:
+    """The ``k`` rows most similar to the unit vector ``query``, best first.
+
+    Ties keep the dataset's order, except that the row ``first`` (the query image itself) wins
+    its tie, so an image always finds itself before its exact copies.
+    """
+    import pandas as pd
+
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    if len(matrix) == 0:
+        return pd.DataFrame({c: [] for c in RESULT_COLUMNS})
+    if matrix.shape[1] != len(query):
+        raise ValueError(
+            f"The query has {len(query)} dimensions but the dataset {matrix.shape[1]}: "
+            "embed it with the dataset's model."
+        )
+    scores = matrix @ query
+    k = max(0, min(int(k), len(scores)))
+    candidates = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(scores) else np.arange(k)
+    # include every row tied with the k-th best so the tie-break below is exact
+    if k:
+        cutoff = scores[candidates].min()
+        candidates = np.flatnonzero(scores >= cutoff)
+    uris = df["uri"].to_numpy()
+    is_first = (uris[candidates] == first) if first is not None else np.zeros(len(candidates))
+    order = np.lexsort((candidates, ~is_first.astype(bool), -scores[candidates]))[:k]
+    picked = candidates[order]
+    return pd.DataFrame(
+        {
+            "uri": uris[picked],
+            "score": scores[picked].astype(np.float32),
+            "md5": df["md5"].to_numpy()[picked] if "md5" in df else None,
+        }
+    )
+
+
+def search_text(
+    data: Any,
+    query: str,
+    *,
+    k: int = 10,
+    embedder: Embedder | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    token: Any = None,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """The ``k`` images that best match a text, with the text tower of the dataset's model.
+
+    Args:
+        data: A dataset URL, the ``(df, matrix)`` pair of :func:`gcsemb.read_embeddings`, or a
+            DataFrame with an ``embedding`` column. Pass the pair when searching repeatedly.
+        query: What to look for, e.g. ``"a red car at night"``.
+        k: How many results.
+        embedder: The dataset's model, already loaded.
+        model: Architecture or config JSON, as given to :func:`gcsemb.embed` (default: from the
+            dataset's model tag).
+        pretrained: Weights, as given to :func:`gcsemb.embed` (needed for a checkpoint).
+        token: Credentials for ``gs://``.
+        device: Where to run the text tower.
+
+    Returns:
+        A DataFrame with ``uri``, ``score`` (cosine similarity) and ``md5``, best first.
+
+    Example:
+        >>> search_text("gs://my-bucket/embeddings", "a cat on a sofa", k=5)  # doctest: +SKIP
+                                        uri     score                       md5
+        0  gs://my-bucket/photos/cat-17.jpg  0.312871  lU1kSQ0Q...
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("Give a non-empty text to search for, e.g. 'a photo of a cat'.")
+    df, matrix, _ = embeddings_of(data, token=token)
+    tag = _tag(df)
+    if tag is None:
+        if embedder is None:
+            raise ValueError("No model tag in the rows: pass embedder= to embed the text.")
+    else:
+        embedder = embedder_for(
+            tag,
+            embedder=embedder,
+            model=model,
+            pretrained=pretrained,
+            token=token,
+            device=device,
+        )
+    vector = embedder.embed_texts([query])[0]
+    return top_k(df, matrix, vector, k)
+
+
+def search_image(
+    data: Any,
+    image: Any,
+    *,
+    k: int = 10,
+    embedder: Embedder | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    token: Any = None,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """The ``k`` images most similar to an image of the dataset or a new one.
+
+    Args:
+        data: A dataset URL, the ``(df, matrix)`` pair, or a DataFrame with ``embedding``.
+        image: A URI in the dataset (its stored embedding is used: no model needed, and it comes
+            back first), another image's URI or local path, a PIL image, image bytes, or an
+            embedding vector.
+        k: How many results.
+        embedder: The dataset's model, for images not in the dataset.
+        model: As given to :func:`gcsemb.embed` (default: from the dataset's tag).
+        pretrained: As given to :func:`gcsemb.embed` (needed for a checkpoint).
+        token: Credentials for ``gs://``.
+        device: Where to run the image tower.
+
+    Returns:
+        A DataFrame with ``uri``, ``score`` and ``md5``, best first.
+
+    Example:
+        >>> hits = search_image((df, X), "gs://my-bucket/photos/cat-17.jpg", k=8)  # doctest: +SKIP
+        >>> hits.uri[0]  # doctest: +SKIP
+        'gs://my-bucket/photos/cat-17.jpg'
+    """
+    df, matrix, _ = embeddings_of(data, token=token)
+    if isinstance(image, np.ndarray) and image.ndim == 1:
+        return top_k(df, matrix, image / (np.linalg.norm(image) or 1.0), k)
+    if isinstance(image, str | os.PathLike):
+        uri = str(image)
+        hit = np.flatnonzero(df["uri"].to_numpy() == uri) if len(df) else []
+        if len(hit):
+            return top_k(df, matrix, matrix[hit[0]], k, first=uri)
+        image = _read_image(uri, token)
+    pil = _as_pil(image)
+    tag = _tag(df)
+    if tag is None and embedder is None:
+        raise ValueError("No model tag in the rows: pass embedder= to embed the image.")
+    if tag is not None:
+        embedder = embedder_for(
+            tag, embedder=embedder, model=model, pretrained=pretrained, token=token, device=device
+        )
+    return top_k(df, matrix, embedder.embed_images([pil])[0], k)
+
+
+def _read_image(uri: str, token: Any) -> bytes:
+    """The bytes of an image outside the dataset (a local path or any fsspec URL)."""
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{uri} is neither a uri of the dataset nor an image file: pass a dataset uri "
+                "(df.uri), a local image path, or a gs:// URL."
+            )
+        return path.read_bytes()
+    from gcsemb.storage import explain, filesystem
+
+    fs, path = filesystem(uri, token)
+    try:
+        return fs.cat_file(path)
+    except Exception as e:
+        raise explain(e, uri, fs, "read") from e
+
+
+def _as_pil(image: Any) -> Image.Image:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, bytes | bytearray | memoryview):
+        from gcsemb.decode import decode_image
+
+        decoded = decode_image(bytes(image))
+        if not decoded.ok:
+            raise ValueError(f"Cannot search with this image: {decoded.error}.")
+        return decoded.image
+    if isinstance(image, io.IOBase):
+        return _as_pil(image.read())
+    raise TypeError(
+        f"Cannot search with a {type(image).__name__}: pass a dataset uri, an image path or "
+        "URL, a PIL image, image bytes or an embedding vector."
+    )
+
+
+def near_duplicates(
+    data: Any,
+    *,
+    threshold: float = 0.95,
+    chunk: int = 4096,
+    max_pairs: int = 1_000_000,
+    token: Any = None,
+    model: str | None = None,
+) -> pd.DataFrame:
+    """Every pair of images whose embeddings' cosine similarity is at least ``threshold``.
+
+    Exact: all pairs are compared, in blocks of ``chunk`` x ``chunk`` rows (memory
+    ``O(chunk^2)``, about 64 MB at 4096), so 100k images take about a minute on 2 cores. Images
+    with the same bytes (same md5) are always reported, whatever their score.
+
+    Args:
+        data: A dataset URL, the ``(df, matrix)`` pair, or a DataFrame with ``embedding``.
+        threshold: Minimum cosine similarity (CLIP: about 0.95 and up for re-encodes, crops
+            and resizes of one photo; 1.0 for identical pixels).
+        chunk: Rows per block.
+        max_pairs: Stop with an error past this many pairs (the threshold is too low).
+        token: Credentials for ``gs://``.
+        model: The model tag to use when the dataset holds several.
+
+    Returns:
+        A DataFrame with ``uri_a``, ``uri_b``, ``score`` and ``exact`` (same md5), most similar
+        first; each pair once.
+
+    Example:
+        >>> pairs = near_duplicates("gs://my-bucket/embeddings", threshold=0.97)  # doctest: +SKIP
+        >>> pairs.head(3)  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    df, matrix, _ = embeddings_of(data, token=token, model=model)
+    n = len(matrix)
+    found_a: list[np.ndarray] = []
+    found_b: list[np.ndarray] = []
+    total = 0
+    if n:
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        unit = (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
+        for i0 in range(0, n, chunk):
+            block = unit[i0 : i0 + chunk]
+            for j0 in range(i0, n, chunk):
+                sims = block @ unit[j0 : j0 + chunk].T
+                ii, jj = np.nonzero(sims >= threshold)
+                if i0 == j0:  # the diagonal block: each pair once, no self-pairs
+                    keep = jj > ii
+                    ii, jj = ii[keep], jj[keep]
+                found_a.append(ii + i0)
+                found_b.append(jj + j0)
+                total += len(ii)
+                if total > max_pairs:
+                    raise ValueError(
+                        f"More than {max_pairs:,} pairs score >= {threshold}: raise the "
+                        "threshold (or max_pairs)."
+                    )
+    a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
+    b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)
+    if "md5" in df and n:
+        ea, eb = _same_md5(df["md5"].to_numpy())
+        a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
+        pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+        a, b = pairs[:, 0], pairs[:, 1]
+    scores = np.einsum("ij,ij->i", unit[a], unit[b]) if len(a) else np.zeros(0, np.float32)
+    md5 = df["md5"].to_numpy() if "md5" in df else None
+    exact = (md5[a] == md5[b]) & pd.notna(md5[a]) if md5 is not None else np.zeros(len(a), bool)
+    uris = df["uri"].to_numpy()
+    out = pd.DataFrame(
+        {
+            "uri_a": uris[a],
+            "uri_b": uris[b],
+            "score": np.asarray(scores, np.float32),
+            "exact": np.asarray(exact, bool),
+        }
+    )
+    out = out.sort_values(["score", "uri_a", "uri_b"], ascending=[False, True, True])
+    return out.reset_index(drop=True)
+
+
+def _same_md5(md5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of rows with the same (non-null) md5."""
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(md5):
+        if m:
+            groups.setdefault(m, []).append(i)
+    a: list[int] = []
+    b: list[int] = []
+    for rows in groups.values():
+        for x in range(len(rows)):
+            for y in range(x + 1, len(rows)):
+                a.append(rows[x])
+                b.append(rows[y])
+    return np.asarray(a, np.int64), np.asarray(b, np.int64)
+
+
+def uris_of(results: Any) -> Sequence[str]:
+    """The URIs of a search result (DataFrame with ``uri``) or a list of URIs."""
+    if hasattr(results, "columns") and "uri" in results.columns:
+        return list(results["uri"])
+    return [str(u) for u in results]

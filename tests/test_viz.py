@@ -1,0 +1,330 @@
+"""Looking at a dataset: UMAP map PNGs, search, near-duplicates, image grids, the explorer widget.
+
+One dataset per module: sample photos (plus one exact copy) embedded on the GCS emulator with the
+tiny random-weight CLIP. Random weights still give deterministic embeddings, so an image is its own
+best match and exact copies score 1.0.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from gcsemb.dataset import read_embeddings  # noqa: E402
+from gcsemb.demo import upload_samples  # noqa: E402
+from gcsemb.embedder import TINY_MODEL, load_embedder  # noqa: E402
+from gcsemb.errors import GcsembError  # noqa: E402
+from gcsemb.pipeline import embed  # noqa: E402
+from gcsemb.projection import projection_path, umap_project  # noqa: E402
+from gcsemb.search import near_duplicates, search_image, search_text  # noqa: E402
+from gcsemb.viz import THUMBNAIL_GID, image_grid, plot_projection  # noqa: E402
+
+GCSEMB = str(Path(sys.executable).parent / "gcsemb")
+COPY = "copies/same bytes, other name.jpg"
+
+
+@pytest.fixture(scope="module")
+def dataset(gcs, tiny_ckpt):
+    """60 sample photos + one exact copy, embedded into gs://BUCKET/emb."""
+    fs = gcs.filesystem()
+    bucket = f"viz-{os.getpid()}"
+    fs.mkdir(bucket)
+    upload_samples(fs, bucket, 60)
+    dst = f"gs://{bucket}/emb"
+    embed(f"gs://{bucket}/photos", dst, model=TINY_MODEL, pretrained=tiny_ckpt, progress=False)
+    df, matrix = read_embeddings(dst)
+    copy = df.index[df["uri"].str.endswith(COPY)][0]
+    twin = df.index[(df["md5"] == df.at[copy, "md5"]) & (df.index != copy)][0]
+    return types.SimpleNamespace(
+        dst=dst,
+        df=df,
+        matrix=matrix,
+        ckpt=tiny_ckpt,
+        copy=df.at[copy, "uri"],
+        original=df.at[twin, "uri"],
+    )
+
+
+def _coords(dataset):
+    return umap_project(dataset.dst)  # the CLI's defaults: it reuses what this saves
+
+
+def _png(fig_or_ax, path, dpi=100):
+    fig = getattr(fig_or_ax, "figure", fig_or_ax)
+    fig.savefig(path, dpi=dpi)
+    return Image.open(path).convert("RGB")
+
+
+def _cli(*args):
+    return subprocess.run(
+        [GCSEMB, *args], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
+
+
+# ------------------------------------------------------------------------------- projection
+
+
+def test_projection_is_saved_beside_the_dataset_and_reused(dataset, gcs):
+    first = _coords(dataset)
+    assert list(first.columns[:4]) == ["uri", "x", "y", "folder"]
+    assert len(first) == len(dataset.df) and np.isfinite(first[["x", "y"]]).all().all()
+    assert list(first["uri"]) == list(dataset.df["uri"])
+    assert {"astronaut", "chelsea", "copies"} <= set(first["folder"])
+    assert "embedding" not in first
+    saved = projection_path(dataset.dst, dataset.df["model"][0])
+    assert "/_umap/" in saved and gcs.filesystem().exists(saved.removeprefix("gs://"))
+    # the dataset still reads as before: the projection is not mistaken for embeddings
+    plain = pd.read_parquet(dataset.dst, storage_options={"token": "anon"})
+    assert len(plain) == len(dataset.df) and "x" not in plain
+    again = _coords(dataset)
+    assert again.attrs["umap"]["reused"] and not first.attrs["umap"]["reused"]
+    np.testing.assert_array_equal(again[["x", "y"]], first[["x", "y"]])
+    other = umap_project(dataset.dst, n_neighbors=5, save=False)
+    assert not other.attrs["umap"]["reused"]
+
+
+def test_same_seed_same_layout(dataset):
+    a = umap_project((dataset.df, dataset.matrix), n_epochs=30)
+    b = umap_project((dataset.df, dataset.matrix), n_epochs=30)
+    np.testing.assert_allclose(a[["x", "y"]], b[["x", "y"]])
+
+
+# ------------------------------------------------------------------------------------ plots
+
+
+def test_umap_png_is_readable_and_has_thumbnails(dataset, tmp_path):
+    coords = _coords(dataset)
+    ax = plot_projection(coords, color_by="folder", thumbnails=12)
+    thumbs = [a for a in ax.artists if a.get_gid() == THUMBNAIL_GID]
+    assert len(thumbs) >= 3  # never overlapping: tight clusters hold one each
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("astronaut (") for t in legend)
+    assert ax.get_title(loc="left").startswith(f"UMAP of {len(coords)} images")
+    with_thumbs = np.asarray(_png(ax, tmp_path / "thumbs.png"), dtype=np.int16)
+    plain = np.asarray(
+        _png(plot_projection(coords, color_by="folder"), tmp_path / "plain.png"), dtype=np.int16
+    )
+    height, width, _ = with_thumbs.shape
+    assert width >= 800 and height >= 600
+    assert with_thumbs.shape == plain.shape
+    differs = np.abs(with_thumbs - plain).sum(axis=2) > 30
+    renderer = ax.figure.canvas.get_renderer()
+    for thumb in thumbs:  # each thumbnail's box on the PNG is a picture, not the bare scatter
+        box = thumb.patch.get_window_extent(renderer)  # the frame, not the leader line
+        rows = slice(int(height - box.y1) + 3, int(height - box.y0) - 3)
+        cols = slice(int(box.x0) + 3, int(box.x1) - 3)
+        assert max(box.width, box.height) >= 30 and differs[rows, cols].mean() > 0.5
+
+
+def test_plot_into_a_given_axes_and_numeric_colours(dataset):
+    import matplotlib.pyplot as plt
+
+    coords = _coords(dataset)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    assert plot_projection(coords, left, color_by="size") is left
+    assert plot_projection(coords.iloc[:20], right, highlight=[coords.uri[3]]) is right
+    assert len(fig.axes) == 3  # two plots and the colour bar of "size"
+    with pytest.raises(KeyError, match="No column 'nope'"):
+        plot_projection(coords, color_by="nope")
+    with pytest.raises(ValueError, match="umap_project"):
+        plot_projection(dataset.df)
+    plt.close("all")
+
+
+def test_cli_umap_writes_a_png_with_thumbnails(dataset, tmp_path):
+    _coords(dataset)  # saved beside the dataset: the command reuses it
+    out = tmp_path / "map.png"
+    done = _cli("umap", dataset.dst, "--out", str(out), "--thumbnails", "10", "--dpi", "100")
+    assert done.returncode == 0, done.stderr
+    width, height = Image.open(out).size
+    assert width >= 800 and height >= 600
+    drawn = int(done.stderr.split(" thumbnails")[0].rsplit(" ", 1)[1])
+    assert drawn >= 3 and "reused from" in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------------------------- search
+
+
+def test_search_with_an_image_of_the_dataset_returns_it_first(dataset):
+    data = (dataset.df, dataset.matrix)
+    for uri in [*dataset.df["uri"][:5], dataset.original, dataset.copy]:
+        hits = search_image(data, uri, k=5)
+        assert list(hits.columns[:2]) == ["uri", "score"] and len(hits) == 5
+        assert hits.uri[0] == uri and hits.score[0] == pytest.approx(1.0, abs=1e-5)
+        assert hits.score.is_monotonic_decreasing
+    twin = search_image(data, dataset.original, k=2)
+    assert list(twin.uri) == [dataset.original, dataset.copy]  # the copy ties at 1.0, second
+
+
+def test_search_with_a_new_image_file(dataset, tmp_path, gcs):
+    data = gcs.filesystem().cat(dataset.df.uri[7].removeprefix("gs://"))
+    path = tmp_path / "query.jpg"
+    path.write_bytes(data)
+    hits = search_image(
+        (dataset.df, dataset.matrix), str(path), k=3, model=TINY_MODEL, pretrained=dataset.ckpt
+    )
+    assert hits.uri[0] == dataset.df.uri[7] and hits.score[0] > 0.999
+    pil = Image.open(io.BytesIO(data))
+    assert search_image(dataset.dst, pil, k=1, pretrained=dataset.ckpt).uri[0] == hits.uri[0]
+
+
+def test_search_text_uses_the_datasets_model(dataset):
+    hits = search_text((dataset.df, dataset.matrix), "a photo", k=6, pretrained=dataset.ckpt)
+    embedder = load_embedder(TINY_MODEL, dataset.ckpt)
+    expected = dataset.matrix @ embedder.embed_texts(["a photo"])[0]
+    assert list(hits.uri) == list(dataset.df.uri[np.argsort(-expected, kind="stable")[:6]])
+    np.testing.assert_allclose(hits.score, np.sort(expected)[::-1][:6], rtol=1e-5)
+    # a checkpoint's path is not stored: the error says what to pass
+    with pytest.raises(GcsembError, match="pretrained="):
+        search_text((dataset.df, dataset.matrix), "a photo")
+    other = load_embedder(TINY_MODEL, None)  # same architecture, other (random) weights
+    with pytest.raises(GcsembError, match="not comparable"):
+        search_text((dataset.df, dataset.matrix), "a photo", embedder=other)
+
+
+def test_near_duplicates_finds_the_copy(dataset):
+    pairs = near_duplicates(dataset.dst, threshold=0.99)
+    assert list(pairs.columns) == ["uri_a", "uri_b", "score", "exact"]
+    exact = pairs[pairs.exact]
+    assert len(exact) == 1  # the one exact copy in the samples
+    assert {exact.uri_a.iloc[0], exact.uri_b.iloc[0]} == {dataset.original, dataset.copy}
+    assert exact.score.iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert pairs.index[pairs.exact][0] < 5  # among the most similar, first
+    assert (pairs.score >= 0.99).all() and (pairs.uri_a != pairs.uri_b).all()
+
+
+def test_near_duplicates_blocks_match_brute_force():
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((50, 16)).astype(np.float32)
+    matrix[10] = matrix[3] + 0.01 * rng.standard_normal(16)
+    matrix[41] = matrix[3]
+    matrix[27] = matrix[40] + 0.02 * rng.standard_normal(16)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    df = pd.DataFrame({"uri": [f"u{i}" for i in range(50)], "md5": [f"m{i}" for i in range(50)]})
+    df.loc[41, "md5"] = "m3"
+    blocked = near_duplicates((df, matrix), threshold=0.98, chunk=7)
+    sims = matrix @ matrix.T
+    brute = {(f"u{i}", f"u{j}") for i in range(50) for j in range(i + 1, 50) if sims[i, j] >= 0.98}
+    assert set(zip(blocked.uri_a, blocked.uri_b, strict=True)) == brute
+    assert brute >= {("u3", "u10"), ("u3", "u41"), ("u27", "u40")}
+    assert blocked.set_index(["uri_a", "uri_b"]).loc[("u3", "u41"), "exact"]
+
+
+def test_image_grid_draws_every_result(dataset, tmp_path):
+    hits = search_image((dataset.df, dataset.matrix), dataset.df.uri[0], k=7)
+    fig = image_grid(hits, ncols=4)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 7
+    assert shown[0].get_title().startswith("1.000")
+    image = _png(fig, tmp_path / "grid.png")
+    assert image.size[0] >= 600
+    pairs = image_grid(near_duplicates((dataset.df, dataset.matrix), threshold=0.99))
+    assert "near-duplicate pairs" in pairs._suptitle.get_text()
+
+
+def test_cli_search_jsonl_table_and_grid(dataset, tmp_path):
+    grid = tmp_path / "grid.png"
+    args = ["search", dataset.dst, "a photo", "-k", "4", "--format", "jsonl"]
+    done = _cli(*args, "--pretrained", dataset.ckpt, "--out", str(grid))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 4 and all(set(r) == {"uri", "score"} for r in rows)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert Image.open(grid).size[0] >= 600
+    by_image = _cli("search", dataset.dst, "--image", dataset.copy, "-k", "3")
+    assert by_image.returncode == 0, by_image.stderr
+    lines = by_image.stdout.splitlines()
+    assert lines[0].split() == ["RANK", "SCORE", "URI"] and lines[1].endswith(dataset.copy)
+    missing = _cli("search", dataset.dst, "a photo")  # checkpoint not given again
+    assert missing.returncode == 1 and "--pretrained" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- thumbnails
+
+
+def test_thumbnails_are_fetched_once_then_read_from_disk(dataset, monkeypatch):
+    from gcsemb import thumbnails
+
+    uris = [*dataset.df.uri[:6], dataset.dst.replace("/emb", "/photos/broken/truncated.jpg")]
+    md5s = [*dataset.df.md5[:6], None]
+    first = thumbnails.thumbnail_bytes(uris, md5s, size=64)
+    assert all(first[:6]) and first[6] is None
+    assert max(Image.open(io.BytesIO(first[0])).size) == 64
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(thumbnails, "_fetch", no_network)
+    assert thumbnails.thumbnail_bytes(uris[:6], md5s[:6], size=64) == first[:6]
+
+
+# ---------------------------------------------------------------------------------- widget
+
+
+def test_explorer_reacts_to_a_query_and_to_picking_an_image(dataset):
+    import ipywidgets
+
+    from gcsemb.widgets import Explorer
+
+    _coords(dataset)
+    ex = Explorer(dataset.dst, pretrained=dataset.ckpt, k=6)
+    assert ex.result_box.children == () and ex.selected == []
+    blank_map = bytes(ex.plot.value)
+    assert blank_map.startswith(b"\x89PNG")
+
+    results = ex.query("a photo")
+    tiles = ex.result_box.children
+    assert len(tiles) == 6 and list(results.uri) == ex.selected
+    images = [t.children[0] for t in tiles]
+    assert all(isinstance(i, ipywidgets.Image) for i in images)
+    assert all(bytes(i.value[:2]) == b"\xff\xd8" for i in images)  # JPEG thumbnails
+    assert bytes(ex.plot.value) != blank_map  # the results are marked on the map
+    assert ex.text.value == "a photo"
+
+    ex.text.value = "a photo of a rocket"  # typing in the box searches
+    assert "a photo of a rocket" in ex.status.value and len(ex.result_box.children) == 6
+    ex.k_slider.value = 3  # moving the slider re-runs the search
+    assert len(ex.result_box.children) == 3 and len(ex.selected) == 3
+
+    pick = dataset.df.uri[10]
+    neighbours = ex.select(pick)
+    assert neighbours.uri[0] == pick and ex.selected[0] == pick
+    assert ex.result_box.children[0].uri == pick
+
+    second = ex.result_box.children[1]
+    second.children[2].click()  # its "neighbours" button
+    assert ex.selected[0] == second.uri
+
+    ex.uri_box.value = "gs://nowhere/x.jpg"  # a mistake shows in the status line
+    assert "not in this dataset" in ex.status.value
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "Explorer(" in repr(ex)
+
+
+def test_explorer_in_colab_enables_the_custom_widget_manager(monkeypatch, dataset):
+    from gcsemb import widgets
+
+    calls = []
+    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append(1))
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(widgets, "_COLAB_READY", False)
+    widgets.Explorer((dataset.df, dataset.matrix), umap=False)
+    assert calls == [1]
