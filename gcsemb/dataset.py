@@ -98,9 +98,7 @@ class ShardWriter:
     dim: int
     rows_per_shard: int = 5000
     seconds_per_shard: float = 60.0
-    run: str = field(
-        default_factory=lambda: f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    )
+    run: str = field(default_factory=lambda: run_id())
     shards: int = 0
     error_shards: int = 0
     _rows: list[dict[str, Any]] = field(default_factory=list)
@@ -162,6 +160,13 @@ class ShardWriter:
         except Exception as e:
             raise explain(e, self.fs.unstrip_protocol(self.dst), self.fs, "write") from e
         self._last_flush = time.monotonic()
+
+
+def run_id() -> str:
+    """A shard-name prefix that sorts by start time (to the microsecond) and never collides."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{int(now * 1e6) % 1_000_000:06d}{uuid.uuid4().hex[:4]}"
 
 
 def _rows_table(rows: list[dict[str, Any]], sch: pa.Schema) -> pa.Table:
