@@ -307,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="laion2b_s34b_b79k",
         help="weights tag, checkpoint path or gs:// URL; 'random' for random weights",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: 32 on a CPU, 256 on a GPU)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--limit", type=int, help="only the first N images of the listing")

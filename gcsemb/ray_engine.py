@@ -44,7 +44,16 @@ import pyarrow as pa
 from gcsemb import errors
 from gcsemb.dataset import ShardWriter, done_index, failed_index
 from gcsemb.errors import GcsembError
-from gcsemb.pipeline import DEDUPE_WINDOW, EmbedConfig, EmbedSummary, Item, decode, fetch, plan
+from gcsemb.pipeline import (
+    DEDUPE_WINDOW,
+    EmbedConfig,
+    EmbedSummary,
+    Item,
+    decode,
+    default_batch_size,
+    fetch,
+    plan,
+)
 from gcsemb.storage import (
     _GLOB_CHARS,
     EMULATOR_ENV,
@@ -651,7 +660,7 @@ def _run(
         )
         ds = ds.map_batches(
             Embed,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size or default_batch_size("cuda" if gpus_per_worker else "cpu"),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_kwargs={

@@ -208,3 +208,31 @@ def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
     )
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert again.stdout.split() == [str(count), "False"], again.stderr
+
+
+@pytest.mark.parametrize(
+    ("busy", "idle", "threads"),
+    [
+        (0.001, 0.02, 1),  # a small model waits for decoding: its threads go to the decoders
+        (0.02, 0.0, None),  # the model is the bottleneck: it keeps every thread
+    ],
+)
+def test_thread_tuner_gives_a_waiting_model_one_thread(busy, idle, threads):
+    torch = pytest.importorskip("torch")
+    from gcsemb.pipeline import ThreadTuner
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tuner = ThreadTuner(enabled=True)
+        for _ in range(20):
+            time.sleep(idle)  # waiting for the next batch
+            start = time.perf_counter()
+            time.sleep(busy)  # embedding it
+            tuner.step(time.perf_counter() - start)
+        assert tuner.settled
+        assert torch.get_num_threads() == tuner.threads == (threads or 2)
+        tuner.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
