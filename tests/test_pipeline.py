@@ -172,6 +172,10 @@ def test_local_folder_to_local_folder_and_duckdb(tmp_path, tiny_ckpt):
     ).fetchall()[0]
     assert (n, dim) == (12, 64)
     assert run(str(src), str(tmp_path / "emb"), tiny_ckpt).skipped == 12
+    changed = next(src.rglob("*.jpg"))
+    os.utime(changed, (time.time(), changed.stat().st_mtime + 60))  # edited: a newer mtime
+    again = run(str(src), str(tmp_path / "emb"), tiny_ckpt)
+    assert (again.embedded, again.skipped) == (1, 11)
 
 
 def test_denied_source_stops_at_once(tiny_ckpt, monkeypatch, tmp_path):
