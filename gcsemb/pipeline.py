@@ -413,15 +413,21 @@ def embed(
         seconds_per_shard=cfg.seconds_per_shard,
     )
     results: OrderedDict[str, Any] = OrderedDict()
+    # no total until the listing ends (it runs alongside); then a percentage and a time left
     bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
+    shown = 0
     tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
     try:
         for batch in _graph(_chain(first, items), src_fs, embedder, cfg):
             busy = time.perf_counter()
             write(batch, embedder, writer, results, summary)
             tuner.step(time.perf_counter() - busy)
-            bar.update(len(batch))
-            bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
+            if bar.total is None and objects.count is not None:  # the listing is complete
+                bar.total = objects.count
+            skipped = summary.skipped  # images done by an earlier run count as done
+            bar.update(len(batch) + skipped - shown)
+            shown = skipped
+            bar.set_postfix(failed=summary.failed, skipped=skipped, refresh=False)
     finally:
         tuner.restore()
         objects.close()
@@ -499,7 +505,10 @@ class ThreadTuner:
 
 
 class _Prefetched:
-    """An iterator run in a background thread, ``size`` items ahead; errors surface in order."""
+    """An iterator run in a background thread, ``size`` items ahead; errors surface in order.
+
+    ``count`` is how many items there are in all, once the producer has seen the last one.
+    """
 
     _END = object()
 
@@ -510,13 +519,17 @@ class _Prefetched:
         self._queue: queue.Queue[Any] = queue.Queue(size)
         self._full = queue.Full
         self._stop = threading.Event()
+        self.count: int | None = None
         threading.Thread(target=self._produce, args=(iterator,), daemon=True).start()
 
     def _produce(self, iterator: Iterator[Any]) -> None:
         try:
+            produced = 0
             for item in iterator:
                 if not self._put(item):
                     return
+                produced += 1
+            self.count = produced
             self._put(self._END)
         except BaseException as e:  # handed to the consumer
             self._put(e)
