@@ -240,3 +240,16 @@ def test_thread_tuner_gives_a_waiting_model_one_thread(busy, idle, threads):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_progress_bar_shows_a_total_and_counts_what_was_done_before(
+    photos, bucket, tiny_ckpt, capsys
+):
+    src, count = photos
+    dst = f"gs://{bucket}/progress"
+    embed(src, dst, model=TINY_MODEL, pretrained=tiny_ckpt, limit=10)
+    first = capsys.readouterr().err
+    assert "100%" in first and "10/10" in first
+    embed(src, dst, model=TINY_MODEL, pretrained=tiny_ckpt)
+    again = capsys.readouterr().err
+    assert f"{count}/{count}" in again and "skipped=10" in again
