@@ -428,6 +428,7 @@ def embed(
             bar.update(len(batch) + skipped - shown)
             shown = skipped
             bar.set_postfix(failed=summary.failed, skipped=skipped, refresh=False)
+        bar.update(summary.skipped - shown)  # done before, after the last batch of the listing
         bar.total = bar.n  # 100% even if the last batch came before the listing's end was seen
     finally:
         tuner.restore()
