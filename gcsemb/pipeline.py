@@ -21,11 +21,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -440,19 +439,17 @@ def embed(
 
 
 class ThreadTuner:
-    """On a CPU, give torch the threads the model needs and leave the other cores to decoding.
+    """On a CPU, give torch every core only when the model needs them.
 
     The model runs in the main thread while decode threads share the same cores, and torch's
     idle threads spin: a model that is not the bottleneck still starves the decoders if it has
-    every core. The tuner watches the main thread with all ``N`` threads. While it never waits
-    for a batch, the model is the bottleneck (or batches made ahead are still queued) and all
-    threads stay. Once it waits, the tuner measures over ``trial`` batches the share of wall
-    time the main thread is busy; assuming the model scales linearly, ``k`` threads would keep
-    it busy ``share * N / k`` of the time, and the fewest threads that hold that to ``target``
-    stay (1 for a small model). The estimate is pessimistic (small models scale less than
-    linearly, and the share measured with all threads includes their fight with the decoders
-    for cores), so the default target lets the model fill the main thread. Measuring costs
-    nothing: the batches run as usual meanwhile.
+    every core. The tuner watches the main thread. While it never has to wait for a batch, the
+    model is the bottleneck and keeps all its threads. Once it waits, the input side is behind:
+    the tuner gives torch one thread and measures, over ``trial`` batches, the share of wall
+    time the main thread is then busy. At most ``target`` (the model keeps up with one thread)
+    it stays at one thread, leaving the other cores to decoding; above, all threads come back.
+    Measured with one thread, the share is not inflated by spinning threads fighting the
+    decoders for cores. Only the trial batches of a model that needs every core run slower.
 
     Example:
         >>> tuner = ThreadTuner(enabled=True)  # doctest: +SKIP
@@ -462,31 +459,35 @@ class ThreadTuner:
         1
     """
 
-    WAIT = 0.002  # seconds: waiting longer for a batch means the input side is behind
-
     def __init__(
-        self, enabled: bool, trial: int = 4, patience: int = 12, target: float = 1.0
+        self,
+        enabled: bool,
+        trial: int = 4,
+        patience: int = 12,
+        target: float = 0.8,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         import torch
 
-        self._torch = torch
+        self._torch, self._clock = torch, clock
         self.original = self.threads = torch.get_num_threads()
         self.settled = not enabled or self.original == 1
         self.trial, self.patience, self.target = trial, patience, target
-        self.seen, self.window, self.busy, self.wall = 0, 0, 0.0, 0.0
-        self._last = time.perf_counter()
+        self.seen, self.window, self.busy, self.wall = 0, -1, 0.0, 0.0
+        self._last = clock()
 
     def step(self, busy: float) -> None:
         """Account a batch that kept the main thread busy ``busy`` seconds since the last call."""
-        now = time.perf_counter()
+        now = self._clock()
         wall, self._last = now - self._last, now
         if self.settled:
             return
         self.seen += 1
-        if self.seen == 1:  # the first batch waited for the pipeline to fill
-            return
-        if self.window == 0 and wall - busy < self.WAIT:  # no wait: model-bound, or backlog
-            if self.seen > self.patience:
+        if self.window < 0:  # watching, with every thread
+            if self.seen > 1 and _waited(wall - busy, busy):  # (the first batch had to wait)
+                self.window = 0
+                self._set(1)
+            elif self.seen > self.patience:  # never waited: the model is the bottleneck
                 self._settle(1.0)
             return
         self.window += 1
@@ -494,10 +495,12 @@ class ThreadTuner:
         if self.window == self.trial:
             self._settle(self.busy / self.wall)
 
+    def _set(self, threads: int) -> None:
+        self.threads = threads
+        self._torch.set_num_threads(threads)
+
     def _settle(self, share: float) -> None:
-        need = math.ceil(share * self.original / self.target)
-        self.threads = min(self.original, max(1, need))
-        self._torch.set_num_threads(self.threads)
+        self._set(1 if share <= self.target else self.original)
         self.settled = True
         log.debug("main thread busy %.0f%%: %d torch threads", share * 100, self.threads)
 
@@ -560,6 +563,14 @@ class _Prefetched:
     def close(self) -> None:
         """Stop the producer thread (the run ended early)."""
         self._stop.set()
+
+
+def _waited(wait: float, busy: float) -> bool:
+    """Whether the main thread waited for a batch long enough to say the input is behind.
+
+    Over 2 ms and a tenth of the batch's own work: a hiccup in a slow model's stream is not.
+    """
+    return wait >= 0.002 + 0.1 * busy
 
 
 def _chain(first: Item, rest: Iterator[Item]) -> Iterator[Item]:

@@ -217,25 +217,26 @@ def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
 @pytest.mark.parametrize(
     ("busy", "idle", "threads"),
     [
-        (0.001, 0.02, 1),  # a small model waits for decoding: its threads go to the decoders
-        (0.02, 0.0, None),  # the model is the bottleneck: it keeps every thread
+        (0.015, 0.06, 1),  # a small model waits for decoding: its threads go to the decoders
+        (1.6, 0.0, 2),  # the model is the bottleneck: it keeps every thread
+        (1.6, 0.05, 2),  # a short hiccup in a big model's stream changes nothing
+        (0.05, 0.008, 2),  # waits, but with one thread it would be the bottleneck: all back
     ],
 )
-def test_thread_tuner_gives_a_waiting_model_one_thread(busy, idle, threads):
+def test_thread_tuner_gives_torch_only_the_threads_the_model_needs(busy, idle, threads):
     torch = pytest.importorskip("torch")
     from gcsemb.pipeline import ThreadTuner
 
+    now = [0.0]
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        tuner = ThreadTuner(enabled=True)
+        tuner = ThreadTuner(enabled=True, clock=lambda: now[0])
         for _ in range(20):
-            time.sleep(idle)  # waiting for the next batch
-            start = time.perf_counter()
-            time.sleep(busy)  # embedding it
-            tuner.step(time.perf_counter() - start)
+            now[0] += idle + busy  # waited for the batch, then embedded it
+            tuner.step(busy)
         assert tuner.settled
-        assert torch.get_num_threads() == tuner.threads == (threads or 2)
+        assert torch.get_num_threads() == tuner.threads == threads
         tuner.restore()
         assert torch.get_num_threads() == 2
     finally:
