@@ -236,21 +236,8 @@ def search_text(
     if not isinstance(query, str) or not query.strip():
         raise ValueError("Give a non-empty text to search for, e.g. 'a photo of a cat'.")
     df, matrix, _ = embeddings_of(data, token=token)
-    tag = _tag(df)
-    if tag is None:
-        if embedder is None:
-            raise ValueError("No model tag in the rows: pass embedder= to embed the text.")
-    else:
-        embedder = embedder_for(
-            tag,
-            embedder=embedder,
-            model=model,
-            pretrained=pretrained,
-            token=token,
-            device=device,
-        )
-    vector = embedder.embed_texts([query])[0]
-    return top_k(df, matrix, vector, k)
+    embedder = _dataset_embedder(df, "text", embedder, model, pretrained, token, device)
+    return top_k(df, matrix, embedder.embed_texts([query])[0], k)
 
 
 def search_image(
@@ -296,14 +283,28 @@ def search_image(
             return top_k(df, matrix, matrix[hit[0]], k, first=uri)
         image = _read_image(uri, token)
     pil = _as_pil(image)
+    embedder = _dataset_embedder(df, "image", embedder, model, pretrained, token, device)
+    return top_k(df, matrix, embedder.embed_images([pil])[0], k)
+
+
+def _dataset_embedder(
+    df: pd.DataFrame,
+    what: str,
+    embedder: Embedder | None,
+    model: str | None,
+    pretrained: str | None,
+    token: Any,
+    device: str,
+) -> Embedder:
+    """The model of the rows (checked against ``embedder`` when one is given) to embed ``what``."""
     tag = _tag(df)
-    if tag is None and embedder is None:
-        raise ValueError("No model tag in the rows: pass embedder= to embed the image.")
     if tag is not None:
-        embedder = embedder_for(
+        return embedder_for(
             tag, embedder=embedder, model=model, pretrained=pretrained, token=token, device=device
         )
-    return top_k(df, matrix, embedder.embed_images([pil])[0], k)
+    if embedder is None:
+        raise ValueError(f"No model tag in the rows: pass embedder= to embed the {what}.")
+    return embedder
 
 
 def _read_image(uri: str, token: Any) -> bytes:
