@@ -120,6 +120,11 @@ class EmbedSummary:
     seconds: float = 0.0
 
     @property
+    def done(self) -> int:
+        """Images with an outcome: embedded, identical to another, failed or done before."""
+        return self.embedded + self.duplicates + self.failed + self.skipped
+
+    @property
     def images_per_second(self) -> float:
         """Images embedded (or reused) per second of the run."""
         return (self.embedded + self.duplicates) / self.seconds if self.seconds else 0.0
@@ -414,7 +419,6 @@ def embed(
     results: OrderedDict[str, Any] = OrderedDict()
     # no total until the listing ends (it runs alongside); then a percentage and a time left
     bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
-    shown = 0
     tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
     try:
         for batch in _graph(_chain(first, items), src_fs, embedder, cfg):
@@ -423,11 +427,9 @@ def embed(
             tuner.step(time.perf_counter() - busy)
             if bar.total is None and objects.count is not None:  # the listing is complete
                 bar.total = objects.count
-            skipped = summary.skipped  # images done by an earlier run count as done
-            bar.update(len(batch) + skipped - shown)
-            shown = skipped
-            bar.set_postfix(failed=summary.failed, skipped=skipped, refresh=False)
-        bar.update(summary.skipped - shown)  # done before, after the last batch of the listing
+            bar.update(summary.done - bar.n)
+            bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
+        bar.update(summary.done - bar.n)  # skipped after the last batch of the listing
         bar.total = bar.n  # 100% even if the last batch came before the listing's end was seen
     finally:
         tuner.restore()
