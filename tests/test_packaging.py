@@ -47,8 +47,67 @@ def test_users_chosen_dependencies_are_declared():
         "pyarrow",
         "matplotlib",
         "umap-learn",
+        "duckdb",
     }
     assert chosen <= declared
+
+
+def _extra(name: str) -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] if name == "" else project["optional-dependencies"][name]
+    return {_name(r): r.replace(" ", "") for r in reqs}
+
+
+def test_notebook_extra_fits_a_hosted_kernel():
+    """`gcsemb[notebook]` goes into a hosted kernel (Colab, Workbench): no server, widgets 7."""
+    notebook = _extra("notebook")
+    assert "jupyterlab" not in notebook and "notebook" not in notebook
+    assert notebook["ipywidgets"] == "ipywidgets>=7.7"  # Colab ships 7.7.1
+    assert "duckdb" in notebook  # notebook 03 queries the dataset with it
+    lab = _extra("lab")
+    assert lab["jupyterlab"].startswith("jupyterlab>=4")
+    env = (ROOT / "environment.yml").read_text()
+    assert "jupyterlab" not in yaml.safe_load(env)["dependencies"][-1]["pip"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def _floor(requirement: str) -> tuple[int, ...]:
+    match = re.search(r">=\s*([0-9][0-9.]*)", requirement)
+    assert match, f"{requirement} has no floor"
+    return _version(match.group(1))
+
+
+def test_floors_have_no_known_flaws():
+    """Issue 14: torch.load unpickling (<2.6), libwebp (Pillow<10.3), pyarrow 14.0.0."""
+    deps = _extra("")
+    assert _floor(deps["torch"]) >= (2, 6)
+    assert _floor(deps["pillow"]) >= (10, 3)
+    assert _floor(deps["pyarrow"]) >= (14, 0, 1)
+    assert _floor(deps["open-clip-torch"]) >= (2, 27)  # load_state_dict(weights_only=True)
+
+
+def test_colab_package_set_satisfies_the_floors():
+    """Every package Colab pins (constraints/colab.txt) meets the floor declared for it."""
+    pins = {}
+    for line in (ROOT / "constraints" / "colab.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[_name(name)] = version
+    assert {"ipywidgets", "pandas", "pyarrow", "gcsfs", "numpy", "duckdb"} <= set(pins)
+    colab_torch = {"torch": "2.11.0", "torchvision": "0.26.0"}  # not in the constraints
+    checked = 0
+    for extra in ("", "notebook", "demo"):
+        for name, req in _extra(extra).items():
+            version = pins.get(name) or colab_torch.get(name)
+            if version is None:
+                continue  # Colab lacks it: pip installs it
+            assert _version(version) >= _floor(req), f"Colab has {name} {version}; we need {req}"
+            checked += 1
+    assert checked >= 12
 
 
 def test_import_is_light():
