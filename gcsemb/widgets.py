@@ -369,7 +369,24 @@ class Explorer:
     # ------------------------------------------------------------------------ display
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        widget = self.widget
+        if callable(getattr(widget, "_repr_mimebundle_", None)):  # ipywidgets 8
+            return widget._repr_mimebundle_(**kwargs)
+        if not callable(getattr(widget, "_ipython_display_", None)):
+            return None  # a closed widget: IPython shows repr(self)
+        # ipywidgets 7 (Colab ships 7.7.1): a widget displays itself through _ipython_display_
+        # and has no mimebundle. Return the bundle it would display, so that an Explorer ending
+        # a cell renders as the cell's result, as it does under ipywidgets 8.
+        text = repr(widget)
+        bundle = {"text/plain": text if len(text) <= 110 else text[:110] + "…"}
+        if widget._view_name is not None:
+            bundle["application/vnd.jupyter.widget-view+json"] = {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": widget._model_id,
+            }
+            widget._handle_displayed()
+        return bundle
 
     def __repr__(self) -> str:
         model = self._df["model"].iloc[0] if "model" in self._df else "?"
