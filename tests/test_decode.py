@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import io
+import json
 import resource
 import struct
+import subprocess
+import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image, ImageFile
 
-from gcsemb.decode import DEFAULT_MAX_PIXELS, Decoded, decode_image
+import gcsemb.decode as decode_module
+from gcsemb.decode import (
+    DEFAULT_MAX_PIXELS,
+    Decoded,
+    PixelBudget,
+    allowed_formats,
+    decode_image,
+    decoded_bytes,
+    decoder_versions,
+)
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -397,3 +412,411 @@ def test_threaded_decoding_matches_sequential():
         if s.ok:
             assert s.image.mode == t.image.mode == "RGB"
             assert s.image.tobytes() == t.image.tobytes()
+
+
+# --- bit depth: 8-bit in float32 strips, huge images reduced first ----------------------------
+
+
+def test_float_conversion_values_nan_and_infinities():
+    values = np.array([[0.0, 0.25, 0.5, 1.0, np.nan, np.inf, -np.inf, 0.75]], np.float32)
+    d = decode_image(encode(Image.fromarray(values), "TIFF"))
+    assert d.ok, d.error
+    assert list(np.asarray(d.image)[0, :, 0]) == [0, 64, 128, 255, 0, 0, 0, 191]
+
+
+def test_arbitrary_range_is_stretched_exactly():
+    a = np.linspace(-1000, 3000, 64 * 8, dtype=np.float32).reshape(8, 64)
+    for values in (a, a.astype(np.int32)):
+        expected = np.floor((values.astype(np.float64) + 1000) * 255 / 4000 + 0.5)
+        out = np.asarray(decode_image(encode(Image.fromarray(values), "TIFF")).image)[..., 0]
+        assert np.abs(out - expected).max() <= 1 and (out == expected).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.fromarray(np.arange(300 * 200, dtype=np.uint16).reshape(200, 300)),
+        lambda: Image.fromarray(np.linspace(-5, 9, 300 * 200, dtype=np.float32).reshape(200, 300)),
+        lambda: Image.fromarray(np.arange(300 * 200, dtype=np.int32).reshape(200, 300) * 7),
+        lambda: natural(300, 200).convert("RGBA"),
+        lambda: half_transparent("P").resize((300, 200)),
+        lambda: natural(300, 200).convert("CMYK"),
+    ],
+)
+def test_conversion_in_strips_equals_whole_image(make, monkeypatch):
+    data = encode(make(), "TIFF")
+    whole = decode_image(data)
+    monkeypatch.setattr(decode_module, "_STRIP_PIXELS", 1000)  # 200 strips of 3-4 rows
+    strips = decode_image(data)
+    assert whole.ok and strips.ok
+    assert whole.image.tobytes() == strips.image.tobytes()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: natural(1600, 1200),
+        lambda: natural(1600, 1200).convert("L"),
+        lambda: natural(1600, 1200).convert("RGBA"),
+        lambda: natural(1600, 1200).convert("P"),
+        lambda: Image.fromarray(np.asarray(natural(1600, 1200).convert("L"), "u2") * 257),
+        lambda: Image.fromarray(np.asarray(natural(1600, 1200).convert("L"), "f4") / 255),
+    ],
+)
+def test_huge_images_are_reduced_early_and_look_the_same(make, monkeypatch):
+    data = encode(make(), "PNG" if make().mode != "F" else "TIFF")
+    full = decode_image(data)
+    monkeypatch.setattr(decode_module, "_HUGE_PIXELS", 0)  # treat 1600x1200 as huge
+    monkeypatch.setattr(decode_module, "_STRIP_PIXELS", 50_000)
+    small = decode_image(data, min_side=100)
+    assert small.ok, small.error
+    assert (small.width, small.height) == (full.width, full.height) == (1600, 1200)
+    assert small.image.size == (267, 200)  # 1200 // (2 * 100) = 6; both sides >= 2 * min_side
+    a = np.asarray(small.image.resize((133, 100), Image.Resampling.BICUBIC), np.float32)
+    b = np.asarray(full.image.resize((133, 100), Image.Resampling.BICUBIC), np.float32)
+    assert np.abs(a - b).mean() < 1.5
+
+
+def test_small_images_are_not_reduced():
+    d = decode_image(encode(natural(1600, 1200), "PNG"), min_side=100)
+    assert d.image.size == (1600, 1200)  # below 16 Mpx: full size, as before
+
+
+def test_reduced_image_is_still_upright(monkeypatch):
+    monkeypatch.setattr(decode_module, "_HUGE_PIXELS", 0)
+    d = decode_image(with_orientation("PNG", 6), min_side=10)
+    assert (d.width, d.height) == (80, 120) and d.image.size == (20, 30)
+    assert_colour(d.image, corner_xy(d.image, "TR"), RED, tol=60)
+
+
+# --- peak memory of big images (each in a fresh process) --------------------------------------
+
+PEAK = """
+import json, os, resource, sys
+from gcsemb.decode import decode_image
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/statm") as f:
+    rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+d = decode_image(data, **json.loads(sys.argv[2]))
+rise = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+out = {"rise": rise, "error": d.error, "full": [d.width, d.height]}
+if d.ok:
+    out["size"] = list(d.image.size)
+    out["corners"] = [d.image.getpixel((0, 0)), d.image.getpixel((-1, -1))]
+print(json.dumps(out))
+"""
+
+
+def peak_rise(path: Path, **kwargs) -> dict:
+    """Decodes a file in a fresh interpreter: how far its peak RSS rose above that before."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, str(path), json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def big_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 9000x9000 16-bit PNG (ramp 0..65535) and an 8000x8000 float TIFF (-1000..2900)."""
+    folder = tmp_path_factory.mktemp("big")
+    ramp = np.empty((9000, 9000), np.uint16)
+    for top in range(0, 9000, 1000):  # row blocks: the test never holds float copies
+        diagonal = np.arange(9000) + np.arange(top, top + 1000)[:, None]  # 0..17998
+        ramp[top : top + 1000] = diagonal * 65535 // 17998
+    Image.fromarray(ramp).save(folder / "gray16.png", compress_level=1)
+    del ramp
+    tiles = np.empty((8000, 8000), np.float32)
+    for top in range(0, 8000, 1000):
+        y = np.arange(top, top + 1000)[:, None] // 50
+        tiles[top : top + 1000] = ((np.arange(8000) // 50 + y) % 40) * 100.0 - 1000.0
+    tiles[-1, -1] = 2900.0
+    Image.fromarray(tiles).save(folder / "float.tif", compression="tiff_deflate")
+    return {"gray16": folder / "gray16.png", "float": folder / "float.tif"}
+
+
+MB = 1e6
+GRAY16_BYTES = 9000 * 9000 * 2  # as PIL stores it (mode I;16): 162 MB
+FLOAT_BYTES = 8000 * 8000 * 4  # mode F: 256 MB
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize(
+    ("name", "decoded", "corners"),
+    [("gray16", GRAY16_BYTES, [[0, 0, 0], [255, 255, 255]]), ("float", FLOAT_BYTES, None)],
+)
+def test_big_deep_images_decode_within_their_raw_size(big_files, name, decoded, corners):
+    """For the model (min_side): peak rise < raw decoded size + 30% (float64 copies: 3.5x, 7x)."""
+    got = peak_rise(big_files[name], min_side=224)
+    assert got["error"] is None
+    assert got["full"] == ([9000, 9000] if name == "gray16" else [8000, 8000])
+    assert min(got["size"]) >= 448
+    if corners:
+        assert got["corners"] == corners
+    assert got["rise"] < decoded * 1.3, f"{got['rise'] / MB:.0f} MB for {decoded / MB:.0f} MB"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize(("name", "decoded"), [("gray16", GRAY16_BYTES), ("float", FLOAT_BYTES)])
+def test_big_deep_images_at_full_size_cost_pixels_plus_rgb(big_files, name, decoded):
+    """Full size: the raw pixels plus the RGB result (4 B/px), + 30%; no full-size float copy."""
+    got = peak_rise(big_files[name])
+    assert got["error"] is None and got["size"] == got["full"]
+    rgb = got["size"][0] * got["size"][1] * 4
+    assert got["rise"] < (decoded + rgb) * 1.3, f"{got['rise'] / MB:.0f} MB"
+
+
+# --- too large for memory, from the header ----------------------------------------------------
+
+
+def header_only_png(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    """A PNG whose header announces the size, with almost no pixel data: decoding it fails."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    idat = zlib.compress(bytes(100))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_too_large_is_refused_from_the_header_fast():
+    data = header_only_png(12000, 12000, 16, 2)  # 16-bit RGB: PIL stores RGB, 4 bytes a pixel
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    d = refused(data, "too large: 12000x12000 RGB = 549 MiB decoded", "512 MiB limit",
+                max_pixels=200_000_000)  # fmt: skip
+    assert d.environmental is False
+    assert time.perf_counter() - start < 0.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 50_000  # KiB on Linux
+
+
+def test_the_byte_cap_counts_bit_depth():
+    limit = 100 * 2**20
+    refused(header_only_png(9000, 9000, 16, 0), "9000x9000 16-bit grayscale = 154 MiB",
+            "100 MiB limit", max_decoded_bytes=limit)  # fmt: skip
+    # the same size in 8 bits passes the check: it fails later, decoding the missing pixels
+    refused(header_only_png(9000, 9000, 8, 0), "truncated PNG", max_decoded_bytes=limit)
+    assert decoded_bytes((10, 10), "I;16") == 200
+    assert decoded_bytes((10, 10), "F") == decoded_bytes((10, 10), "RGB") == 400
+    assert decoded_bytes((10, 10), "1") == decoded_bytes((10, 10), "P") == 100
+
+
+def test_the_byte_cap_applies_to_a_jpegs_reduced_decode(big_jpeg):
+    refused(big_jpeg, "too large: 3000x2000 RGB = 23 MiB", max_decoded_bytes=2**20)
+    d = decode_image(big_jpeg, min_side=224, max_decoded_bytes=2**20)  # drafted to 375x250
+    assert d.ok and (d.width, d.height) == (3000, 2000)
+
+
+# --- the budget of decoded bytes in flight ----------------------------------------------------
+
+
+def hold_all(budget: PixelBudget, sizes: list[int], seconds: float = 0.02) -> list[int]:
+    """Holds each size in its own thread; returns what was held at each grant."""
+    seen, lock = [], threading.Lock()
+
+    def hold(n: int) -> None:
+        with budget.hold(n):
+            with lock:
+                seen.append(budget.in_use)
+            time.sleep(seconds)
+
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        for f in [pool.submit(hold, n) for n in sizes]:
+            f.result(timeout=10)  # a deadlock fails here
+    assert budget.in_use == 0
+    return seen
+
+
+def test_budget_bounds_the_bytes_in_flight():
+    budget = PixelBudget(100)
+    seen = hold_all(budget, [40] * 8)
+    assert budget.peak == 80 and max(seen) == 80  # two at a time, never three
+
+
+def test_budget_runs_an_oversized_request_alone_and_never_deadlocks():
+    budget = PixelBudget(100)
+    seen = hold_all(budget, [30, 500, 30, 30, 500, 30])
+    assert 500 in seen and budget.peak == 500  # alone: nothing else was held with it
+
+
+def test_budget_is_first_come_first_served():
+    budget, order = PixelBudget(100), []
+    first = budget.hold(60)
+    first.__enter__()
+
+    def take(n: int) -> None:
+        with budget.hold(n):
+            order.append(n)
+
+    big = threading.Thread(target=take, args=(80,))
+    big.start()
+    while not budget._queue:  # the 80 is waiting
+        time.sleep(0.001)
+    small = threading.Thread(target=take, args=(30,))  # would fit now, but comes second
+    small.start()
+    time.sleep(0.05)
+    assert order == []
+    first.__exit__(None, None, None)
+    big.join(5)
+    small.join(5)
+    assert order == [80, 30] and budget.in_use == 0
+
+
+def test_budget_rejects_a_non_positive_limit():
+    with pytest.raises(ValueError, match="> 0"):
+        PixelBudget(0)
+
+
+def test_decodes_share_a_budget_and_always_give_it_back():
+    images = [encode(natural(1000, 800, seed=i), "PNG") for i in range(4)]
+    cost = 2 * decoded_bytes((1000, 800), "RGB")  # pixels plus the RGB result
+    budget = PixelBudget(cost + cost // 2)  # room for one image at a time
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: decode_image(b, budget=budget), images))
+    assert budget.peak == cost and budget.in_use == 0
+    unbounded = [decode_image(b, budget=None) for b in images]
+    assert [d.image.tobytes() for d in got] == [d.image.tobytes() for d in unbounded]
+    bad = [images[0][:5000], b"<html>", encode(natural(64, 64), "PNG")[:-30]]
+    assert not any(decode_image(b, budget=budget).ok for b in bad)
+    assert budget.in_use == 0
+
+
+# --- decoders picked by the object's name -----------------------------------------------------
+
+
+def psd_gray(width: int, height: int, value: int) -> bytes:
+    """A minimal uncompressed 8-bit grayscale Photoshop file (PIL cannot write PSD)."""
+    header = b"8BPS" + struct.pack(">H6sHIIHH", 1, bytes(6), 1, height, width, 8, 1)
+    return header + struct.pack(">IIIH", 0, 0, 0, 0) + bytes([value]) * (width * height)
+
+
+def fits_gray(width: int, height: int, value: int) -> bytes:
+    """A minimal 8-bit FITS image (PIL cannot write FITS)."""
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8",
+             "NAXIS   =                    2", f"NAXIS1  = {width:>20}", f"NAXIS2  = {height:>20}",
+             "END"]  # fmt: skip
+    pixels = bytes([value]) * (width * height)
+    return "".join(c.ljust(80) for c in cards).ljust(2880).encode() + pixels.ljust(2880, b"\0")
+
+
+def spider(width: int, height: int) -> bytes:
+    return encode(Image.new("F", (width, height), 3.0), "SPIDER")
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "words"),
+    [
+        (psd_gray(8, 6, 77), "photo.jpg", ("not a JPEG: the bytes are a PSD file", ".jpg")),
+        (psd_gray(8, 6, 77), "gs://b/x.v2/IMG.JPEG", ("not a JPEG", "PSD", ".jpeg")),
+        (fits_gray(8, 6, 77), "scan.png", ("not a PNG: the bytes are a FITS file",)),
+        (spider(8, 6), "cat.jpg", ("not a JPEG: the bytes are a SPIDER file",)),
+        (fits_gray(8, 6, 77), "scan.psd", ("not a PSD: the bytes are a FITS file",)),
+    ],
+)
+def test_exotic_decoders_run_only_when_the_extension_names_them(data, name, words):
+    assert decode_image(data).ok  # a valid file of its kind
+    refused(data, *words, name=name)
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (psd_gray(8, 6, 77), "layers.psd"),
+        (fits_gray(8, 6, 77), "m31.fits"),
+        (psd_gray(8, 6, 77), "no-extension"),
+        (psd_gray(8, 6, 77), "blob.bin"),  # an extension PIL does not know: every decoder
+        (encode(natural(40, 30), "PNG"), "photo.jpg"),  # common in buckets
+        (encode(natural(40, 30), "JPEG"), "photo.png"),
+        (encode(natural(40, 30), "WEBP"), "anim.gif"),
+        (encode(natural(40, 30), "TIFF"), "scan.bmp"),
+        (encode(natural(40, 30), "PNG"), "art.psd"),
+    ],
+)
+def test_common_formats_under_any_image_name_and_exotic_ones_when_named(data, name):
+    d = decode_image(data, name=name)
+    assert d.ok, d.error
+
+
+def test_allowed_formats_policy():
+    assert "PSD" not in allowed_formats("a.jpg") and "PSD" in allowed_formats("A.PSD")
+    assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"} <= set(allowed_formats("a.tif"))
+    assert set(allowed_formats("x.mpo")) == set(allowed_formats("x.jpg"))
+    assert (
+        set(allowed_formats(None)) == set(allowed_formats("dir.v1/file")) == set(Image.ID) - {"EPS"}
+    )
+    assert "EPS" not in allowed_formats("figure.eps")
+
+
+def test_html_named_jpg_still_says_what_it_is():
+    refused(b"<!DOCTYPE html><html>Access denied</html>", "looks like HTML", name="a.jpg")
+
+
+# --- failures: environmental or permanent, and decoder versions -------------------------------
+
+
+def test_a_missing_decoder_is_environmental():
+    if "HEIF" in Image.ID:
+        pytest.skip("a HEIF plugin is registered")
+    d = refused(b"\x00\x00\x00\x18ftypheic" + bytes(100), "HEIC", "pillow-heif", name="a.heic")
+    assert d.environmental is True
+
+
+def test_avif_without_an_avif_decoder_is_environmental(monkeypatch):
+    data = encode(natural(16, 16), "AVIF")
+    assert decode_image(data, name="a.avif").ok
+    monkeypatch.setattr(Image, "ID", [f for f in Image.ID if f != "AVIF"])  # an older Pillow
+    d = refused(data, "unsupported format (AVIF", name="a.avif")
+    assert d.environmental is True
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (MemoryError(), ("out of memory",)),
+        (OSError("decoder jpeg2k not available"), ("unsupported", "not available")),
+    ],
+)
+def test_out_of_memory_and_unavailable_codecs_are_environmental(monkeypatch, error, words):
+    def fail(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    budget = PixelBudget()
+    d = refused(encode(natural(40, 30), "PNG"), *words, budget=budget)
+    assert d.environmental is True and budget.in_use == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs"),
+    [
+        (encode(natural(200, 150), "PNG")[:900], {}),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), {}),
+        (b"hello", {}),
+        (encode(natural(200, 100), "PNG"), {"max_pixels": 100}),
+        (encode(natural(200, 100), "PNG"), {"max_decoded_bytes": 100}),
+        (psd_gray(8, 6, 1), {"name": "a.jpg"}),
+    ],
+)
+def test_failures_of_the_bytes_are_permanent(data, kwargs):
+    assert decode_image(data, **kwargs).environmental is False
+
+
+def test_decoded_stays_backwards_compatible():
+    d = Decoded(None, 0, 0, "corrupt")
+    assert (d.ok, d.environmental) == (False, False)
+
+
+def test_decoder_versions():
+    versions = decoder_versions()
+    assert versions["Pillow"] == PIL.__version__
+    assert {"libjpeg", "zlib", "libtiff", "libwebp", "libavif", "pillow-heif"} <= set(versions)
+    assert all(v is None or isinstance(v, str) for v in versions.values())
+    json.dumps(versions)  # storable as is
