@@ -21,12 +21,16 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 _EXPORTS = {
-    "filesystem": "gcsemb.storage",
+    "open_store": "gcsemb.storage",
+    "Store": "gcsemb.storage",
     "list_images": "gcsemb.storage",
     "ObjectInfo": "gcsemb.storage",
     "Emulator": "gcsemb.emulator",
     "Identity": "gcsemb.auth",
     "GcsembError": "gcsemb.errors",
+    "AuthError": "gcsemb.errors",
+    "AccessDenied": "gcsemb.errors",
+    "EmbedSummary": "gcsemb.pipeline",
     "embed": "gcsemb.pipeline",
     "EmbedConfig": "gcsemb.pipeline",
     "read_embeddings": "gcsemb.dataset",

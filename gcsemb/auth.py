@@ -5,14 +5,18 @@ Accepted ``token`` values:
 - ``None`` (default): application default credentials, found the way Google's libraries find them
   (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's ADC file, Colab after ``authenticate_user()``, the
   metadata server on Vertex AI Workbench / GCE). In Colab, missing credentials trigger
-  ``authenticate_user()``. Nothing found is an error: gcsemb never falls back to anonymous silently.
-  Against the local emulator no credentials are needed.
+  ``authenticate_user()``. Nothing found is an error naming the fixes; only against a storage
+  endpoint on this machine (a local emulator) does gcsemb then go anonymous, and says so.
 - ``"anon"``: anonymous access, for public buckets.
 - ``"adc"`` / ``"google_default"``: application default credentials only.
 - ``"metadata"`` / ``"cloud"``: the VM's service account from the metadata server.
 - ``"colab"``: run Colab's ``authenticate_user()`` first.
-- a path to a JSON key (service account, authorized user, external account), or its parsed dict.
+- a path to a JSON key (service account, authorized user, external account), its parsed dict, or
+  its text (a string starting with ``{``, e.g. a notebook secret's value).
 - a ``google.auth.credentials.Credentials`` object.
+
+No message, repr or log line ever holds key material or a token: a key is named by its source
+("the key passed as JSON text", a file's base name) and the identity by its e-mail.
 
 Example:
     >>> ident = resolve("anon")
@@ -33,17 +37,35 @@ from gcsemb.errors import AUTH_FIXES, AuthError
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 ANON = "anon"
+KEYWORDS = {
+    "anon": ANON,
+    "anonymous": ANON,
+    "adc": "adc",
+    "google_default": "adc",
+    "default": "adc",
+    "metadata": "metadata",
+    "cloud": "metadata",
+    "colab": "colab",
+}
 
 
 @dataclass(frozen=True)
 class Identity:
     """Resolved credentials: ``token`` goes to gcsfs, ``description`` into messages.
 
-    The repr shows only the description, never key material or tokens.
+    Attributes:
+        token: What gcsfs takes (``"anon"`` or a ``google.auth`` credentials object).
+        description: Who this is, for messages: an e-mail or a kind, never a secret.
+        recipe: How another process gets the same credentials without receiving any secret:
+            ``"anon"``, ``"adc"``, ``"metadata"`` or a key file's path; ``None`` when they
+            cannot travel (a key given as a dict or as text, or a credentials object).
+
+    The repr shows only the description.
     """
 
     token: Any = field(repr=False, compare=False)
     description: str
+    recipe: str | None = None
 
     def __repr__(self) -> str:
         return f"Identity({self.description!r})"
@@ -52,6 +74,20 @@ class Identity:
     def anonymous(self) -> bool:
         """Whether requests go out without credentials."""
         return self.token == ANON
+
+
+ANONYMOUS = Identity(ANON, "anonymous", ANON)
+
+
+def in_colab() -> bool:
+    """Whether this process runs in Google Colab."""
+    import sys
+
+    return (
+        "google.colab" in sys.modules
+        or "COLAB_RELEASE_TAG" in os.environ
+        or "COLAB_GPU" in os.environ
+    )
 
 
 def describe(credentials: Any) -> str:
@@ -68,7 +104,7 @@ def describe(credentials: Any) -> str:
     return f"{type(credentials).__name__} credentials"
 
 
-def _from_info(info: Mapping[str, Any], source: str) -> Identity:
+def _from_info(info: Mapping[str, Any], source: str, recipe: str | None = None) -> Identity:
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
     from google.oauth2 import credentials as user_credentials
@@ -76,7 +112,7 @@ def _from_info(info: Mapping[str, Any], source: str) -> Identity:
 
     kind = info.get("type")
     if kind is None:
-        raise AuthError(f"{source} is not a Google credentials file (it has no 'type' field).")
+        raise AuthError(f"{source} is not a Google credentials key (it has no 'type' field).")
     try:
         if kind == "service_account":
             credentials = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
@@ -84,29 +120,41 @@ def _from_info(info: Mapping[str, Any], source: str) -> Identity:
             credentials = user_credentials.Credentials.from_authorized_user_info(info, SCOPES)
         else:  # external_account, impersonated_service_account, ...
             credentials, _ = google.auth.load_credentials_from_dict(dict(info), scopes=SCOPES)
-    except (DefaultCredentialsError, ValueError, KeyError) as e:
+    except (DefaultCredentialsError, ValueError, KeyError):
         missing = [k for k in ("client_email", "private_key", "token_uri") if k not in info]
         hint = (
             f" (missing fields: {', '.join(missing)})"
             if kind == "service_account" and missing
             else ""
         )
+        # chained without the original text: google-auth's messages may quote the key
         raise AuthError(
             f"{source} is not a valid {kind} key{hint}. Download a new JSON key from the Cloud "
             "console (IAM > Service accounts > Keys) and pass its path."
-        ) from e
-    return Identity(credentials, describe(credentials))
+        ) from None
+    return Identity(credentials, describe(credentials), recipe)
 
 
 _KEYS: dict[tuple[str, int, int], Identity] = {}
 
 
+def _key_file_name(path: str | os.PathLike[str]) -> str:
+    return f"the key file {os.path.basename(os.fspath(path))!r}"
+
+
+def _where(path: str | os.PathLike[str]) -> str:
+    """`` (looked for '...')`` when ``path`` looks like a path; nothing for other strings."""
+    text = os.fspath(path)
+    looks_like_path = any(c in text for c in "/\\~") or text.lower().endswith(".json")
+    return f" (looked for {text!r})" if looks_like_path else ""
+
+
 def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> Identity:
     """Credentials from a JSON key; one per file version, so its token is fetched once."""
-    source = source or f"Key file {os.fspath(path)!r}"
+    source = source or _key_file_name(path)
     p = Path(path).expanduser()
     if not p.is_file():
-        raise AuthError(f"{source} does not exist. Check the path, or: {AUTH_FIXES}")
+        raise AuthError(f"{source} does not exist{_where(path)}. {AUTH_FIXES}")
     stat = p.stat()
     key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _KEYS:
@@ -117,15 +165,25 @@ def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> I
 def _read_key_file(p: Path, source: str) -> Identity:
     try:
         info = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}") from None
     if not isinstance(info, dict):
         raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}")
+    return _from_info(info, source, recipe=str(p.resolve()))
+
+
+def _from_text(text: str) -> Identity:
+    source = "The key passed as JSON text"
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        raise AuthError(
+            f"{source} is not valid JSON (it starts with '{{' but does not parse). Pass the "
+            "whole key file's content, or its path."
+        ) from None
+    if not isinstance(info, dict):
+        raise AuthError(f"{source} is not a JSON object. {AUTH_FIXES}")
     return _from_info(info, source)
-
-
-def _in_colab() -> bool:
-    return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
 
 
 def _colab_login() -> None:
@@ -144,7 +202,9 @@ def _default() -> Identity:
     """Application default credentials, found once per environment (then reused)."""
     env_key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if env_key:
-        return _from_key_file(env_key, f"GOOGLE_APPLICATION_CREDENTIALS={env_key!r}")
+        name = os.path.basename(env_key)
+        found = _from_key_file(env_key, f"GOOGLE_APPLICATION_CREDENTIALS ({name!r})")
+        return Identity(found.token, found.description, "adc")
     key = tuple(os.environ.get(var) for var in _ADC_ENV)
     if key not in _DEFAULTS:
         _DEFAULTS[key] = _find_default()
@@ -158,18 +218,18 @@ def _find_default() -> Identity:
     try:
         credentials, _ = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError as e:
-        if not _in_colab():
+        if not in_colab():
             raise AuthError(f"No Google credentials found on this machine. {AUTH_FIXES}") from e
         _colab_login()
         credentials, _ = google.auth.default(scopes=SCOPES)
-    return Identity(credentials, describe(credentials))
+    return Identity(credentials, describe(credentials), "adc")
 
 
 def _metadata() -> Identity:
     from google.auth import compute_engine
 
     credentials = compute_engine.Credentials(scopes=list(SCOPES))
-    return Identity(credentials, describe(credentials))
+    return Identity(credentials, describe(credentials), "metadata")
 
 
 class _TimeoutRequest:
@@ -195,18 +255,18 @@ def verify(identity: Identity, timeout: float = 15.0) -> Identity:
         AuthError: Google refused the credentials, or its token service could not be reached.
     """
     creds = identity.token
-    if identity.anonymous or getattr(creds, "valid", False) or not hasattr(creds, "refresh"):
+    if identity.anonymous or not hasattr(creds, "refresh") or getattr(creds, "valid", False):
         return identity
     from google.auth.exceptions import RefreshError, TransportError
 
     try:
         creds.refresh(_TimeoutRequest(timeout))
     except RefreshError as e:
-        reason = str(e.args[0] if e.args else e)[:200]
+        reason = _reason(e)
         raise AuthError(
             f"Google refused the credentials of {identity.description} ({reason}). The key may be "
             f"revoked, expired or deleted: create a new one, or use another identity. {AUTH_FIXES}"
-        ) from e
+        ) from None
     except TransportError as e:
         raise AuthError(
             f"Could not reach Google's sign-in service for {identity.description}: "
@@ -215,12 +275,20 @@ def verify(identity: Identity, timeout: float = 15.0) -> Identity:
     return identity
 
 
-def resolve(token: Any = None, *, emulator: bool = False) -> Identity:
+def _reason(error: BaseException) -> str:
+    """The short reason google-auth gives (e.g. ``invalid_grant``), without tokens."""
+    first = error.args[0] if error.args else error
+    text = str(first).split("\n", 1)[0][:200]
+    return text.replace("Bearer ", "")
+
+
+def resolve(token: Any = None, *, local_endpoint: bool = False) -> Identity:
     """Turn any supported ``token`` into an :class:`Identity`.
 
     Args:
         token: See the module docstring for the accepted forms.
-        emulator: The endpoint is a local emulator: ``token=None`` then means anonymous.
+        local_endpoint: Storage is an endpoint on this machine (a local emulator): when
+            ``token`` is None and no credentials exist at all, go anonymous (and say so).
 
     Returns:
         The identity to hand to gcsfs.
@@ -235,23 +303,36 @@ def resolve(token: Any = None, *, emulator: bool = False) -> Identity:
     if isinstance(token, Identity):
         return token
     if token is None:
-        return Identity(ANON, "anonymous (local emulator)") if emulator else _default()
-    if isinstance(token, str) and token.lower() in (ANON, "anonymous"):
-        return Identity(ANON, "anonymous")
-    if isinstance(token, str) and token.lower() in ("adc", "google_default", "default"):
+        try:
+            return _default()
+        except AuthError:
+            if not local_endpoint or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+                raise
+            return Identity(ANON, "anonymous (no Google credentials found; local endpoint)", ANON)
+    if isinstance(token, str) and token.strip().lower() in KEYWORDS:
+        kind = KEYWORDS[token.strip().lower()]
+        if kind == ANON:
+            return ANONYMOUS
+        if kind == "metadata":
+            return _metadata()
+        if kind == "colab":
+            _colab_login()
         return _default()
-    if isinstance(token, str) and token.lower() in ("metadata", "cloud"):
-        return _metadata()
-    if isinstance(token, str) and token.lower() == "colab":
-        _colab_login()
-        return _default()
+    if isinstance(token, str) and token.lstrip().startswith("{"):
+        return _from_text(token)
     if isinstance(token, str | os.PathLike):
+        text = os.fspath(token)
+        if not _where(text) and not Path(text).expanduser().is_file():
+            raise AuthError(
+                f"The token string ({len(text)} characters) is neither a key file path, nor JSON "
+                f"key text, nor one of {sorted(set(KEYWORDS))}. {AUTH_FIXES}"
+            )
         return _from_key_file(token)
     if isinstance(token, Mapping):
         return _from_info(token, "The key dict")
     if hasattr(token, "apply") and hasattr(token, "refresh"):  # google.auth Credentials
         return Identity(token, describe(token))
     raise AuthError(
-        f"token must be None, 'anon', 'adc', 'metadata', 'colab', a key path or dict, or a "
-        f"google.auth credentials object; got a {type(token).__name__}."
+        f"token must be None, 'anon', 'adc', 'metadata', 'colab', a key path, dict or JSON text, "
+        f"or a google.auth credentials object; got a {type(token).__name__}."
     )

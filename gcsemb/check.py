@@ -6,7 +6,7 @@ Example:
     identity: service account embedder@proj.iam.gserviceaccount.com
     list  gs://my-bucket/photos: yes (12 images seen)
     read  gs://my-bucket/photos/a.jpg: yes
-    write gs://my-bucket/photos: no: ... Grant it roles/storage.objectCreator ...
+    write gs://my-bucket/photos: no: ... It needs roles/storage.objectUser on the destination ...
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gcsemb.errors import GcsembError
-from gcsemb.storage import explain, filesystem, identity_of, list_images
+from gcsemb.storage import Store, cat_many, explain, list_images, open_store
 
 PROBE = "_gcsemb-write-check"
 
@@ -64,48 +64,77 @@ class CheckReport:
         return f"<p>identity: {html.escape(self.identity)}</p><table>{rows}</table>"
 
 
-def write_probe(fs: Any, path: str) -> None:
-    """Write and delete a small object under ``path``; raises what the store raised."""
-    probe = f"{path.rstrip('/')}/{PROBE}-{uuid.uuid4().hex[:8]}"
+def write_probe(store: Store) -> str | None:
+    """Write a small object under ``store`` and delete it again.
+
+    Only writing must work: an identity that may create objects but not delete them (e.g.
+    ``roles/storage.objectCreator``) passes, and the probe stays behind, named in the answer.
+
+    Returns:
+        None, or a note that the probe could not be deleted.
+
+    Raises:
+        Exception: What the store raised when writing.
+    """
+    fs = store.fs
+    probe = f"{store.path.rstrip('/')}/{PROBE}-{uuid.uuid4().hex[:8]}"
     fs.pipe_file(probe, b"gcsemb checks that it may write here; safe to delete")
-    fs.rm_file(probe)
+    try:
+        fs.rm_file(probe)
+    except Exception as e:
+        reason = str(explain(e, store.uri(probe), store, "delete"))
+        return f"wrote {store.uri(probe)} but could not delete it ({reason[:160]}); safe to delete"
+    return None
 
 
-def check(url: str, token: Any = None, *, write: bool = True, **options: Any) -> CheckReport:
+def check(
+    url: str | Store,
+    *,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    endpoint: str | None = None,
+    write: bool = True,
+) -> CheckReport:
     """Answer: who am I here, and may I list, read and (optionally) write under ``url``?
 
     Args:
-        url: A ``gs://`` prefix (or any fsspec URL).
+        url: A ``gs://`` prefix (or any fsspec URL), or a :class:`~gcsemb.storage.Store`.
         token: Credentials (see :mod:`gcsemb.auth`).
+        project: Google Cloud project (requester-pays billing).
+        requester_pays: Bill reads to ``project``.
+        endpoint: Another GCS endpoint (see :func:`gcsemb.storage.open_store`).
         write: Also try writing (a small object, deleted at once).
-        **options: ``project``, ``requester_pays`` and filesystem options.
 
     Returns:
         The report; ``str(report)`` is what ``gcsemb check`` prints.
     """
-    fs, path = filesystem(url, token, **options)
-    report = CheckReport(url, identity_of(fs))
+    store = open_store(
+        url, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+    report = CheckReport(store.url, store.identity.description)
     first = None
     try:
-        seen = list(itertools.islice(list_images(url, token, **options), 50))
+        seen = list(itertools.islice(list_images(store), 50))
         first = seen[0] if seen else None
         more = "50+" if len(seen) == 50 else str(len(seen))
-        report.checks.append(Check("list", url, True, f"{more} images seen"))
+        report.checks.append(Check("list", store.url, True, f"{more} images seen"))
     except GcsembError as e:
-        report.checks.append(Check("list", url, False, str(e)))
+        report.checks.append(Check("list", store.url, False, str(e)))
     if first is None:
-        report.checks.append(Check("read", url, None, "no image to read"))
+        report.checks.append(Check("read", store.url, None, "no image to read"))
     else:
-        try:
-            with fs.open(fs._strip_protocol(first.uri), "rb") as f:
-                f.read(1024)
+        (data,) = cat_many(store, [store.fs._strip_protocol(first.uri)])
+        if isinstance(data, BaseException):
+            detail = str(explain(data, first.uri, store))
+            report.checks.append(Check("read", first.uri, False, detail))
+        else:
             report.checks.append(Check("read", first.uri, True, ""))
-        except Exception as e:
-            report.checks.append(Check("read", first.uri, False, str(explain(e, first.uri, fs))))
     if write:
         try:
-            write_probe(fs, path)
-            report.checks.append(Check("write", url, True, ""))
+            note = write_probe(store)
+            report.checks.append(Check("write", store.url, True, note or ""))
         except Exception as e:
-            report.checks.append(Check("write", url, False, str(explain(e, url, fs, "write"))))
+            detail = str(explain(e, store.url, store, "write"))
+            report.checks.append(Check("write", store.url, False, detail))
     return report

@@ -50,8 +50,14 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
     """The ``"<arch>/<weights>"`` tag that :class:`gcsemb.embedder.Embedder` stores, cheaply.
 
     Architecture names and weights tags are taken as given (tags in open_clip's spelling); a
-    checkpoint file is named by its file name and content hash; a remote checkpoint is copied
-    into the cache first (once).
+    checkpoint file is named by its file name and content hash (:func:`local_checkpoint`); a
+    remote checkpoint is copied into the cache first (once).
+
+    Args:
+        model: open_clip architecture name or model-config JSON path.
+        pretrained: Weights tag, checkpoint path or URL, or None for random weights.
+        token: Credentials for a ``gs://`` checkpoint, or a :class:`~gcsemb.storage.Store`
+            whose access to reuse.
     """
     if model.endswith(".json") and not Path(model).expanduser().is_file():
         raise ModelLoadError(f"The model config {model} does not exist: check the path.")
@@ -60,9 +66,41 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
         return f"{arch}/random-seed0"
     if "://" in pretrained:
         return f"{arch}/{checkpoint_weights(remote_checkpoint(pretrained, token))}"
-    if os.path.isfile(os.path.expanduser(pretrained)):
-        return f"{arch}/{checkpoint_weights(Path(pretrained).expanduser())}"
+    local = local_checkpoint(pretrained)
+    if local is not None:
+        return f"{arch}/{checkpoint_weights(local)}"
     return f"{arch}/{pretrained.lower().replace('-', '_')}"
+
+
+def local_checkpoint(pretrained: str) -> Path | None:
+    """The checkpoint file ``pretrained`` names, as an absolute path with links resolved.
+
+    The one place a local checkpoint path is normalised: a symbolic link (a Hugging Face cache
+    snapshot is one) and its target name the same file, so they get the same weights tag.
+    None when ``pretrained`` is no existing file (a weights tag).
+    """
+    if "://" in pretrained:
+        return None
+    try:
+        path = Path(pretrained).expanduser()
+        return path.resolve() if path.is_file() else None
+    except OSError:  # e.g. a name too long to be a file
+        return None
+
+
+def without_query(url: str) -> str:
+    """``url`` without its query and fragment: a signed URL's signature never names anything.
+
+    Example:
+        >>> without_query("https://storage.googleapis.com/b/m.bin?X-Goog-Signature=abc#x")
+        'https://storage.googleapis.com/b/m.bin'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url or url.split("://", 1)[0].lower() in ("gs", "gcs"):
+        return url  # object names may hold '?' and '#'; only web URLs carry a query
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def check_architecture(model: str, names: list[str] | None = None) -> str:
@@ -99,25 +137,30 @@ def checkpoint_weights(path: Path) -> str:
     return f"{path.name}#{_content_hash(path)[:8]}"
 
 
-def remote_checkpoint(url: str, token: object) -> Path:
-    """Copy a checkpoint at an fsspec URL into the cache once (keyed on its version)."""
-    from gcsemb.storage import explain, filesystem
+def remote_checkpoint(url: str, token: object = None) -> Path:
+    """Copy a checkpoint at an fsspec URL into the cache once (keyed on its version).
 
+    The cached file is named after the URL's path, never its query (a signed URL's signature).
+    """
+    from gcsemb.storage import explain, open_store
+
+    name = without_query(url)
     try:
-        fs, path = filesystem(url, token=token)
+        store = open_store(url, token=token)
+        fs, path = store.fs, store.path
     except Exception as e:
-        raise ModelLoadError(f"Cannot open the checkpoint {url}: {e}") from e
+        raise ModelLoadError(f"Cannot open the checkpoint {name}: {e}") from e
     try:
         info = fs.info(path)
         version = json.dumps({k: info[k] for k in _VERSION_KEYS if k in info}, default=str)
-        key = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()[:16]
-        dest = cache_dir() / "checkpoints" / key / os.path.basename(path.rstrip("/"))
+        key = hashlib.sha256(f"{name}\n{version}".encode()).hexdigest()[:16]
+        dest = cache_dir() / "checkpoints" / key / os.path.basename(name.rstrip("/"))
         if not dest.is_file():
-            log.info("copying %s into %s", url, dest)
+            log.info("copying %s into %s", name, dest)
             atomic_write(dest, lambda tmp: _copy(fs, path, tmp), info.get("size"))
     except Exception as e:
         raise ModelLoadError(
-            f"Cannot copy the checkpoint into the cache: {explain(e, url, fs)}"
+            f"Cannot copy the checkpoint into the cache: {explain(e, name, store)}"
         ) from e
     return dest
 

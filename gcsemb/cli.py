@@ -55,7 +55,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     objects = list_images(
         args.url,
-        args.token,
+        token=args.token,
         project=args.project,
         requester_pays=args.requester_pays,
         limit=args.limit,
@@ -100,7 +100,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = check(
         args.url,
-        args.token,
+        token=args.token,
         write=not args.no_write,
         project=args.project,
         requester_pays=args.requester_pays,
@@ -154,10 +154,10 @@ def _save_figure(fig: Any, out: str, dpi: int, token: Any) -> tuple[int, int]:
     fig.savefig(buf, format="png", dpi=dpi)
     data = buf.getvalue()
     if "://" in out:
-        from gcsemb.storage import filesystem
+        from gcsemb.storage import open_store
 
-        fs, path = filesystem(out, token)
-        fs.pipe_file(path, data)
+        store = open_store(out, token=token)
+        store.fs.pipe_file(store.path, data)
     else:
         with open(out, "wb") as f:
             f.write(data)
@@ -170,11 +170,12 @@ def cmd_umap(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from gcsemb.projection import umap_project
+    from gcsemb.storage import open_store
     from gcsemb.viz import THUMBNAIL_GID, plot_projection
 
+    dataset = open_store(args.dst, token=args.token)  # credentials resolved once
     coords = umap_project(
-        args.dst,
-        token=args.token,
+        dataset,
         model=args.model_tag,
         n_neighbors=args.n_neighbors,
         min_dist=args.min_dist,
@@ -183,11 +184,9 @@ def cmd_umap(args: argparse.Namespace) -> int:
     )
     info = coords.attrs["umap"]
     color_by = None if args.color_by.lower() == "none" else args.color_by
-    ax = plot_projection(
-        coords, color_by=color_by, thumbnails=args.thumbnails, token=args.token, title=args.title
-    )
+    ax = plot_projection(coords, color_by=color_by, thumbnails=args.thumbnails, title=args.title)
     drawn = sum(1 for a in ax.artists if a.get_gid() == THUMBNAIL_GID)
-    width, height = _save_figure(ax.figure, args.out, args.dpi, args.token)
+    width, height = _save_figure(ax.figure, args.out, args.dpi, dataset)
     how = "reused from" if info["reused"] else "saved to"
     print(
         f"{args.out}: {width}x{height} px, {len(coords):,} images, {drawn} thumbnails; "
@@ -203,12 +202,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.query and not args.image:
         raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')
-    df, matrix, _ = embeddings_of(args.dst, token=args.token, model=args.model_tag)
+    df, matrix, dataset = embeddings_of(args.dst, token=args.token, model=args.model_tag)
     options = dict(
         k=args.k,
         model=args.model,
         pretrained=args.pretrained,
-        token=args.token,
+        token=dataset,
         device=args.device,
     )
     if args.image:
@@ -231,8 +230,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         from gcsemb.viz import image_grid
 
         what = f"images like {args.image}" if args.image else f"\u201c{args.query}\u201d"
-        fig = image_grid(results, token=args.token, title=f"Top {len(results)}: {what}")
-        width, height = _save_figure(fig, args.out, args.dpi, args.token)
+        fig = image_grid(results, title=f"Top {len(results)}: {what}")
+        width, height = _save_figure(fig, args.out, args.dpi, dataset)
         print(f"{args.out}: {width}x{height} px, {len(results)} images", file=sys.stderr)
     return 0
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcsemb.storage import ObjectInfo, explain, filesystem, protocols
+from gcsemb.storage import ObjectInfo, Store, explain, open_store, protocols
 
 ERRORS_DIR = "_errors"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -68,7 +68,7 @@ ERROR_SCHEMA = pa.schema(
 )
 
 
-def _put(fs: Any, path: str, table: pa.Table) -> None:
+def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
     """Write a parquet file so that it appears whole or not at all."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -86,16 +86,14 @@ class ShardWriter:
     """Collects rows and writes them as parquet shards under ``dst``.
 
     Args:
-        fs: The filesystem of ``dst``.
-        dst: Destination folder (protocol-less path in ``fs``).
+        store: The destination folder.
         model: The model tag stored in every row and in the metadata.
         dim: Embedding dimension.
         rows_per_shard: Flush after this many rows.
         seconds_per_shard: Flush at least this often, so an interrupted run loses little.
     """
 
-    fs: Any
-    dst: str
+    store: Store
     model: str
     dim: int
     rows_per_shard: int = 5000
@@ -150,18 +148,23 @@ class ShardWriter:
         try:
             if self._rows:
                 table = _rows_table(self._rows, schema(self.model, self.dim))
-                _put(self.fs, f"{self.dst}/part-{self.run}-{self.shards:05d}.parquet", table)
+                path = f"{self._dst}/part-{self.run}-{self.shards:05d}.parquet"
+                write_parquet(self.store.fs, path, table)
                 self.shards += 1
                 self._rows = []
             if self._errors:
                 table = pa.Table.from_pylist(self._errors, schema=ERROR_SCHEMA)
-                path = f"{self.dst}/{ERRORS_DIR}/part-{self.run}-{self.error_shards:05d}.parquet"
-                _put(self.fs, path, table)
+                path = f"{self._dst}/{ERRORS_DIR}/part-{self.run}-{self.error_shards:05d}.parquet"
+                write_parquet(self.store.fs, path, table)
                 self.error_shards += 1
                 self._errors = []
         except Exception as e:
-            raise explain(e, self.fs.unstrip_protocol(self.dst), self.fs, "write") from e
+            raise explain(e, self.store.url, self.store, "write") from e
         self._last_flush = time.monotonic()
+
+    @property
+    def _dst(self) -> str:
+        return self.store.path.rstrip("/")
 
 
 def run_id() -> str:
@@ -187,10 +190,11 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _parquet_files(fs: Any, path: str, errors: bool = False) -> list[str]:
-    folder = f"{path.rstrip('/')}/{ERRORS_DIR}" if errors else path.rstrip("/")
+def _parquet_files(store: Store, errors: bool = False) -> list[str]:
+    path = store.path.rstrip("/")
+    folder = f"{path}/{ERRORS_DIR}" if errors else path
     try:
-        names = fs.ls(folder, detail=False, refresh=True)
+        names = store.fs.ls(folder, detail=False, refresh=True)
     except FileNotFoundError:
         return []
     return sorted(
@@ -200,11 +204,13 @@ def _parquet_files(fs: Any, path: str, errors: bool = False) -> list[str]:
     )
 
 
-def _read(fs: Any, files: Sequence[str], columns: list[str] | None) -> pa.Table | None:
+def _read(store: Store, files: Sequence[str], columns: list[str] | None) -> pa.Table | None:
     """Read some columns of many shards, several at once (only the needed column chunks)."""
     if not files:
         return None
     from concurrent.futures import ThreadPoolExecutor
+
+    fs = store.fs
 
     def one(path: str) -> pa.Table:
         # a plain read-ahead buffer: gcsfs's default "adaptive" cache leaves asyncio tasks behind
@@ -217,14 +223,14 @@ def _read(fs: Any, files: Sequence[str], columns: list[str] | None) -> pa.Table 
     return pa.concat_tables(tables, promote_options="default")
 
 
-def done_index(fs: Any, dst: str, model: str) -> dict[str, tuple[str | None, int, Any]]:
+def done_index(dst: Store, model: str) -> dict[str, tuple[str | None, int, Any]]:
     """``uri -> (md5, size, updated)`` of the rows already in ``dst`` for ``model``.
 
     Reads only those small columns (never the embeddings), so deciding what to skip costs one
     listing of ``dst`` and a few column chunks. ``updated`` is in microseconds since the epoch
     (turning timestamps into datetimes would import pandas: a third of a no-op run).
     """
-    table = _read(fs, _parquet_files(fs, dst), ["uri", "md5", "size", "updated", "model"])
+    table = _read(dst, _parquet_files(dst), ["uri", "md5", "size", "updated", "model"])
     if table is None:
         return {}
     updated = table.schema.get_field_index("updated")
@@ -239,9 +245,9 @@ def done_index(fs: Any, dst: str, model: str) -> dict[str, tuple[str | None, int
     }
 
 
-def failed_index(fs: Any, dst: str, model: str) -> dict[str, str]:
+def failed_index(dst: Store, model: str) -> dict[str, str]:
     """``uri -> md5`` of images whose bytes could not be decoded; the same bytes fail again."""
-    table = _read(fs, _parquet_files(fs, dst, errors=True), ["uri", "md5", "stage", "model"])
+    table = _read(dst, _parquet_files(dst, errors=True), ["uri", "md5", "stage", "model"])
     if table is None:
         return {}
     rows = table.to_pylist()
@@ -279,26 +285,38 @@ def _microseconds(when: datetime.datetime | None) -> int | None:
 
 
 def read_embeddings(
-    dst: str, token: Any = None, *, model: str | None = None, **storage_options: Any
+    dst: str | Store,
+    *,
+    model: str | None = None,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    endpoint: str | None = None,
 ) -> tuple[Any, np.ndarray]:
     """Read the embeddings under ``dst`` as a DataFrame and a float32 matrix.
 
     Args:
-        dst: The destination folder given to :func:`gcsemb.embed`.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
+        dst: The destination folder given to :func:`gcsemb.embed` (a URL or a
+            :class:`~gcsemb.storage.Store`).
         model: Keep rows of this model tag only; required when ``dst`` holds several.
-        **storage_options: Passed to the filesystem.
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
+        project: Google Cloud project (requester-pays billing).
+        requester_pays: Bill reads to ``project``.
+        endpoint: Another GCS endpoint (see :func:`gcsemb.storage.open_store`).
 
     Returns:
         ``(df, matrix)``: one row per image (the latest if an image was re-embedded after a
         change), and its embeddings as an ``(n, dim)`` float32 array in the same order.
+        ``df.attrs["store"]`` is the dataset's handle: thumbnails and searches reuse its access.
 
     Example:
         >>> df, X = read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
         >>> X @ X[0]  # cosine similarity to the first image  # doctest: +SKIP
     """
-    fs, path = filesystem(dst, token, **storage_options)
-    table = _read(fs, _parquet_files(fs, path), None)
+    store = open_store(
+        dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+    table = _read(store, _parquet_files(store), None)
     if table is None:
         raise FileNotFoundError(f"No embeddings under {dst}: run `gcsemb embed SRC {dst}` first.")
     models = sorted(set(table.column("model").to_pylist()))
@@ -312,6 +330,7 @@ def read_embeddings(
     # an image changed since an earlier run has two rows: keep its newest version
     df = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
     df = df.sort_index().reset_index(drop=True)
+    df.attrs["store"] = store
     matrix = (
         np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
         if len(df)
@@ -320,12 +339,24 @@ def read_embeddings(
     return df, matrix
 
 
-def read_errors(dst: str, token: Any = None, **storage_options: Any) -> Any:
-    """The images that failed, as a DataFrame (uri, md5, stage, error, model, failed_at)."""
+def read_errors(
+    dst: str | Store,
+    *,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    endpoint: str | None = None,
+) -> Any:
+    """The images that failed, as a DataFrame (uri, md5, stage, error, model, failed_at).
+
+    Arguments as for :func:`read_embeddings`.
+    """
     import pandas as pd
 
-    fs, path = filesystem(dst, token, **storage_options)
-    table = _read(fs, _parquet_files(fs, path, errors=True), None)
+    store = open_store(
+        dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+    table = _read(store, _parquet_files(store, errors=True), None)
     if table is None:
         return pd.DataFrame(columns=ERROR_SCHEMA.names)
     return table.to_pandas().drop_duplicates("uri", keep="last").reset_index(drop=True)

@@ -93,7 +93,8 @@ def run_demo(n_images: int = 300, model: str | None = None, out: str = "demo-out
             "--model ViT-B-32 --pretrained laion2b_s34b_b79k\n  (downloaded once), or a "
             "checkpoint path / gs:// URL."
         )
-        src, dst = f"gs://{DEMO_BUCKET}/photos", f"gs://{DEMO_BUCKET}/embeddings"
+        src = gcs.store(f"gs://{DEMO_BUCKET}/photos")  # only the demo's handles reach it
+        dst = src.at(f"gs://{DEMO_BUCKET}/embeddings")
         summary = embed(src, dst, model=model, pretrained=str(ckpt))
         print(summary)
         again = embed(src, dst, model=model, pretrained=str(ckpt), progress=False)
@@ -105,7 +106,7 @@ def run_demo(n_images: int = 300, model: str | None = None, out: str = "demo-out
         errors = read_errors(dst)
         print(
             f"\nThe dataset: {len(df)} rows x {matrix.shape[1]} dimensions; "
-            f"{len(errors)} failures recorded in {dst}/_errors/:"
+            f"{len(errors)} failures recorded in {dst.url}/_errors/:"
         )
         for row in errors.itertuples():
             print(f"  {row.uri}: {row.error} ({row.stage})")

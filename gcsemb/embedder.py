@@ -40,6 +40,7 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     cache_dir,
     check_architecture,
     checkpoint_weights,
+    local_checkpoint,
     remote_checkpoint,
 )
 from gcsemb.errors import ModelLoadError
@@ -168,8 +169,10 @@ def load_embedder(
         pretrained: An open_clip weights tag, a local checkpoint file, a ``gs://`` (or other
             fsspec) checkpoint URL, or None for random weights.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        precision: ``"auto"`` (bf16 or fp16 autocast on GPU, fp32 on CPU), or one of PRECISIONS.
-        token: Credentials for a ``gs://`` checkpoint, as for the data (see gcsemb.auth).
+        precision: ``"auto"`` (see :func:`auto_precision`: bf16 where the GPU runs it natively,
+            fp16 on older GPUs, fp32 on a CPU), or one of PRECISIONS.
+        token: Credentials for a ``gs://`` checkpoint, as for the data (see gcsemb.auth), or
+            a :class:`~gcsemb.storage.Store` whose access to reuse.
 
     Returns:
         The cached :class:`Embedder`.
@@ -267,16 +270,42 @@ def _resolve(
         raise ModelLoadError(f"device={device!r} but torch sees no CUDA GPU: use 'auto' or 'cpu'.")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())  # "cuda" and "cuda:0": one model
+    capability = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else None
     if precision == "auto":
-        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "fp32" if dev.type != "cuda" else "bf16" if bf16 else "fp16"
+        precision = auto_precision(capability)
     if precision not in PRECISIONS:
         raise ModelLoadError(f"Unknown precision {precision!r}: use 'auto' or one of {PRECISIONS}.")
+    if precision == "bf16" and capability is not None and capability < (8, 0):
+        raise ModelLoadError(
+            f"precision='bf16' on {torch.cuda.get_device_name(dev)} (compute capability "
+            f"{capability[0]}.{capability[1]}): bf16 is native only from 8.0 (A100, L4, H100), "
+            "and convolutions have no bf16 kernels below it. Use 'fp16' or 'auto'."
+        )
+    local = local_checkpoint(pretrained) if pretrained else None
     if pretrained and open_clip.get_pretrained_cfg(arch, pretrained):
         pretrained = pretrained.lower().replace("-", "_")  # open_clip's spelling of tags
-    elif pretrained and os.path.isfile(os.path.expanduser(pretrained)):
-        pretrained = str(Path(pretrained).expanduser().resolve())
+    elif local is not None:
+        pretrained = str(local)
     return ModelSpec(model, pretrained, str(dev), precision), arch
+
+
+def auto_precision(capability: tuple[int, int] | None) -> str:
+    """The autocast precision for a device: bf16 where native, fp16 on older GPUs, fp32 on CPU.
+
+    bf16 is native from compute capability 8.0 (A100, A10, L4, H100); a T4 (7.5) or V100 (7.0)
+    only emulates it, slowly (``torch.cuda.is_bf16_supported()`` counts emulation), so they get
+    fp16.
+
+    Args:
+        capability: The GPU's ``(major, minor)`` compute capability; None for a CPU.
+
+    Example:
+        >>> auto_precision((7, 5)), auto_precision((8, 0)), auto_precision(None)
+        ('fp16', 'bf16', 'fp32')
+    """
+    if capability is None:
+        return "fp32"
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
 
 
 def _load(spec: ModelSpec, arch: str, token: object) -> Embedder:

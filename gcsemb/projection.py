@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from gcsemb.storage import Store, open_store
+
 log = logging.getLogger(__name__)
 
 UMAP_DIR = "_umap"
@@ -169,7 +171,7 @@ def umap_project(
     n_epochs: int | None = None,
     init: str = "spectral",
     low_memory: bool = True,
-    dst: str | None = None,
+    dst: str | Store | None = None,
     model: str | None = None,
     token: Any = None,
     reuse: bool = True,
@@ -194,7 +196,9 @@ def umap_project(
         low_memory: umap's low-memory nearest-neighbour search (slower, much less memory).
         dst: Where to save/reuse the projection when ``data`` is not a URL (the dataset folder).
         model: Model tag to project when the dataset holds several.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or a
+            :class:`~gcsemb.storage.Store` whose access to reuse; default: the access the data
+            was read with.
         reuse: Read a saved projection with the same images and parameters instead of computing.
         save: Save the projection to ``DST/_umap/<model-tag>.parquet``.
         verbose: Let umap print its progress.
@@ -223,7 +227,7 @@ def umap_project(
         frame, matrix, source = pd.DataFrame(index=range(len(data))), np.asarray(data), None
     else:
         frame, matrix, source = embeddings_of(data, token=token, model=model)
-    dst = dst or source
+    store = open_store(dst, token=token or source) if dst is not None else source
     params = {
         "n_neighbors": int(n_neighbors),
         "min_dist": float(min_dist),
@@ -237,17 +241,18 @@ def umap_project(
     uris = frame["uri"].tolist() if "uri" in frame else None
     md5s = frame["md5"].tolist() if "md5" in frame else None
     key = fingerprint(uris, md5s) if uris is not None else None
-    path = projection_path(dst, tag) if dst and tag and key else None
+    saved = store.at(projection_path(store.url, tag)) if store and tag and key else None
+    path = saved.url if saved else None
 
     started = time.perf_counter()
     xy, reused = None, False
-    if path and reuse:
-        xy = _load(path, token, params, key, uris)
+    if saved and reuse:
+        xy = _load(saved, params, key, uris)
         reused = xy is not None
     if xy is None:
         xy = _fit(matrix, params, low_memory=low_memory, verbose=verbose)
-        if path and save:
-            _save(path, token, uris, md5s, xy, params, key)
+        if saved and save:
+            _save(saved, uris, md5s, xy, params, key)
     seconds = time.perf_counter() - started
 
     out = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=frame.index)
@@ -259,6 +264,7 @@ def umap_project(
             out[column] = frame[column]
     out = out.reset_index(drop=True)
     out.attrs["umap"] = {**params, "model": tag, "seconds": seconds, "reused": reused, "path": path}
+    out.attrs["store"] = frame.attrs.get("store")  # thumbnails reuse the dataset's access
     if reused:
         log.info("reused the UMAP projection saved at %s", path)
     return out
@@ -294,21 +300,16 @@ def _fit(matrix: np.ndarray, params: dict[str, Any], *, low_memory: bool, verbos
     return np.asarray(xy, dtype=np.float32)
 
 
-def _load(
-    path: str, token: Any, params: dict[str, Any], key: str, uris: list[str]
-) -> np.ndarray | None:
+def _load(saved: Store, params: dict[str, Any], key: str, uris: list[str]) -> np.ndarray | None:
     """Saved coordinates in ``uris`` order, if saved for the same images and parameters."""
     import pyarrow.parquet as pq
 
-    from gcsemb.storage import filesystem
-
     try:
-        fs, p = filesystem(path, token)
-        if not fs.exists(p):
+        if not saved.fs.exists(saved.path):
             return None
-        table = pq.read_table(io.BytesIO(fs.cat_file(p)))
+        table = pq.read_table(io.BytesIO(saved.fs.cat_file(saved.path)))
     except Exception as e:  # unreadable: compute again (and overwrite)
-        log.warning("cannot read the saved projection %s (%s): computing it again", path, e)
+        log.warning("cannot read the saved projection %s (%s): computing it again", saved.url, e)
         return None
     meta = table.schema.metadata or {}
     try:
@@ -325,8 +326,7 @@ def _load(
 
 
 def _save(
-    path: str,
-    token: Any,
+    saved: Store,
     uris: list[str],
     md5s: list[str | None] | None,
     xy: np.ndarray,
@@ -336,8 +336,7 @@ def _save(
     """Write the coordinates as parquet (atomically), keyed by uri; failures only warn."""
     import pyarrow as pa
 
-    from gcsemb.dataset import _put
-    from gcsemb.storage import filesystem
+    from gcsemb.dataset import write_parquet
 
     table = pa.table(
         {
@@ -351,10 +350,11 @@ def _save(
         {META_PARAMS: json.dumps(_jsonable(params)).encode(), META_FINGERPRINT: key.encode()}
     )
     try:
-        fs, p = filesystem(path, token)
-        _put(fs, p, table)
+        write_parquet(saved.fs, saved.path, table)
     except Exception as e:  # a read-only dataset still gets its plot
-        log.warning("cannot save the projection to %s (%s); it will be computed again", path, e)
+        log.warning(
+            "cannot save the projection to %s (%s); it will be computed again", saved.url, e
+        )
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,9 @@ The output is the local engine's dataset contract: same columns and parquet meta
 are fetched and embedded once when they are listed by the same folder's task (within
 ``DEDUPE_WINDOW`` images); twins in different folders are embedded once each (rows stay exact).
 
-Workers never receive a live filesystem (gcsfs sessions are neither picklable nor fork-safe): they
-get the URL and the ``token`` spec (``None``, ``"anon"``, a key path or dict) and open their own.
+Workers never receive a live filesystem (gcsfs sessions are neither picklable nor fork-safe) nor
+any secret: they get :class:`~gcsemb.storage.Store` handles, which pickle as the URL and the recipe
+of the credentials (a key file path, ``adc``, ``metadata``, ``anon``) and open their own.
 
 Example:
     >>> import gcsemb
@@ -49,30 +50,30 @@ from gcsemb.pipeline import (
     EmbedConfig,
     EmbedSummary,
     Item,
+    check_writable,
     decode,
     default_batch_size,
     fetch,
+    open_stores,
     plan,
 )
 from gcsemb.storage import (
-    _GLOB_CHARS,
-    EMULATOR_ENV,
     IMAGE_EXTENSIONS,
     ZB_HNS_ENV,
     ObjectInfo,
+    Store,
     _from_resource,
-    _glob_regex,
     _info_to_object,
     explain,
-    filesystem,
-    is_gcs,
+    glob_base,
     list_images,
+    normalize_extensions,
 )
 
 BLOCK_ROWS = 1024  # images per listing block: the unit a fetch/decode task takes
 FETCH_CPUS = 0.25  # fetch, listing and write tasks mostly wait on the network: four per core
 DECODE_MEMORY = 1024**3  # a decode worker: torch + open_clip (~0.5 GB) and one full-size image
-FORWARDED_ENV = (EMULATOR_ENV, ZB_HNS_ENV)  # sent to workers when gcsemb starts Ray itself
+FORWARDED_ENV = (ZB_HNS_ENV,)  # sent to workers when gcsemb starts Ray itself
 RAY_EXTRA = "The Ray engine needs Ray Data: pip install 'gcsemb[ray]'"
 
 _OBJECT_FIELDS = [f.name for f in fields(ObjectInfo)]
@@ -99,36 +100,6 @@ def _ray() -> Any:
             raise ImportError(RAY_EXTRA) from e
         raise ImportError(f"{RAY_EXTRA} (installed, but importing it failed: {e})") from e
     return ray
-
-
-@dataclass(frozen=True)
-class Storage:
-    """How a worker opens ``url``: plain, picklable values, never a live filesystem.
-
-    Attributes:
-        url: ``gs://bucket/prefix``, a local folder or an fsspec URL.
-        token: The credentials spec as the user gave it (see :mod:`gcsemb.auth`).
-        project: Google Cloud project (requester-pays billing).
-        requester_pays: Bill reads to ``project``.
-    """
-
-    url: str
-    token: Any = None
-    project: str | None = None
-    requester_pays: bool | str = False
-
-    def open(self) -> tuple[Any, str]:
-        """``(fs, path)``, built once per worker process."""
-        emulator = os.environ.get(EMULATOR_ENV)
-        key = pickle.dumps((self.url, self.token, self.project, self.requester_pays, emulator))
-        if key not in _OPENED:
-            _OPENED[key] = filesystem(
-                self.url, self.token, project=self.project, requester_pays=self.requester_pays
-            )
-        return _OPENED[key]
-
-
-_OPENED: dict[bytes, tuple[Any, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -237,7 +208,7 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def fan_out(
-    src: Storage, extensions: frozenset[str] | None, done: dict[str, Any]
+    src: Store, extensions: frozenset[str] | None, done: dict[str, Any]
 ) -> tuple[list[Part], str | None]:
     """Split ``src`` into listing parts: one per top-level folder, plus the top-level images.
 
@@ -247,23 +218,19 @@ def fan_out(
     Returns:
         The parts and the glob pattern (a regex source) every listed name must match, if any.
     """
-    fs, path = src.open()
-    gcs = is_gcs(src.url)
-    match = _GLOB_CHARS.search(path)
-    regex = _glob_regex(path) if match else None
-    base = path.rstrip("/") or path
-    if match:
-        head = path[: match.start()]
-        base = head.rsplit("/", 1)[0] if "/" in head else ""
-        if not base:  # a glob in the bucket name (list_images explains it) or at a local root
-            return [Part(src.url, done=done)], None
+    fs, path, gcs = src.fs, src.path, src.gcs
+    base, regex = glob_base(path)
+    if regex is None:
+        base = path.rstrip("/") or path
+    elif not base:  # a glob in the bucket name (list_images explains it) or at a local root
+        return [Part(src.url, done=done)], None
     try:
         entries = fs.ls(base, detail=True, refresh=True) if gcs else fs.ls(base, detail=True)
     except FileNotFoundError:  # no such folder: list_images tells a bucket from a prefix
         return [Part(src.url, done=done)], None
     except Exception as e:
-        raise explain(e, src.url, fs, "list") from e
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions or ()}
+        raise explain(e, src.url, src, "list") from e
+    exts = normalize_extensions(extensions)
     folders, top = [], []
     for info in entries:
         name = info["name"].rstrip("/")
@@ -278,16 +245,13 @@ def fan_out(
             top.append(_from_resource(bucket, key, info))
         else:
             top.append(_info_to_object(fs, info))
-    base_uri = f"gs://{base}" if gcs else fs.unstrip_protocol(base)
+    base_uri = src.uri(base)
     by_folder: dict[str, dict[str, Any]] = defaultdict(dict)  # the done index, split by folder
     for uri, row in done.items():
         if uri.startswith(base_uri + "/"):
             by_folder[uri[len(base_uri) + 1 :].split("/", 1)[0]][uri] = row
     parts = [
-        Part(
-            f"gs://{name}" if gcs else fs.unstrip_protocol(name),
-            done=by_folder.get(name.rsplit("/", 1)[-1], {}),
-        )
+        Part(src.uri(name), done=by_folder.get(name.rsplit("/", 1)[-1], {}))
         for name in sorted(folders)
     ]
     if top:
@@ -297,7 +261,7 @@ def fan_out(
 
 def list_part(
     part: Part,
-    src: Storage,
+    src: Store,
     pattern: str | None,
     extensions: frozenset[str] | None,
     limit: int | None,
@@ -308,20 +272,14 @@ def list_part(
     Runs as a Ray streaming-generator task: each block becomes its own object for Ray Data, and
     the last item is ``{"seen": ..., "skipped": ..., "rows": ...}``.
     """
-    fs, _ = src.open()
+    fs = src.fs
     regex = re.compile(pattern, re.DOTALL) if pattern else None
 
     def listed() -> Iterator[ObjectInfo]:
         count = 0
         objects: Iterable[ObjectInfo] = part.objects
         if part.url is not None:
-            objects = list_images(
-                part.url,
-                src.token,
-                project=src.project,
-                requester_pays=src.requester_pays,
-                extensions=extensions,
-            )
+            objects = list_images(src.at(part.url), extensions=extensions)
         for obj in objects:
             if regex and not regex.match(fs._strip_protocol(obj.uri)):
                 continue
@@ -374,12 +332,12 @@ def _aliases(blob: bytes | None) -> list[ObjectInfo]:
 # ---- the per-batch stages: the local engine's functions on rows ---------------------------------
 
 
-def fetch_rows(batch: pa.Table, src: Storage) -> pa.Table:
+def fetch_rows(batch: pa.Table, src: Store) -> pa.Table:
     """Fetch stage: :func:`gcsemb.pipeline.fetch` on a batch of listed objects."""
     items = [Item(obj, md5=obj.md5) for obj in _objects(batch)]
-    fetch(src.open()[0], items)
+    fetch(src, items)
     for it in items:
-        if it.fatal is not None:  # denied access ends the run, as in the local engine
+        if it.fatal is not None:  # refused credentials end the run, as in the local engine
             raise it.fatal
     batch = batch.set_column(batch.schema.get_field_index("md5"), "md5", _strings(items, "md5"))
     return (
@@ -427,7 +385,7 @@ class Embed:
         pretrained: Weights tag, checkpoint path or gs:// URL (must be readable on the worker).
         device: ``auto`` takes the actor's GPU when Ray gave it one.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
-        token: Credentials spec for a gs:// checkpoint.
+        access: The handle whose access reaches a gs:// checkpoint.
         tag: The model tag the driver computed; rows are written under it.
     """
 
@@ -437,13 +395,13 @@ class Embed:
         pretrained: str | None,
         device: str,
         precision: str,
-        token: Any,
+        access: Store,
         tag: str,
     ) -> None:
         from gcsemb.embedder import load_embedder
 
         self.embedder = load_embedder(
-            model, pretrained, device=device, precision=precision, token=token
+            model, pretrained, device=device, precision=precision, token=access
         )
         if self.embedder.name != tag:
             raise GcsembError(
@@ -471,17 +429,16 @@ class Embed:
         return batch.drop_columns(["tensor"]).append_column("embedding", vectors)
 
 
-def write_rows(batch: pa.Table, dst: Storage, model: str) -> pa.Table:
+def write_rows(batch: pa.Table, dst: Store, model: str) -> pa.Table:
     """Write stage: one :class:`~gcsemb.dataset.ShardWriter` flush per batch (atomic shards).
 
     Returns one row of counts (embedded, duplicates, failed) for the driver's summary.
     """
-    fs, path = dst.open()
     emb = batch.column("embedding").combine_chunks()
     dim = emb.type.list_size
     matrix = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     writer = ShardWriter(
-        fs, path, model, dim, rows_per_shard=batch.num_rows + 1, seconds_per_shard=float("inf")
+        dst, model, dim, rows_per_shard=batch.num_rows + 1, seconds_per_shard=float("inf")
     )
     counts = {"embedded": 0, "duplicates": 0, "failed": 0}
     cols = batch.select(["md5", "width", "height", "stage", "error", "aliases"]).to_pydict()
@@ -509,13 +466,14 @@ def _strings(items: list[Item], name: str) -> pa.Array:
 
 
 def embed_ray(
-    src: str,
-    dst: str,
+    src: str | Store,
+    dst: str | Store,
     *,
     config: EmbedConfig,
     token: Any = None,
     project: str | None = None,
     requester_pays: bool | str = False,
+    endpoint: str | None = None,
     limit: int | None = None,
     extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
     progress: bool = True,
@@ -532,10 +490,12 @@ def embed_ray(
         dst: Destination folder that every node can write.
         config: Pipeline settings; ``batch_size`` is the GPU batch, ``fetch_batch`` the fetch
             and decode batch, ``rows_per_shard`` the rows of one written shard.
-        token: Credentials spec, sent to every worker (each node must be able to use it: a key
-            path present on every node, or workload identity / the node's service account).
+        token: Credentials; workers get only their recipe (see :class:`gcsemb.storage.Store`),
+            so each node must be able to use it: a key path present on every node, or
+            application default credentials (workload identity, the node's service account).
         project: Google Cloud project (requester-pays billing).
         requester_pays: Bill reads to ``project``.
+        endpoint: Another GCS endpoint (see :func:`gcsemb.open_store`).
         limit: At most this many images listed per folder, and embedded in all.
         extensions: File endings counted as images.
         progress: Show Ray Data's progress bars.
@@ -549,24 +509,27 @@ def embed_ray(
 
     Raises:
         ImportError: Ray Data is not installed (``pip install 'gcsemb[ray]'``).
-        AccessDenied: The identity may not read ``src`` or write ``dst``.
+        AccessDenied: The identity may not list ``src`` or write ``dst``.
+        AuthError: The credentials cannot be sent to workers (a key given as a dict or text).
     """
     from gcsemb.checkpoints import model_tag
 
     ray = _ray()
     started = time.perf_counter()
-    summary = EmbedSummary(src, dst)
-    source = Storage(src, token, project, requester_pays)
-    target = Storage(dst, token, project, requester_pays)
-    dst_fs, dst_path = target.open()
-    summary.model = model_tag(config.model, config.pretrained, token=token)
+    source, target = open_stores(
+        src, dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+    pickle.dumps((source, target))  # credentials that cannot travel fail here, not in a worker
+    summary = EmbedSummary(source.url, target.url)
+    summary.model = model_tag(config.model, config.pretrained, token=source)
     try:
-        done = failed_index(dst_fs, dst_path, summary.model)
-        done.update(done_index(dst_fs, dst_path, summary.model))
+        done = failed_index(target, summary.model)
+        done.update(done_index(target, summary.model))
     except Exception as e:
-        raise explain(e, dst, dst_fs, "read") from e
+        raise explain(e, target.url, target, "index") from e
     parts, pattern = fan_out(source, extensions, done)
     del done
+    check_writable(target)
 
     ours = not ray.is_initialized()
     if ours:
@@ -592,7 +555,6 @@ def embed_ray(
             progress=progress,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
-            token=token,
         )
     finally:
         if ours:
@@ -603,8 +565,8 @@ def _run(
     ray: Any,
     parts: list[Part],
     pattern: str | None,
-    source: Storage,
-    target: Storage,
+    source: Store,
+    target: Store,
     cfg: EmbedConfig,
     summary: EmbedSummary,
     started: float,
@@ -614,7 +576,6 @@ def _run(
     progress: bool,
     workers: int | None,
     gpus_per_worker: float,
-    token: Any,
 ) -> EmbedSummary:
     lister = ray.remote(num_returns="streaming", num_cpus=FETCH_CPUS)(list_part)
     blocks: list[Any] = []
@@ -668,7 +629,7 @@ def _run(
                 "pretrained": cfg.pretrained,
                 "device": cfg.device,
                 "precision": cfg.precision,
-                "token": token,
+                "access": source,
                 "tag": summary.model,
             },
             **({"num_gpus": gpus_per_worker} if gpus_per_worker else {}),

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.errors import GcsembError
+from gcsemb.storage import Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,29 +41,30 @@ PAIR_COLUMNS = ["uri_a", "uri_b", "score", "exact"]
 
 def embeddings_of(
     data: Any, *, token: Any = None, model: str | None = None
-) -> tuple[pd.DataFrame, np.ndarray, str | None]:
-    """``(df, matrix, dst)`` from any of the forms the search and plot functions accept.
+) -> tuple[pd.DataFrame, np.ndarray, Store | None]:
+    """``(df, matrix, dataset)`` from any of the forms the search and plot functions accept.
 
     Args:
-        data: A dataset URL or local path, the ``(df, matrix)`` pair of
-            :func:`gcsemb.read_embeddings`, or a DataFrame with an ``embedding`` column.
+        data: A dataset URL, local path or :class:`~gcsemb.storage.Store`, the ``(df, matrix)``
+            pair of :func:`gcsemb.read_embeddings`, or a DataFrame with an ``embedding`` column.
         token: Credentials for ``gs://`` when ``data`` is a URL.
         model: Keep the rows of this model tag only.
 
     Returns:
-        The rows, their embeddings as an ``(n, dim)`` float32 array, and the dataset URL (None
-        unless ``data`` was one).
+        The rows, their embeddings as an ``(n, dim)`` float32 array, and the dataset's handle
+        (None for rows that were not read from a dataset).
 
     Example:
-        >>> df, X, dst = embeddings_of("gs://my-bucket/embeddings")  # doctest: +SKIP
+        >>> df, X, dataset = embeddings_of("gs://my-bucket/embeddings")  # doctest: +SKIP
     """
     import pandas as pd
 
-    if isinstance(data, str | os.PathLike):
+    if isinstance(data, str | os.PathLike | Store):
         from gcsemb.dataset import read_embeddings
 
-        df, matrix = read_embeddings(str(data), token, model=model)
-        return df, matrix, str(data)
+        source = data if isinstance(data, Store) else str(data)
+        df, matrix = read_embeddings(source, token=token, model=model)
+        return df, matrix, df.attrs["store"]
     if isinstance(data, tuple) and len(data) == 2:
         df, matrix = data
         matrix = np.asarray(matrix, dtype=np.float32)
@@ -93,7 +95,7 @@ def embeddings_of(
             f"The rows hold several models {sorted(df['model'].unique())}: pass model=... to "
             "pick one (embeddings of different models are not comparable)."
         )
-    return df, matrix, None
+    return df, matrix, df.attrs.get("store")
 
 
 def _tag(df: pd.DataFrame) -> str | None:
@@ -191,13 +193,15 @@ def top_k(
     is_first = (uris[candidates] == first) if first is not None else np.zeros(len(candidates))
     order = np.lexsort((candidates, ~is_first.astype(bool), -scores[candidates]))[:k]
     picked = candidates[order]
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "uri": uris[picked],
             "score": scores[picked].astype(np.float32),
             "md5": df["md5"].to_numpy()[picked] if "md5" in df else None,
         }
     )
+    out.attrs["store"] = df.attrs.get("store")  # the access thumbnails of the results reuse
+    return out
 
 
 def search_text(
@@ -235,8 +239,9 @@ def search_text(
     """
     if not isinstance(query, str) or not query.strip():
         raise ValueError("Give a non-empty text to search for, e.g. 'a photo of a cat'.")
-    df, matrix, _ = embeddings_of(data, token=token)
-    embedder = _dataset_embedder(df, "text", embedder, model, pretrained, token, device)
+    df, matrix, dataset = embeddings_of(data, token=token)
+    access = token or dataset
+    embedder = _dataset_embedder(df, "text", embedder, model, pretrained, access, device)
     return top_k(df, matrix, embedder.embed_texts([query])[0], k)
 
 
@@ -273,7 +278,8 @@ def search_image(
         >>> hits.uri[0]  # doctest: +SKIP
         'gs://my-bucket/photos/cat-17.jpg'
     """
-    df, matrix, _ = embeddings_of(data, token=token)
+    df, matrix, dataset = embeddings_of(data, token=token)
+    access = token or dataset
     if isinstance(image, np.ndarray) and image.ndim == 1:
         return top_k(df, matrix, image / (np.linalg.norm(image) or 1.0), k)
     if isinstance(image, str | os.PathLike):
@@ -281,9 +287,9 @@ def search_image(
         hit = np.flatnonzero(df["uri"].to_numpy() == uri) if len(df) else []
         if len(hit):
             return top_k(df, matrix, matrix[hit[0]], k, first=uri)
-        image = _read_image(uri, token)
+        image = _read_image(uri, access)
     pil = _as_pil(image)
-    embedder = _dataset_embedder(df, "image", embedder, model, pretrained, token, device)
+    embedder = _dataset_embedder(df, "image", embedder, model, pretrained, access, device)
     return top_k(df, matrix, embedder.embed_images([pil])[0], k)
 
 
@@ -317,13 +323,13 @@ def _read_image(uri: str, token: Any) -> bytes:
                 "(df.uri), a local image path, or a gs:// URL."
             )
         return path.read_bytes()
-    from gcsemb.storage import explain, filesystem
+    from gcsemb.storage import cat_many, explain, open_store
 
-    fs, path = filesystem(uri, token)
-    try:
-        return fs.cat_file(path)
-    except Exception as e:
-        raise explain(e, uri, fs, "read") from e
+    store = open_store(uri, token=token)
+    (data,) = cat_many(store, [store.path])
+    if isinstance(data, BaseException):
+        raise explain(data, uri, store, "read") from data
+    return data
 
 
 def _as_pil(image: Any) -> Image.Image:
@@ -424,7 +430,9 @@ def near_duplicates(
         }
     )
     out = out.sort_values(["score", "uri_a", "uri_b"], ascending=[False, True, True])
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["store"] = df.attrs.get("store")  # the access thumbnails of the pairs reuse
+    return out
 
 
 def _same_md5(md5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

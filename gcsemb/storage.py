@@ -1,9 +1,10 @@
-"""One entry point from a URL to a configured filesystem, and streaming image listings.
+"""One entry point from a URL to a storage handle, and streaming image listings.
 
-``filesystem(url, token=...)`` gives an fsspec filesystem for ``gs://`` URLs (authenticated with
-:mod:`gcsemb.auth`), local paths and any other fsspec URL. URIs are rebuilt with
-``fs.unstrip_protocol`` so the tuple-valued ``fs.protocol`` of gcsfs (``("gs", "gcs")``) is never
-concatenated into a URL by hand.
+``open_store(url, token=...)`` gives a :class:`Store`: the URL, the resolved credentials (with
+:mod:`gcsemb.auth`), billing settings, the endpoint and, once used, the fsspec filesystem. Every
+gcsemb function passes this handle on, so credentials are resolved once per run, and a local
+emulator differs from Google only by the endpoint URL. Listed objects are fetched by their exact
+names (:func:`cat_many`): glob characters belong only to the user's own URL.
 
 Example:
     >>> from gcsemb import list_images
@@ -14,15 +15,26 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from gcsemb.auth import Identity, resolve, verify
-from gcsemb.errors import AUTH_FIXES, AccessDenied, BadURL, GcsembError, NotFound
+from gcsemb.errors import (
+    AUTH_FIXES,
+    READ_ROLE,
+    WRITE_ROLE,
+    AccessDenied,
+    AuthError,
+    BadURL,
+    GcsembError,
+    NotFound,
+)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
@@ -72,76 +84,197 @@ def is_gcs(url: str) -> bool:
     return url.split("://", 1)[0].lower() in GCS_PROTOCOLS if "://" in url else False
 
 
-def emulator_filesystem(endpoint: str, **options: Any) -> Any:
-    """A gcsfs filesystem for a GCS emulator at ``endpoint`` (anonymous by default).
-
-    Uses gcsfs's core class, which never asks the gRPC control API about bucket types (that
-    lookup stalls for a minute per call against an emulator).
-    """
-    os.environ.setdefault(ZB_HNS_ENV, "false")
-    from gcsfs.core import GCSFileSystem
-
-    options.setdefault("token", "anon")
-    options["project"] = options.get("project") or "emulator"  # silences gcsfs's project warning
-    return GCSFileSystem(endpoint_url=endpoint, **options)
+def is_loopback(endpoint: str | None) -> bool:
+    """Whether a storage endpoint runs on this machine (a local emulator)."""
+    if not endpoint:
+        return False
+    host = (
+        urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}").hostname or ""
+    ).lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def filesystem(
-    url: str,
-    token: Any = None,
-    *,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    **storage_options: Any,
-) -> tuple[Any, str]:
-    """Return ``(fs, path)`` for a URL: a configured fsspec filesystem and the path inside it.
+LOCAL = Identity(None, "local files", "local")
 
-    Args:
-        url: ``gs://bucket/prefix``, a local path, or any fsspec URL.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`); ignored elsewhere.
+
+@dataclass(frozen=True, eq=False)
+class Store:
+    """One storage location and how to reach it: the handle every gcsemb function passes on.
+
+    Made once by :func:`open_store` from a URL, credentials, billing settings and an endpoint.
+    Credentials are resolved (and a token fetched) once, when the handle is made; the fsspec
+    filesystem is opened on first use. :meth:`at` gives the same access to another URL.
+
+    A handle pickles without secrets (for Ray workers): it carries *how* to get the credentials
+    again (``identity.recipe``: a key file's path, ``"adc"``, ``"metadata"``, ``"anon"``), never a
+    private key or an access token. Credentials that cannot travel that way (a key given as a
+    dict or as text, a credentials object) refuse to pickle with a message saying what to pass.
+
+    Attributes:
+        url: What this handle points at, e.g. ``gs://my-bucket/photos`` or a local folder.
+        identity: Who gcsemb is there (its repr and ``description`` show no secret).
         project: Google Cloud project (billing for requester-pays buckets).
         requester_pays: Bill reads to ``project`` (or to this project id, if a string).
-        **storage_options: Passed to the filesystem (e.g. ``endpoint_url``).
+        endpoint: A storage endpoint other than Google's (an emulator); only the URL changes.
+
+    Example:
+        >>> store = open_store("gs://my-bucket/photos")  # doctest: +SKIP
+        >>> store
+        Store('gs://my-bucket/photos' as service account embedder@proj.iam.gserviceaccount.com)
+        >>> store.fs.ls(store.path)  # doctest: +SKIP
+    """
+
+    url: str
+    identity: Identity
+    project: str | None = None
+    requester_pays: bool | str = False
+    endpoint: str | None = None
+
+    @property
+    def gcs(self) -> bool:
+        """Whether this is Google Cloud Storage (or an endpoint speaking its API)."""
+        return is_gcs(self.url)
+
+    @functools.cached_property
+    def fs(self) -> Any:
+        """The fsspec filesystem (gcsfs for ``gs://``), opened once per handle."""
+        if not self.gcs:
+            import fsspec
+
+            try:
+                return fsspec.core.url_to_fs(self.url)[0]
+            except (ImportError, ValueError) as e:
+                raise BadURL(f"Cannot open {self.url!r}: {e}") from e
+        return gcs_filesystem(self.identity.token, self.project, self.requester_pays, self.endpoint)
+
+    @property
+    def path(self) -> str:
+        """The protocol-less path of :attr:`url` inside :attr:`fs` (``bucket/prefix``)."""
+        return self.fs._strip_protocol(self.url)
+
+    def uri(self, path: str) -> str:
+        """The full URI of ``path`` (a path inside :attr:`fs`), e.g. ``gs://bucket/a.jpg``."""
+        return f"gs://{path}" if self.gcs else self.fs.unstrip_protocol(path)
+
+    def at(self, url: str) -> Store:
+        """The same access (credentials, billing, endpoint and filesystem) for another URL.
+
+        Example:
+            >>> dst = open_store("gs://b/photos").at("gs://b/embeddings")  # doctest: +SKIP
+        """
+        if is_gcs(url) != self.gcs:  # between a bucket and local files: nothing to share
+            return open_store(url, project=self.project, endpoint=self.endpoint)
+        other = replace(self, url=url)
+        if "fs" in self.__dict__:
+            other.__dict__["fs"] = self.__dict__["fs"]
+        return other
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r} as {self.identity.description})"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        recipe = self.identity.recipe
+        if recipe is None:
+            raise AuthError(
+                f"The credentials of {self.identity.description} cannot be sent to other "
+                "processes (they were given as a key dict, key text or a credentials object, "
+                "which gcsemb never copies). Pass a key file path that exists on every worker, "
+                "or use application default credentials (token=None)."
+            )
+        return (_reopen, (self.url, recipe, self.project, self.requester_pays, self.endpoint))
+
+    def __copy__(self) -> Store:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Store:
+        return self
+
+
+def _reopen(
+    url: str, recipe: str, project: str | None, requester_pays: bool | str, endpoint: str | None
+) -> Store:
+    """Unpickle a :class:`Store`: resolve its credentials again, from their recipe."""
+    if not is_gcs(url):
+        return open_store(url)
+    token = None if recipe == "adc" else recipe
+    return open_store(
+        url, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
+    )
+
+
+def gcs_filesystem(
+    token: Any, project: str | None, requester_pays: bool | str, endpoint: str | None
+) -> Any:
+    """A gcsfs filesystem for Google (or ``endpoint``): same class, options and credentials."""
+    if endpoint:
+        # read when gcsfs is imported; an emulator has no bucket-type control API to ask
+        os.environ.setdefault(ZB_HNS_ENV, "false")
+    import gcsfs
+    import gcsfs.core
+
+    cls = gcsfs.GCSFileSystem
+    if endpoint and cls is not gcsfs.core.GCSFileSystem:
+        cls = gcsfs.core.GCSFileSystem  # imported with the bucket-type lookup on: skip it
+    options: dict[str, Any] = {"token": token, "requester_pays": requester_pays}
+    options["project"] = project or ("emulator" if endpoint else None)  # (gcsfs warns if none)
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return cls(**options)
+
+
+def open_store(
+    url: str | Store,
+    *,
+    token: Any = None,
+    project: str | None = None,
+    requester_pays: bool | str = False,
+    endpoint: str | None = None,
+) -> Store:
+    """The one entry point from a URL (and credentials) to a :class:`Store`.
+
+    Args:
+        url: ``gs://bucket/prefix``, a local path, or any fsspec URL; a :class:`Store` is returned
+            as it is.
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`; default: application default
+            credentials); ignored elsewhere. A :class:`Store` here lends its access (credentials,
+            billing, endpoint) to ``url``, as :meth:`Store.at` does.
+        project: Google Cloud project (billing for requester-pays buckets).
+        requester_pays: Bill reads to ``project`` (or to this project id, if a string).
+        endpoint: Another GCS endpoint (an emulator), else ``$STORAGE_EMULATOR_HOST``, else
+            Google. It changes only where requests go: credentials are found the same way, and
+            only when none exist at all *and* the endpoint is on this machine are requests sent
+            anonymously (the identity then says so).
 
     Returns:
-        The filesystem and the protocol-less path. For GCS the filesystem carries the
-        resolved :class:`~gcsemb.auth.Identity` as ``fs.gcsemb_identity``.
+        The handle, with credentials resolved and a token fetched (so a refused key fails here,
+        within seconds, before any storage request).
 
     Raises:
-        AuthError: Credentials could not be resolved.
+        AuthError: No credentials, an unreadable key, or credentials Google refuses.
         BadURL: The URL is empty or names no bucket.
 
     Example:
-        >>> fs, path = filesystem("/tmp")
-        >>> path
-        '/tmp'
+        >>> open_store("/tmp").identity
+        Identity('local files')
     """
+    if isinstance(url, Store):
+        return url
+    if isinstance(token, Store):
+        return token.at(url)
     if not url:
         raise BadURL("Empty URL: give gs://bucket/prefix, a local folder, or an fsspec URL.")
     if not is_gcs(url):
-        import fsspec
-
-        try:
-            return fsspec.core.url_to_fs(url, **storage_options)
-        except (ImportError, ValueError) as e:
-            raise BadURL(f"Cannot open {url!r}: {e}") from e
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        local = scheme in ("file", "local")
+        return Store(str(url), LOCAL if local else Identity(None, f"{scheme} (no Google account)"))
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if not bucket:
         raise BadURL(f"{url!r} names no bucket: write gs://BUCKET/optional/prefix.")
-    emulator = os.environ.get(EMULATOR_ENV)
-    endpoint = storage_options.pop("endpoint_url", None) or emulator
-    identity = verify(resolve(token, emulator=endpoint == emulator))
-    options = dict(
-        token=identity.token, project=project, requester_pays=requester_pays, **storage_options
-    )
-    if endpoint:
-        fs = emulator_filesystem(endpoint, **options)
-    else:
-        import gcsfs
-
-        fs = gcsfs.GCSFileSystem(**options)
-    fs.gcsemb_identity = identity
-    return fs, fs._strip_protocol(url)
+    endpoint = endpoint or os.environ.get(EMULATOR_ENV) or None
+    if endpoint and "://" not in endpoint:
+        endpoint = f"http://{endpoint}"  # STORAGE_EMULATOR_HOST may be host:port
+    identity = verify(resolve(token, local_endpoint=is_loopback(endpoint)))
+    return Store(url, identity, project, requester_pays, endpoint)
 
 
 def protocols(fs: Any) -> tuple[str, ...]:
@@ -149,44 +282,52 @@ def protocols(fs: Any) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
-def identity_of(fs: Any) -> str:
-    """The identity a filesystem uses, for messages (``"local files"`` outside GCS)."""
-    identity: Identity | None = getattr(fs, "gcsemb_identity", None)
-    return identity.description if identity else "local files"
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a storage error (gcsfs's ``code``), or None."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    if isinstance(exc, PermissionError) or str(exc).startswith("Forbidden"):
+        return 403
+    return None
 
 
-def explain(exc: BaseException, uri: str, fs: Any, action: str = "read") -> GcsembError:
+def explain(exc: BaseException, uri: str, store: Store, action: str = "read") -> GcsembError:
     """Translate a storage exception into a :class:`GcsembError` that names the fix.
 
     Args:
         exc: What gcsfs or fsspec raised.
         uri: The URI being accessed.
-        fs: The filesystem in use (for the identity).
-        action: ``"list"``, ``"read"`` or ``"write"``.
+        store: The handle in use (for the identity).
+        action: ``"list"`` (the source), ``"read"`` (an object), ``"index"`` (read the
+            destination's dataset), ``"write"`` or ``"delete"`` (the destination).
     """
     if isinstance(exc, GcsembError):
         return exc
-    who = identity_of(fs)
+    who = store.identity.description
     text = str(exc).split("\n")[-1][:300]
-    code = getattr(exc, "code", None)
+    code = http_status(exc)
     if isinstance(exc, FileNotFoundError):
-        target = f"gs://{uri[5:].split('/', 1)[0]}" if uri.startswith("gs://") else uri
+        listing = uri.startswith("gs://") and action == "list"
+        target = f"gs://{uri[5:].split('/', 1)[0]}" if listing else uri
         return NotFound(f"{target} does not exist (looked up as {who}). Check the name for typos.")
-    if (code == 401 or "Invalid Credentials" in text) and who.startswith("anonymous"):
+    if (code == 401 or "Invalid Credentials" in text) and store.identity.anonymous:
         return AccessDenied(
             f"{uri} is not public: anonymous requests are refused (401). {AUTH_FIXES}"
         )
     if code == 401 or "Invalid Credentials" in text:
-        return AccessDenied(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")
-    if isinstance(exc, PermissionError):
+        return AuthError(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")
+    if code == 403 and not store.gcs:
         return AccessDenied(f"No permission to {action} {uri} ({text}): pick a folder you own.")
-    if code == 403 or str(exc).startswith("Forbidden"):
-        role = {"list": "roles/storage.objectViewer", "read": "roles/storage.objectViewer"}.get(
-            action, "roles/storage.objectCreator"
-        )
+    if code == 403:
+        need = {
+            "list": f"storage.objects.list ({READ_ROLE}) on the source bucket",
+            "read": f"storage.objects.get ({READ_ROLE}) on the bucket",
+        }.get(action, f"{WRITE_ROLE} on the destination bucket")
+        verb = "read the dataset at" if action == "index" else action
         return AccessDenied(
-            f"{who} may not {action} {uri} (403: {text}). Grant it {role} on the bucket, "
-            f"or use another identity. {AUTH_FIXES}"
+            f"{who} may not {verb} {uri} (403: {text}). It needs {need}: grant it, or use "
+            f"another identity. {AUTH_FIXES}"
         )
     if "requester pays" in text.lower():
         return GcsembError(
@@ -194,6 +335,44 @@ def explain(exc: BaseException, uri: str, fs: Any, action: str = "read") -> Gcse
             "(CLI: --requester-pays --project ID) to bill reads to your project."
         )
     return GcsembError(f"Could not {action} {uri} as {who}: {type(exc).__name__}: {text}")
+
+
+def cat_many(store: Store, paths: list[str]) -> list[bytes | BaseException]:
+    """Fetch objects by their exact names, concurrently; a failure comes back in its place.
+
+    Names are taken literally: ``photo[1].jpg`` or ``what?.jpg`` are never glob patterns (as
+    they would be for ``fs.cat``). On gcsfs every object is one request, all gathered on its
+    event loop; other filesystems read in a few threads.
+
+    Args:
+        store: Where the objects are.
+        paths: Paths inside ``store.fs`` (``bucket/name`` for GCS).
+
+    Returns:
+        One entry per path, in order: the bytes, or the exception its read raised.
+    """
+    if not paths:
+        return []
+    fs = store.fs
+    if getattr(fs, "async_impl", False):
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+
+        return sync(fs.loop, gather)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: str) -> bytes | BaseException:
+        try:
+            return fs.cat_file(path)
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(min(8, len(paths))) as pool:
+        return list(pool.map(one, paths))
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -270,57 +449,73 @@ def _info_to_object(fs: Any, info: dict[str, Any]) -> ObjectInfo:
 
 
 def list_images(
-    url: str,
-    token: Any = None,
+    url: str | Store,
     *,
+    token: Any = None,
     project: str | None = None,
     requester_pays: bool | str = False,
+    endpoint: str | None = None,
     extensions: frozenset[str] | set[str] | None = IMAGE_EXTENSIONS,
     limit: int | None = None,
-    **storage_options: Any,
 ) -> Iterator[ObjectInfo]:
     """Stream the image objects under a prefix, a glob, or a single object.
 
     ``gs://b/photos`` lists everything below ``photos/``; ``gs://b/photos/**/*.jpg`` and
     ``gs://b/*/cat[0-9].png`` filter by glob (``*``, ``**``, ``[...]``; ``?`` is taken literally
-    since object names often contain it). Listing streams page by page (1000 objects per request),
-    so a bucket of millions is never held in memory.
+    since object names often contain it). A glob that matches nothing but names an object
+    literally (``photo[1].jpg``) gives that object. Listing streams page by page (1000 objects
+    per request), so a bucket of millions is never held in memory.
 
     Args:
-        url: What to list (``gs://``, a local folder, or any fsspec URL).
+        url: What to list (``gs://``, a local folder, or any fsspec URL), or a :class:`Store`.
         token: Credentials (see :mod:`gcsemb.auth`).
         project: Google Cloud project, for requester-pays buckets.
         requester_pays: Bill the reads to ``project``.
+        endpoint: Another GCS endpoint (see :func:`open_store`).
         extensions: File name endings counted as images (case-insensitive); ``None`` keeps all.
         limit: Stop after this many images.
-        **storage_options: Passed to the filesystem.
 
-    Yields:
-        One :class:`ObjectInfo` per image, in name order.
+    Returns:
+        An iterator of one :class:`ObjectInfo` per image, in name order.
 
     Raises:
-        NotFound: The bucket or local folder does not exist.
+        AuthError: No credentials, or Google refuses them (raised by the call itself).
+        NotFound: The bucket or local folder does not exist (raised while iterating).
         AccessDenied: The identity may not list there; the message names the fix.
 
     Example:
-        >>> import itertools
         >>> objs = list_images("gs://my-bucket/photos", limit=10)  # doctest: +SKIP
         >>> [o.uri for o in objs]  # doctest: +SKIP
         ['gs://my-bucket/photos/a.jpg', ...]
     """
-    fs, path = filesystem(
-        url, token, project=project, requester_pays=requester_pays, **storage_options
+    store = open_store(  # now, not on the first next(): credentials fail at the call
+        url, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
     )
-    gcs = is_gcs(url)
+    return _list(store, extensions, limit)
+
+
+def glob_base(path: str) -> tuple[str, re.Pattern[str] | None]:
+    """Split a path into the folder to list and the glob every name must match (or None)."""
     match = _GLOB_CHARS.search(path)
-    if match:
-        base = path[: match.start()].rsplit("/", 1)[0] if "/" in path[: match.start()] else ""
-        pattern = _glob_regex(path)
-        if gcs and "/" not in path[: match.start()]:
-            raise BadURL(f"{url!r}: the bucket name cannot be a glob.")
-    else:
-        base, pattern = path, None
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions or ()}
+    if not match:
+        return path, None
+    head = path[: match.start()]
+    return (head.rsplit("/", 1)[0] if "/" in head else ""), _glob_regex(path)
+
+
+def normalize_extensions(extensions: frozenset[str] | set[str] | None) -> set[str]:
+    """``{"JPG", ".png"}`` -> ``{".jpg", ".png"}``; None or empty keeps every file."""
+    return {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions or ()}
+
+
+def _list(
+    store: Store, extensions: frozenset[str] | set[str] | None, limit: int | None
+) -> Iterator[ObjectInfo]:
+    fs, path, gcs = store.fs, store.path, store.gcs
+    base, pattern = glob_base(path)
+    if pattern is not None and gcs and not base:
+        raise BadURL(f"{store.url!r}: the bucket name cannot be a glob.")
+    exts = normalize_extensions(extensions)
     count = 0
     try:
         if gcs:
@@ -340,11 +535,13 @@ def list_images(
             count += 1
             if limit is not None and count >= limit:
                 return
-        if count == 0 and gcs and not pattern and not path.endswith("/") and "/" in path:
-            # ``gs://b/a.jpg`` names one object rather than a folder
+        if count == 0 and gcs and not path.endswith("/") and "/" in path:
+            # ``gs://b/a.jpg`` (or ``gs://b/photo[1].jpg``) names one object, not a folder
             yield from _single_gcs_object(fs, path)
+        elif count == 0 and pattern and fs.isfile(path):
+            yield _info_to_object(fs, fs.info(path))
     except Exception as e:
-        raise explain(e, url, fs, "list") from e
+        raise explain(e, store.url, store, "list") from e
 
 
 def _single_gcs_object(fs: Any, path: str) -> Iterator[ObjectInfo]:

@@ -90,7 +90,8 @@ def thumbnail_bytes(
         md5s: Their md5 (the dataset's ``md5`` column), so a changed image is fetched again.
             None: cached per URI only.
         size: Longest side of the thumbnails, in pixels.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or the
+            :class:`~gcsemb.storage.Store` whose access to reuse (a dataset's, for its images).
         cache: Read and write the disk cache (``cache_root()``).
         workers: Threads decoding images.
 
@@ -166,25 +167,17 @@ def thumbnails(
 
 def _fetch(uris: list[str], token: Any) -> list[bytes | None]:
     """The bytes of each URI (None on failure), all requests of the batch in flight at once."""
-    from gcsemb.storage import filesystem
+    from gcsemb.storage import cat_many, open_store
 
     try:
-        fs, _ = filesystem(uris[0], token)
-    except Exception as e:
-        log.warning("cannot open %s for thumbnails: %s", uris[0], e)
-        return [None] * len(uris)
-    paths = [fs._strip_protocol(u) for u in uris]
-    try:
-        got = fs.cat(paths, on_error="return")
+        store = open_store(uris[0], token=token)
+        got = cat_many(store, [store.fs._strip_protocol(u) for u in uris])
     except Exception as e:  # e.g. credentials refused for the whole batch
         log.warning("cannot fetch thumbnails from %s: %s", uris[0], e)
         return [None] * len(uris)
-    if not isinstance(got, dict):  # one path: fsspec returns the bytes themselves
-        got = {paths[0]: got}
     out: list[bytes | None] = []
-    for uri, path in zip(uris, paths, strict=True):
-        data = got.get(path)
-        if isinstance(data, BaseException) or data is None:
+    for uri, data in zip(uris, got, strict=True):
+        if isinstance(data, BaseException):
             log.debug("cannot fetch %s: %s", uri, data)
             out.append(None)
         else:

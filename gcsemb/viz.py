@@ -149,7 +149,9 @@ def plot_projection(
         thumbnail_size: Longest side of a thumbnail in points (default: from their number).
         highlight: URIs to mark (e.g. search results); the first gets a star.
         title: Title (default: ``"UMAP of N images"`` and what the colours mean).
-        token: Credentials for fetching thumbnails from ``gs://``.
+        token: Credentials for fetching thumbnails from ``gs://`` (or a
+            :class:`~gcsemb.storage.Store` whose access to reuse); default: the access the
+            dataset was read with (``coords.attrs["store"]``).
         point_size: Marker area in points^2 (default: from the number of points).
         alpha: Marker opacity (default: from the number of points, so dense areas read darker).
         legend: Draw the legend or colour bar.
@@ -372,7 +374,8 @@ def _draw_thumbnails(
     if not len(picked):
         return 0
     md5s = frame["md5"].to_numpy()[picked] if "md5" in frame else None
-    images = thumbnails(frame["uri"].to_numpy()[picked], md5s, size=DEFAULT_SIZE, token=token)
+    access = token if token is not None else frame.attrs.get("store")
+    images = thumbnails(frame["uri"].to_numpy()[picked], md5s, size=DEFAULT_SIZE, token=access)
     drawn = 0
     for i, spot, image in zip(picked, spots, images, strict=True):
         if image is None:
@@ -519,7 +522,8 @@ def image_grid(
         tile: Inches per image.
         max_images: Draw at most this many images.
         title: Title (default: how many results).
-        token: Credentials for ``gs://``.
+        token: Credentials for ``gs://`` (or a :class:`~gcsemb.storage.Store`); default: the
+            access the results' dataset was read with.
         thumbnail_size: Pixels of the thumbnails fetched.
 
     Returns:
@@ -556,6 +560,8 @@ def image_grid(
         plt.close(fig)  # shown once when returned in a notebook, not again by pyplot
     else:
         fig.clear()
+    if token is None and isinstance(results, pd.DataFrame):
+        token = results.attrs.get("store")
     images = thumbnails(uris, md5s, size=thumbnail_size, token=token) if uris else []
     for k in range(nrows * ncols):
         ax = fig.add_subplot(nrows, ncols, k + 1)

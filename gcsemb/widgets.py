@@ -117,7 +117,8 @@ class Explorer:
         self._df, self._matrix, self._dst = embeddings_of(data, token=token)
         if not len(self._df):
             raise ValueError("The dataset holds no embeddings: run gcsemb.embed(src, dst) first.")
-        self._token, self._device = token, device
+        self._token = token if token is not None else self._dst  # the dataset's access
+        self._device = device
         self._embedder, self._model, self._pretrained = embedder, model, pretrained
         self._embedder_checked = False
         self._size = int(thumbnail_size)
@@ -128,7 +129,7 @@ class Explorer:
         if coords is None and umap:
             from gcsemb.projection import umap_project
 
-            coords = umap_project((self._df, self._matrix), dst=self._dst, token=token)
+            coords = umap_project((self._df, self._matrix), dst=self._dst, token=self._token)
         self.coords = coords
         self._color_by = color_by if coords is not None and color_by in coords else None
 

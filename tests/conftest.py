@@ -1,30 +1,100 @@
-"""Shared fixtures: a real GCS emulator (fake-gcs-server) and loopback stand-ins for Google."""
+"""Shared fixtures: GCS as a private bucket sees it, and loopback stand-ins for Google.
+
+The default storage of the tests (``gcs``) is an *auth-demanding front*: a loopback proxy in
+front of fake-gcs-server that answers only requests bearing the access token which a loopback
+OAuth endpoint grants after a real service-account JWT exchange. The tests reach it the way a user
+reaches a private bucket: ``STORAGE_EMULATOR_HOST`` changes only the URL, and the credentials are
+application default credentials (``GOOGLE_APPLICATION_CREDENTIALS`` names a key file), found and
+sent through exactly the code real GCS gets.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-# Before anything imports gcsfs (see gcsemb.emulator).
+# Before anything imports gcsfs (see gcsemb.storage).
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from gcsemb.emulator import Emulator  # noqa: E402
 
 _bucket_ids = itertools.count()
+SERVICE_ACCOUNT = "embedder@demo-project.iam.gserviceaccount.com"
+
+
+def _pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def service_account(private_key_pem: str, token_url: str, email: str = SERVICE_ACCOUNT) -> dict:
+    """A service-account key, as downloaded from the Cloud console, for a given token endpoint."""
+    return {
+        "type": "service_account",
+        "project_id": "demo-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_key_pem,
+        "client_email": email,
+        "client_id": "1234567890",
+        "token_uri": token_url,
+    }
 
 
 @pytest.fixture(scope="session")
-def gcs() -> Iterator[Emulator]:
-    """One fake-gcs-server for the whole session; STORAGE_EMULATOR_HOST points at it."""
-    with Emulator() as emulator:
-        yield emulator
+def emulator() -> Iterator[Emulator]:
+    """The bare fake-gcs-server: anonymous, for uploading test data and for the demo's flow."""
+    with Emulator() as server:
+        yield server
+
+
+@dataclass
+class PrivateGCS:
+    """The default test storage: the auth-demanding front and how the tests reach it."""
+
+    url: str  # the front's endpoint (what STORAGE_EMULATOR_HOST names)
+    emulator: Emulator
+    proxy: Any  # servers.GatewayProxy: its .requests record every request it saw
+    oauth: Any  # servers.StubServer: the token endpoint, its .requests every exchange
+    key_file: str  # the service-account key that GOOGLE_APPLICATION_CREDENTIALS names
+
+    def filesystem(self) -> Any:
+        """An anonymous filesystem straight to the emulator, to set up test data."""
+        return self.emulator.filesystem()
+
+
+@pytest.fixture(scope="session")
+def gcs(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateGCS]:
+    """A private bucket's GCS: the front accepts only the token issued for our key (ADC)."""
+    from servers import ACCESS_TOKEN, GatewayProxy, StubServer, token_endpoint
+
+    key_file = tmp_path_factory.mktemp("adc") / "key.json"
+    with StubServer(token_endpoint(ACCESS_TOKEN)) as oauth:
+        key_file.write_text(json.dumps(service_account(_pem(), f"{oauth.url}/token")))
+        with (
+            GatewayProxy(emulator.url, token=ACCESS_TOKEN) as proxy,
+            pytest.MonkeyPatch.context() as mp,
+        ):
+            mp.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+            mp.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+            yield PrivateGCS(proxy.url, emulator, proxy, oauth, str(key_file))
 
 
 @pytest.fixture
-def bucket(gcs: Emulator) -> str:
+def bucket(gcs: PrivateGCS) -> str:
     """A fresh, empty bucket name on the emulator."""
     name = f"test-bucket-{os.getpid()}-{next(_bucket_ids)}"
     gcs.filesystem().mkdir(name)
@@ -32,7 +102,7 @@ def bucket(gcs: Emulator) -> str:
 
 
 @pytest.fixture
-def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A machine with no Google credentials anywhere and no metadata server."""
     for var in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "COLAB_RELEASE_TAG"):
         monkeypatch.delenv(var, raising=False)
@@ -55,15 +125,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def private_key_pem() -> str:
     """A real RSA key, as in a downloaded service-account JSON key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return _pem()
 
 
 @pytest.fixture
@@ -77,13 +139,13 @@ def oauth():
 
 @pytest.fixture
 def sa_info(private_key_pem, oauth) -> dict:
-    """A service-account key whose token_uri points at the loopback OAuth endpoint."""
-    return {
-        "type": "service_account",
-        "project_id": "demo-project",
-        "private_key_id": "0123456789abcdef",
-        "private_key": private_key_pem,
-        "client_email": "embedder@demo-project.iam.gserviceaccount.com",
-        "client_id": "1234567890",
-        "token_uri": f"{oauth.url}/token",
-    }
+    """A fresh service-account key whose token_uri points at this test's OAuth endpoint."""
+    return service_account(private_key_pem, f"{oauth.url}/token")
+
+
+@pytest.fixture
+def key_file(sa_info, tmp_path) -> str:
+    """``sa_info`` saved as a key file."""
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(sa_info))
+    return str(path)

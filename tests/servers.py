@@ -152,6 +152,25 @@ class GatewayProxy(StubServer):
         host = urlsplit(upstream)
         lock = threading.Lock()
         proxy = self
+        local = threading.local()  # one kept-alive upstream connection per handler thread
+
+        def forward(request: BaseHTTPRequestHandler, body: bytes) -> Any:
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            for attempt in (0, 1):
+                conn = getattr(local, "conn", None)
+                if conn is None:
+                    conn = local.conn = http.client.HTTPConnection(
+                        host.hostname, host.port, timeout=30
+                    )
+                try:
+                    conn.request(request.command, request.path, body=body or None, headers=headers)
+                    return conn.getresponse()
+                except (http.client.HTTPException, ConnectionError):
+                    conn.close()
+                    local.conn = None
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
 
         def handler(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
             with lock:
@@ -167,21 +186,25 @@ class GatewayProxy(StubServer):
                 proxy.faults.append((request.command, request.path, action))
                 if action == "drop":
                     raise ConnectionAbortedError
-                return int(action), {"error": {"code": action, "message": "injected fault"}}
-            conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            conn.request(request.command, request.path, body=body or None, headers=headers)
-            resp = conn.getresponse()
+                message = FAULT_MESSAGES.get(int(action), "injected fault")
+                return int(action), {"error": {"code": int(action), "message": message}}
+            resp = forward(request, body)
             data = resp.read()
             out = [
                 (k, v.replace(upstream, proxy.url))
                 for k, v in resp.getheaders()
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             ]
-            conn.close()
             return resp.status, (out, data)
 
         super().__init__(handler)
 
 
 ACCESS_TOKEN = "ya29.c.fake-access-token-value"
+FAULT_MESSAGES = {  # what GCS answers, as gcsfs sees it
+    403: "embedder@demo-project.iam.gserviceaccount.com does not have storage.objects.get access "
+    "to the Google Cloud Storage object. Permission 'storage.objects.get' denied on resource "
+    "(or it may not exist).",
+    429: "The rate of change requests to the object exceeds the rate limit.",
+    503: "Backend Error",
+}

@@ -1,8 +1,8 @@
-"""Private buckets, refused credentials, transient faults and secrets, end to end.
+"""Private buckets, refused credentials, denied objects, transient faults and secrets, end to end.
 
 A loopback proxy in front of the emulator stands in for Google: it lists, reads and writes only
 for the bearer token that the loopback OAuth endpoint grants to our service-account key, and it
-injects 429/503 answers and dropped connections on any kind of request.
+injects 403/429/503 answers and dropped connections on any kind of request.
 """
 
 from __future__ import annotations
@@ -30,20 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def key_file(sa_info, tmp_path) -> str:
-    path = tmp_path / "key.json"
-    path.write_text(json.dumps(sa_info))
-    return str(path)
-
-
-@pytest.fixture
 def photos(gcs, bucket):
     upload_samples(gcs.filesystem(), bucket, 12)
     return bucket
 
 
 def private(gcs, monkeypatch, **kw) -> GatewayProxy:
-    proxy = GatewayProxy(gcs.url, token=ACCESS_TOKEN, **kw)
+    """A private bucket's front of our own (its requests recorded from the start)."""
+    proxy = GatewayProxy(gcs.emulator.url, token=ACCESS_TOKEN, **kw)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
     return proxy
 
@@ -65,7 +59,7 @@ def test_private_bucket_with_a_service_account_key(
 ):
     with private(gcs, monkeypatch) as proxy:
         summary = run(photos, key_file, tiny_ckpt)
-        df, _ = read_embeddings(f"gs://{photos}/emb", key_file)
+        df, _ = read_embeddings(f"gs://{photos}/emb", token=key_file)
     assert summary.failed == 3 and len(df) == summary.embedded + summary.duplicates
     auth = [
         {k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h, _ in proxy.requests
@@ -76,7 +70,7 @@ def test_private_bucket_with_a_service_account_key(
 
 @pytest.mark.parametrize(
     ("token", "fragment"),
-    [("anon", "not public"), ("other-key", "may not read")],
+    [("anon", "not public"), ("other-key", "may not read the dataset at")],
 )
 def test_denied_stops_at_once_naming_identity(
     gcs, photos, tiny_ckpt, monkeypatch, token, fragment, private_key_pem, tmp_path
@@ -187,13 +181,15 @@ def test_secrets_never_leak(gcs, photos, key_file, sa_info, tiny_ckpt, monkeypat
             progress=True,
         )
         texts += [str(summary), repr(summary), summary._repr_html_()]
-        from gcsemb.storage import filesystem
+        from gcsemb.storage import open_store
 
-        fs, _ = filesystem(f"gs://{photos}", key_file)
-        texts += [repr(fs.gcsemb_identity), str(fs.gcsemb_identity)]
+        for token in (key_file, sa_info, json.dumps(sa_info)):
+            store = open_store(f"gs://{photos}", token=token)
+            texts += [repr(store), str(store), repr(store.identity), str(store.identity)]
+        fs = store.fs
         shard = sorted(fs.glob(f"{photos}/emb/part-*.parquet"))[0]
         texts.append(str(pq.read_schema(io.BytesIO(fs.cat(shard))).metadata))
-        texts.append(read_errors(f"gs://{photos}/emb", key_file).to_string())
+        texts.append(read_errors(f"gs://{photos}/emb", token=key_file).to_string())
         with pytest.raises(AccessDenied) as err:
             run(photos, "anon", tiny_ckpt)
         texts.append(str(err.value))
@@ -274,3 +270,33 @@ def test_cli_check(gcs, photos, key_file, monkeypatch):
     assert good.stdout.count(": yes") == 3
     assert anon.returncode == 1 and "list  gs://" in anon.stdout and ": no: " in anon.stdout
     assert ACCESS_TOKEN not in good.stdout + good.stderr
+
+
+def test_one_denied_object_is_recorded_and_the_run_goes_on(gcs, photos, tiny_ckpt, monkeypatch):
+    # a per-object ACL or a CMEK key the caller may not use: 403 on that object only
+    def fault(n, method, path):
+        return 403 if "alt=media" in path and "coffee" in path else None
+
+    with private(gcs, monkeypatch, fault=fault):
+        first = run(photos, None, tiny_ckpt)
+        again = run(photos, None, tiny_ckpt)  # a re-run tries it again, and goes on again
+        errors = read_errors(f"gs://{photos}/emb")
+        df, _ = read_embeddings(f"gs://{photos}/emb")
+    denied = errors[errors["stage"] == "fetch"]
+    assert len(denied) == 1 and "coffee" in denied["uri"].iloc[0]
+    reason = denied["error"].iloc[0]
+    assert "403" in reason and "storage.objects.get" in reason
+    assert "embedder@demo-project.iam.gserviceaccount.com" in reason  # who was refused
+    assert first.seen == 16  # 12 photos, 3 broken files, 1 copy
+    assert first.embedded + first.duplicates == len(df) == 16 - 3 - 1  # 3 broken, 1 denied
+    assert (again.embedded, again.failed) == (0, 1)  # the denied one again; nothing lost
+
+
+def test_a_writer_that_may_not_delete_passes_the_write_check(
+    gcs, photos, tiny_ckpt, monkeypatch, caplog
+):
+    # roles/storage.objectCreator: create objects, never delete them
+    with private(gcs, monkeypatch, fault=lambda n, m, p: 403 if m == "DELETE" else None):
+        summary = run(photos, None, tiny_ckpt)
+    assert summary.embedded > 0
+    assert "could not delete" in caplog.text and "_gcsemb-write-check" in caplog.text

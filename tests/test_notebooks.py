@@ -261,11 +261,11 @@ def test_sign_in_on_workbench_uses_the_vms_service_account(tmp_path):
     assert "ya29" not in out.stdout + out.stderr
 
 
-def test_setup_with_a_bucket_starts_nothing_and_needs_named_weights():
+def test_setup_with_a_bucket_starts_nothing_and_needs_named_weights(gcs):
     from gcsemb import notebook as nb
 
     s = nb.setup("gs://my-bucket/photos")
-    assert (s.src, s.dst, s.model, s.pretrained) == (
+    assert (s.src.url, s.dst.url, s.model, s.pretrained) == (
         "gs://my-bucket/photos",
         "gs://my-bucket/embeddings",
         "ViT-B-32",

@@ -40,7 +40,7 @@ def run(src, dst, ckpt, **kw):
     return embed(src, dst, model=TINY_MODEL, pretrained=ckpt, progress=False, **kw)
 
 
-def test_rows_schema_and_failures(photos, bucket, tiny_ckpt):
+def test_rows_schema_and_failures(photos, bucket, tiny_ckpt, gcs):
     src, count = photos
     dst = f"gs://{bucket}/emb"
     summary = run(src, dst, tiny_ckpt)
@@ -50,7 +50,7 @@ def test_rows_schema_and_failures(photos, bucket, tiny_ckpt):
         1,
         3,
     )
-    df = pd.read_parquet(dst, storage_options={"token": "anon"})  # a user's plain pandas read
+    df = pd.read_parquet(dst, storage_options={"token": gcs.key_file})  # a user's plain read
     assert list(df.columns) == COLUMNS
     assert len(df) == count - 3 and df["uri"].is_unique
     listed = {o.uri for o in list_images(src)}
@@ -59,7 +59,7 @@ def test_rows_schema_and_failures(photos, bucket, tiny_ckpt):
     assert matrix.dtype == np.float32 and matrix.shape[1] == 64
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)
     assert (df["model"] == summary.model).all() and summary.model.startswith("tiny-clip/")
-    fs = GCSFileSystem(endpoint_url=os.environ["STORAGE_EMULATOR_HOST"], token="anon")
+    fs = GCSFileSystem(endpoint_url=os.environ["STORAGE_EMULATOR_HOST"])  # gcsfs's own ADC
     shard = sorted(fs.glob(f"{bucket}/emb/part-*.parquet"))[0]
     meta = pq.read_schema(io.BytesIO(fs.cat(shard))).metadata
     assert meta[b"gcsemb.model"].decode() == summary.model and meta[b"gcsemb.dim"] == b"64"
@@ -254,3 +254,26 @@ def test_progress_bar_shows_a_total_and_counts_what_was_done_before(
     embed(src, dst, model=TINY_MODEL, pretrained=tiny_ckpt)
     again = capsys.readouterr().err
     assert f"{count}/{count}" in again and "skipped=10" in again
+
+
+def test_every_object_name_is_fetched_literally(gcs, bucket, tiny_ckpt):
+    from test_storage import ODD_NAMES
+
+    from gcsemb.samples import sample_images
+
+    photos = [data for _, data in sample_images(len(ODD_NAMES))]
+    gcs.filesystem().pipe(
+        {f"{bucket}/odd/{name}": data for name, data in zip(ODD_NAMES, photos, strict=True)}
+    )
+    summary = run(f"gs://{bucket}/odd", f"gs://{bucket}/emb", tiny_ckpt)
+    df, matrix = read_embeddings(f"gs://{bucket}/emb")
+    assert summary.failed == 0 and len(read_errors(f"gs://{bucket}/emb")) == 0
+    assert sorted(df["uri"]) == sorted(f"gs://{bucket}/odd/{n}" for n in ODD_NAMES)
+    # each row holds its own object's bytes: 'b?.jpg' is not 'bX.jpg', 'photo[1]' not 'photo1'
+    embedder = load_embedder(TINY_MODEL, tiny_ckpt)
+    size = embedder.image_size
+    want = embedder.embed_images([decode_image(p, min_side=size).image for p in photos])
+    by_uri = dict(zip(df["uri"], matrix, strict=True))
+    got = np.stack([by_uri[f"gs://{bucket}/odd/{name}"] for name in ODD_NAMES])
+    assert list((got @ want.T).argmax(axis=1)) == list(range(len(ODD_NAMES)))
+    np.testing.assert_allclose(np.einsum("ij,ij->i", got, want), 1, atol=1e-4)

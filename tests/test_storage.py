@@ -9,30 +9,49 @@ from gcsfs.core import GCSFileSystem
 from servers import StubServer, deny
 
 from gcsemb.errors import AccessDenied, BadURL, NotFound
-from gcsemb.storage import filesystem, list_images
+from gcsemb.storage import cat_many, list_images, open_store
 
+# Every character GCS allows that a URL, a glob or a shell treats specially.
 ODD_NAMES = [
     "with space/cat 1.jpg",
     "ünïcödé/naïve café.png",
     "hash/#1.jpeg",
+    "hash/a#123.jpeg",  # a '#<digits>' suffix is a generation to version-aware fsspec
     "question/what?.webp",
+    "question/b?.jpg",
+    "question/bX.jpg",  # what 'b?.jpg' would match as a glob
+    "brackets/photo[1].jpg",
+    "brackets/photo1.jpg",  # what 'photo[1].jpg' would match as a glob
+    "star/*.png",
+    "braces/{a,b}.gif",
     "percent/100%25 done.JPG",
     "percent/50% off.gif",
     "a/b/c/d/e/f/g/h/i/j/deep.tiff",
     "plus+and&amp/x.bmp",
+    'quote/it\'s "q".jpg',
+    "emoji/📷 🐈.jpg",
 ]
 
 
-def test_odd_names_list_literally_and_read_back(gcs, bucket):
-    fs = gcs.filesystem()
-    fs.pipe({f"{bucket}/{name}": name.encode() for name in ODD_NAMES})
+def test_odd_names_list_and_read_back_literally(gcs, bucket):
+    gcs.filesystem().pipe({f"{bucket}/{name}": name.encode() for name in ODD_NAMES})
     found = {o.uri: o for o in list_images(f"gs://{bucket}")}
     assert sorted(found) == sorted(f"gs://{bucket}/{n}" for n in ODD_NAMES)
-    for uri, obj in found.items():
-        # the URI we print is the one the user can read back
-        assert fs.cat(uri) == uri.split("/", 3)[3].encode()
-        assert obj.size == len(uri.split("/", 3)[3].encode())
+    store = open_store(f"gs://{bucket}")
+    uris = sorted(found)
+    got = cat_many(store, [store.fs._strip_protocol(u) for u in uris])
+    for uri, data in zip(uris, got, strict=True):
+        # the URI we print is the one we read back: each object's own bytes, nothing else
+        assert data == uri.split("/", 3)[3].encode(), uri
+        obj = found[uri]
+        assert obj.size == len(data)
         assert obj.md5 and obj.crc32c and obj.generation and obj.updated
+
+
+def test_a_glob_that_names_an_object_literally_gives_that_object(gcs, bucket):
+    gcs.filesystem().pipe({f"{bucket}/p/photo[1].jpg": b"1", f"{bucket}/p/photo2.jpg": b"2"})
+    found = [o.uri for o in list_images(f"gs://{bucket}/p/photo[1].jpg")]
+    assert found == [f"gs://{bucket}/p/photo[1].jpg"]
 
 
 def test_thousands_of_objects_are_listed_in_pages(gcs, bucket, monkeypatch):
@@ -134,7 +153,7 @@ def test_local_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     objects = list(list_images(str(tmp_path)))
     assert sorted(o.uri.rsplit("/", 1)[1] for o in objects) == ["a b.jpg", "c.png"]
-    fs, _ = filesystem(str(tmp_path))
+    fs = open_store(str(tmp_path)).fs
     assert all(fs.cat(o.uri) for o in objects)  # URIs open again as they are
 
 
@@ -157,9 +176,9 @@ def test_bad_url(url, gcs):
 @pytest.mark.parametrize(("status", "fragment"), [(403, "may not list"), (401, "not public")])
 def test_denied_access_names_identity_and_fix(status, fragment):
     with StubServer(deny(status)) as server, pytest.raises(AccessDenied) as err:
-        list(list_images("gs://private/photos", token="anon", endpoint_url=server.url))
+        list(list_images("gs://private/photos", token="anon", endpoint=server.url))
     message = str(err.value)
     assert fragment in message and "anonymous" in message
     assert "gcloud auth application-default login" in message
     if status == 403:
-        assert "roles/storage.objectViewer" in message
+        assert "roles/storage.objectViewer" in message and "storage.objects.list" in message

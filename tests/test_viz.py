@@ -88,7 +88,7 @@ def test_projection_is_saved_beside_the_dataset_and_reused(dataset, gcs):
     saved = projection_path(dataset.dst, dataset.df["model"][0])
     assert "/_umap/" in saved and gcs.filesystem().exists(saved.removeprefix("gs://"))
     # the dataset still reads as before: the projection is not mistaken for embeddings
-    plain = pd.read_parquet(dataset.dst, storage_options={"token": "anon"})
+    plain = pd.read_parquet(dataset.dst, storage_options={"token": gcs.key_file})
     assert len(plain) == len(dataset.df) and "x" not in plain
     again = _coords(dataset)
     assert again.attrs["umap"]["reused"] and not first.attrs["umap"]["reused"]
