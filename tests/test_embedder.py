@@ -273,3 +273,70 @@ def test_model_tag_names_weights_without_loading_them(embedder: Embedder, ckpt: 
     shutil.copy(ckpt, copy)
     assert checkpoints.model_tag(TINY_MODEL, str(copy)) == embedder.name
     assert checkpoints.model_tag("ViT-B-32", "laion2b-s34b-b79k") == "ViT-B-32/laion2b_s34b_b79k"
+
+
+def test_a_link_and_its_target_get_the_same_tag(embedder: Embedder, ckpt: Path, tmp_path):
+    # a Hugging Face cache snapshot is a symbolic link into blobs/
+    blob = tmp_path / "blobs" / "5e8f2b0c9a"
+    blob.parent.mkdir()
+    shutil.copy(ckpt, blob)
+    link = tmp_path / "snapshots" / "rev" / "open_clip_pytorch_model.bin"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    tags = {checkpoints.model_tag(TINY_MODEL, str(p)) for p in (link, blob)}
+    tags |= {load_embedder(TINY_MODEL, str(p)).name for p in (link, blob)}
+    assert len(tags) == 1  # the done index matches whichever path a run is given
+
+
+def test_a_signed_url_names_nothing_after_its_path(fresh_cache, ckpt: Path, caplog):
+    # a checkpoint shared as a signed URL: its signature never reaches a name, a log or a tag
+    from servers import StubServer
+
+    secret = "X-Goog-Signature=0123abcdef&X-Goog-Credential=sa%40p.iam"
+    data = ckpt.read_bytes()
+
+    def serve(request, body):
+        if "X-Goog-Signature=0123abcdef" not in request.path:
+            return 403, {"error": "signature required"}
+        headers = [("Content-Type", "application/octet-stream"), ("ETag", '"v1"')]
+        return 200, (headers, b"" if request.command == "HEAD" else data)
+
+    caplog.set_level("DEBUG")
+    with StubServer(serve) as server:
+        url = f"{server.url}/models/tiny.pt?{secret}#frag"
+        tag = checkpoints.model_tag(TINY_MODEL, url)
+        loaded = load_embedder(TINY_MODEL, url)
+    cached = [str(p) for p in fresh_cache.rglob("*") if p.is_file()]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("gcsemb")]
+    assert tag == loaded.name and tag.startswith("tiny-clip/tiny.pt#")
+    assert any("copying" in line for line in ours)
+    for text in [tag, loaded.name, repr(loaded), *ours, *cached]:
+        assert "Signature" not in text and "0123abcdef" not in text and "frag" not in text
+    assert checkpoints.without_query(url) == f"{server.url}/models/tiny.pt"
+
+
+@pytest.mark.parametrize(
+    ("capability", "auto", "bf16_allowed"),
+    [
+        ((7, 5), "fp16", False),  # T4: bf16 only emulated, no bf16 convolutions
+        ((7, 0), "fp16", False),  # V100
+        ((8, 0), "bf16", True),  # A100
+        ((8, 9), "bf16", True),  # L4
+        ((9, 0), "bf16", True),  # H100 / H200
+    ],
+)
+def test_precision_follows_the_gpus_compute_capability(monkeypatch, capability, auto, bf16_allowed):
+    # a faked CUDA device: the choice is made before any model is loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Faked GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    spec, _ = emb._resolve(TINY_MODEL, None, "auto", "auto")
+    assert (spec.device, spec.precision) == ("cuda:0", auto)
+    if bf16_allowed:
+        assert emb._resolve(TINY_MODEL, None, "auto", "bf16")[0].precision == "bf16"
+    else:
+        with pytest.raises(ModelLoadError, match="native only from 8.0.*fp16"):
+            emb._resolve(TINY_MODEL, None, "auto", "bf16")
+    assert emb._resolve(TINY_MODEL, None, "cpu", "auto")[0].precision == "fp32"
