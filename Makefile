@@ -1,6 +1,7 @@
 # gcsemb: two commands for a newcomer.
 #   make demo   set up .venv (first time) and run the main job on the embedded default
 #   make test   set up .venv (first time) and run every test, notebooks included
+#   make test-colab   the same tests in .venv-colab, on Colab's package set (constraints/colab.txt)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,20 +9,79 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.gcsemb-installed
 
-.PHONY: demo test lint bench clean chromium notebooks
+.PHONY: demo test test-colab colab-constraints lint bench clean chromium notebooks
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[notebook,demo,dev,ray]'
+	$(PY) -m pip install --quiet -e '.[notebook,lab,demo,dev,ray]'
 	touch $@
 
 demo: $(STAMP)
 	$(VENV)/bin/gcsemb demo
 
+# --timeout (pytest-timeout, dev extra): a hung test fails after 15 minutes instead of eating CI's 90.
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest --timeout=900
+
+# ---------------------------------------------------------------------------------------------
+# Colab's package set (August 2026 freeze, see constraints/colab.txt) on this machine's Python
+# 3.11 and torch. The venv is made the way a Colab kernel comes to hold gcsemb:
+#   1. Colab's pip, this machine's torch, and every package of Colab's that gcsemb's graph uses,
+#      at Colab's version (what the kernel holds before the user types anything);
+#   2. the user's plain `pip install -e '.[notebook,demo]'` (no constraints), whose
+#      "Successfully installed" line must name none of Colab's packages;
+#   3. the test tools (dev extra) under the constraints; `pip freeze` must then agree with every
+#      Colab pin it lists.
+# Then every test but the browser and Ray ones, and the notebooks under nbval.
+COLAB_PYTHON ?= python3.11
+COLAB_VENV := .venv-colab
+COLAB_PY := $(COLAB_VENV)/bin/python
+COLAB_PIP := $(COLAB_PY) -m pip --no-input
+COLAB := constraints/colab.txt
+COLAB_FREEZE ?= ../shared/ref/colab-gpu-pip-freeze-2026-08.txt
+COLAB_OUT := .artifacts/colab
+COLAB_STAMP := $(COLAB_VENV)/.gcsemb-installed
+# pip 24.1 (Colab's) warns once per package about this machine's file:// index: leave that out.
+SHOWLOG = grep -v 'is ignored: it is neither a file nor a directory' $(COLAB_OUT)/
+
+$(COLAB_STAMP): pyproject.toml Makefile $(COLAB) .ci/colab_constraints.py
+	rm -rf $(COLAB_VENV) $(COLAB_OUT)
+	mkdir -p $(COLAB_OUT)
+	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
+	echo '*' > $(COLAB_VENV)/.gitignore
+	$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1 || { $(SHOWLOG) pip.log; exit 1; }
+	$(COLAB_PIP) install -c $(COLAB) $(TORCH) > $(COLAB_OUT)/torch.log 2>&1 \
+	  || { $(SHOWLOG) torch.log; exit 1; }
+	$(COLAB_PIP) install --dry-run --report $(COLAB_OUT)/resolve.json -c $(COLAB) \
+	  -e '.[notebook,demo,dev]' > $(COLAB_OUT)/resolve.log 2>&1 || { $(SHOWLOG) resolve.log; exit 1; }
+	$(COLAB_PY) .ci/colab_constraints.py preinstalled $(COLAB_OUT)/resolve.json \
+	  > $(COLAB_OUT)/preinstalled.txt
+	$(COLAB_PIP) install -c $(COLAB) -r $(COLAB_OUT)/preinstalled.txt > $(COLAB_OUT)/colab.log 2>&1 \
+	  || { $(SHOWLOG) colab.log; exit 1; }
+	@echo "Colab's packages in place: $$(wc -l < $(COLAB_OUT)/preinstalled.txt) (.artifacts/colab/preinstalled.txt)"
+	$(COLAB_PIP) install -e '.[notebook,demo]' > $(COLAB_OUT)/install.log 2>&1 \
+	  || { $(SHOWLOG) install.log; exit 1; }
+	$(COLAB_PY) .ci/colab_constraints.py check-install $(COLAB_OUT)/install.log \
+	  > $(COLAB_OUT)/successfully-installed.txt || { cat $(COLAB_OUT)/successfully-installed.txt; exit 1; }
+	cat $(COLAB_OUT)/successfully-installed.txt
+	$(COLAB_PIP) install -c $(COLAB) -e '.[notebook,demo,dev]' > $(COLAB_OUT)/install-dev.log 2>&1 \
+	  || { $(SHOWLOG) install-dev.log; exit 1; }
+	grep '^Successfully installed' $(COLAB_OUT)/install-dev.log || true
+	$(COLAB_PIP) freeze > $(COLAB_OUT)/freeze.txt
+	$(COLAB_PY) .ci/colab_constraints.py check-freeze < $(COLAB_OUT)/freeze.txt
+	touch $@
+
+test-colab: $(COLAB_STAMP)
+	@if [ -f $(COLAB_FREEZE) ]; then \
+	  $(COLAB_PY) .ci/colab_constraints.py generate $(COLAB_FREEZE) --check; fi
+	$(COLAB_PY) -m pytest -m 'not browser and not ray' --timeout=900 \
+	  --junitxml=$(COLAB_OUT)/junit.xml
+
+# Regenerate constraints/colab.txt from Colab's freeze (commit the result).
+colab-constraints:
+	$(PYTHON) .ci/colab_constraints.py generate $(COLAB_FREEZE)
 
 # tests/test_notebooks_browser.py drives Debian's chromium through Playwright (Playwright's own
 # browser download is not reachable from CI). Installed as root or via passwordless sudo; where
@@ -51,4 +111,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(COLAB_VENV) demo-output .pytest_cache

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.browser  # needs the lab extra and chromium; make test-colab skips it
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "04_visualize_umap.ipynb"
 ARTIFACTS = ROOT / ".artifacts" / "browser"

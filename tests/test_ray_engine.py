@@ -19,7 +19,11 @@ from gcsemb.demo import upload_samples  # noqa: E402
 from gcsemb.embedder import TINY_MODEL  # noqa: E402
 from gcsemb.pipeline import embed  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")
