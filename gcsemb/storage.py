@@ -215,11 +215,30 @@ def gcs_filesystem(
     cls = gcsfs.GCSFileSystem
     if endpoint and cls is not gcsfs.core.GCSFileSystem:
         cls = gcsfs.core.GCSFileSystem  # imported with the bucket-type lookup on: skip it
+    cls = _readahead(cls)
     options: dict[str, Any] = {"token": token, "requester_pays": requester_pays}
     options["project"] = project or ("emulator" if endpoint else None)  # (gcsfs warns if none)
     if endpoint:
         options["endpoint_url"] = endpoint
     return cls(**options)
+
+
+@functools.cache
+def _readahead(cls: type) -> type:
+    """``cls`` opening files with a plain read-ahead buffer unless a reader asks otherwise.
+
+    gcsfs 2026's default "adaptive" cache starts a background prefetch task per open file and
+    leaves it pending when a reader such as pyarrow or DuckDB drops the file, which surfaces
+    later as asyncio errors in a notebook cell. Readers that pass ``cache_type`` still get theirs.
+    """
+
+    def _open(self: Any, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        kwargs.setdefault("cache_type", "readahead")
+        return cls._open(self, path, mode, **kwargs)
+
+    sub = type(f"Readahead{cls.__name__}", (cls,), {"_open": _open, "__module__": __name__})
+    globals()[sub.__name__] = sub  # picklable by name, like any fsspec filesystem
+    return sub
 
 
 def open_store(
