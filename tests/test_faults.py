@@ -300,3 +300,19 @@ def test_a_writer_that_may_not_delete_passes_the_write_check(
         summary = run(photos, None, tiny_ckpt)
     assert summary.embedded > 0
     assert "could not delete" in caplog.text and "_gcsemb-write-check" in caplog.text
+
+
+def test_errors_readme_notebooks_and_ray_docs_name_the_same_roles():
+    import re
+
+    from gcsemb.errors import READ_ROLE, WRITE_ROLE
+
+    docs = [ROOT / "README.md", ROOT / "examples" / "ray_vertex.py"]
+    docs += sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "gcsemb").glob("*.py"))
+    named = {}
+    for path in docs:
+        for role in re.findall(r"roles/storage\.\w+", path.read_text()):
+            named.setdefault(role, set()).add(path.name)
+    # objectCreator appears only where the docs explain what it lacks
+    assert set(named) - {"roles/storage.objectCreator"} == {READ_ROLE, WRITE_ROLE}, named
+    assert {"README.md", "ray_vertex.py", "02_embed_on_gpu.ipynb"} <= named[WRITE_ROLE]
