@@ -66,13 +66,13 @@ def local() -> None:
 
     with gcsemb.Emulator(buckets=["my-bucket"]) as gcs:
         upload_samples(gcs.filesystem(), "my-bucket", 40)
-        # a local Ray inherits this process's environment (the emulator's address)
+        src = gcs.store(SRC)  # handles carry the emulator's address to every worker
         ray.init(include_dashboard=False)
         for _ in range(2):  # the second run finds everything done
             print(
                 gcsemb.embed(
-                    SRC,
-                    DST,
+                    src,
+                    src.at(DST),
                     model=TINY_MODEL,
                     pretrained=str(demo_checkpoint(TINY_MODEL)),
                     engine="ray",
