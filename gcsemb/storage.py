@@ -18,6 +18,7 @@ import fnmatch
 import functools
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -217,10 +218,12 @@ def gcs_filesystem(
         cls = gcsfs.core.GCSFileSystem  # imported with the bucket-type lookup on: skip it
     cls = _readahead(cls)
     options: dict[str, Any] = {"token": token, "requester_pays": requester_pays}
-    options["project"] = project or ("emulator" if endpoint else None)  # (gcsfs warns if none)
+    options["project"] = project or ("emulator" if endpoint else None)
     if endpoint:
         options["endpoint_url"] = endpoint
-    return cls(**options)
+    with warnings.catch_warnings():  # gcsemb never lists or creates buckets: no project needed
+        warnings.filterwarnings("ignore", "GCS project not set", UserWarning)
+        return cls(**options)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -340,3 +341,54 @@ def test_notebooks_run_on_a_real_bucket_by_changing_only_the_parameters(
     assert "A real bucket: nothing uploaded" in printed["03_save_and_load_parquet.ipynb"]
     assert "2024-06-01" in printed["03_save_and_load_parquet.ipynb"]  # folders from the data
     assert "0 embedded, 25 skipped" in printed["00_quickstart.ipynb"]  # 02 did the work
+
+
+# ------------------------------------------------------------ the demo's emulator stays the demo's
+
+
+def test_the_demo_never_captures_a_real_bucket(monkeypatch, capsys):
+    from gcsemb import notebook as nb
+    from gcsemb.storage import open_store
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    before = dict(os.environ)
+    demo = nb.setup(n_images=4)
+    again = nb.setup(n_images=4)  # a notebook re-run: the same emulator, not a second one
+    try:
+        assert again.emulator is demo.emulator and demo.emulator.running
+        assert demo.src.endpoint == demo.emulator.url  # the demo's own handles reach it
+        assert dict(os.environ) == before  # nothing process-wide points at it
+        real = open_store("gs://my-real-bucket/photos", token="anon")
+        assert real.endpoint is None  # a real bucket goes to Google, demo or no demo
+        assert "storage.googleapis.com" in real.fs._location
+    finally:
+        demo.close()
+    assert not demo.emulator and not again.emulator.running
+    third = nb.setup(n_images=4)  # after close(): a fresh one
+    assert third.emulator.running
+    third.close()
+
+
+def test_the_emulator_dies_with_the_process_that_started_it(tmp_path):
+    code = (
+        "import os, time\n"
+        "from gcsemb.emulator import Emulator\n"
+        "e = Emulator().start()\n"
+        "print(e._process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # running
+    parent.kill()  # a kernel killed hard: no atexit, no cleanup code runs
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the emulator outlived the process that started it")
