@@ -265,6 +265,7 @@ def umap_project(
     out = out.reset_index(drop=True)
     out.attrs["umap"] = {**params, "model": tag, "seconds": seconds, "reused": reused, "path": path}
     out.attrs["store"] = frame.attrs.get("store")  # thumbnails reuse the dataset's access
+    out.attrs["dataset"] = frame.attrs.get("dataset")  # and fetch only under its source
     if reused:
         log.info("reused the UMAP projection saved at %s", path)
     return out

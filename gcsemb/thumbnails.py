@@ -8,6 +8,12 @@ reduced size, threads), shrinks them and stores JPEG thumbnails under
 ``cache_dir()/thumbnails/<sha1 of uri, md5 and size>.jpg``. The md5 is part of the key, so an image
 replaced in the bucket gets a fresh thumbnail; the next plot of the same images reads only the disk.
 
+A dataset may come from anyone, and its ``uri`` column names what would be fetched. So the rows of
+a dataset are fetched only under the source it was embedded from (:func:`dataset_scope`: the same
+bucket for ``gs://``, the source folder for local files); ``http(s)://`` URIs, local files outside
+that folder and other buckets are left blank, with one log line saying why. URIs you pass yourself
+(a list) are fetched as given.
+
 Example:
     >>> from gcsemb.thumbnails import thumbnails
     >>> images = thumbnails(["gs://my-bucket/photos/cat.jpg"], size=128)  # doctest: +SKIP
@@ -20,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,106 @@ DEFAULT_SIZE = 128
 """Longest side of a thumbnail, in pixels."""
 
 _FETCH_BATCH = 256  # objects per concurrent fetch; bounds the memory of full-size images
+
+
+_GCS = ("gs", "gcs")
+_LOCAL = ("file", "local")
+
+
+@dataclass(frozen=True)
+class FetchScope:
+    """Which image URIs the rows of a dataset may make gcsemb fetch.
+
+    Attributes:
+        scheme: ``"gs"``, ``"file"`` or another fsspec protocol; ``""`` allows nothing.
+        root: The bucket (``gs://``, other protocols: the first path part), the absolute source
+            folder (local files), or ``""`` for any bucket.
+        why: What is fetched, said in the log line about URIs left out.
+
+    Example:
+        >>> scope = FetchScope("gs", "photos-bucket", "only gs://photos-bucket is fetched")
+        >>> scope.allows("gs://photos-bucket/a.jpg"), scope.allows("https://example.com/a.jpg")
+        (True, False)
+    """
+
+    scheme: str
+    root: str
+    why: str
+
+    def allows(self, uri: str) -> bool:
+        """Whether ``uri`` is inside this scope (never ``http(s)://``)."""
+        scheme, rest = _split(uri)
+        if not self.scheme or scheme in ("http", "https"):
+            return False
+        if scheme in _GCS or self.scheme in _GCS:
+            return scheme in _GCS and self.scheme in _GCS and self.root in ("", _bucket(rest))
+        if scheme in _LOCAL or self.scheme in _LOCAL:
+            if scheme not in _LOCAL or self.scheme not in _LOCAL or not os.path.isabs(rest):
+                return False
+            path = os.path.normpath(rest)
+            try:
+                inside = os.path.commonpath([self.root, path]) == self.root
+            except ValueError:
+                return False
+            return inside and os.path.isfile(path)  # a regular file, never a device or a pipe
+        return scheme == self.scheme and self.root == _bucket(rest)
+
+
+def dataset_scope(attrs: Mapping[str, Any]) -> FetchScope:
+    """What the rows of a dataset may fetch, from a DataFrame's ``attrs``.
+
+    - The dataset records its source (``attrs["dataset"]["source"]``): URIs in the source's
+      bucket (``gs://``), under the source folder (local; regular files only), or in the same
+      bucket of another fsspec protocol. An ``http(s)://`` source allows nothing.
+    - No recorded source (an older dataset): the bucket the dataset itself is in
+      (``attrs["store"]``), and nothing local.
+    - Neither (rows built by hand, ``pandas.read_parquet``): ``gs://`` URIs only.
+
+    Args:
+        attrs: ``df.attrs`` of :func:`gcsemb.read_embeddings`, search results or a projection.
+
+    Example:
+        >>> dataset_scope({"dataset": {"source": "gs://b/photos"}}).allows("gs://b/x/y.jpg")
+        True
+    """
+    info = attrs.get("dataset") or {}
+    source = str(info.get("source") or "") if isinstance(info, Mapping) else ""
+    if source:
+        scheme, rest = _split(source)
+        if scheme in _GCS:
+            bucket = _bucket(rest)
+            why = f"only gs://{bucket} (the bucket of its source {source}) is fetched"
+            return FetchScope("gs", bucket, why)
+        if scheme in _LOCAL:
+            from gcsemb.storage import glob_base
+
+            folder = os.path.normpath(os.path.abspath(os.path.expanduser(glob_base(rest)[0])))
+            return FetchScope("file", folder, f"only files under its source {folder} are read")
+        if scheme in ("http", "https"):
+            return FetchScope("", "", f"its source {source} is a web URL: nothing is fetched")
+        why = f"only {scheme}://{_bucket(rest)} (the bucket of its source {source}) is fetched"
+        return FetchScope(scheme, _bucket(rest), why)
+    store = attrs.get("store")
+    url = str(getattr(store, "url", "") or "")
+    if url:
+        scheme, rest = _split(url)
+        if scheme in _GCS:
+            why = f"it records no source: only its own bucket gs://{_bucket(rest)} is fetched"
+            return FetchScope("gs", _bucket(rest), why)
+        return FetchScope("", "", f"{url} records no source and is not in GCS: nothing is fetched")
+    return FetchScope("gs", "", "rows that name no dataset fetch gs:// URIs only")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a URI; a bare path is ``("file", path)``."""
+    if "://" not in uri:
+        return "file", os.path.expanduser(uri)
+    scheme, rest = uri.split("://", 1)
+    return scheme.lower(), rest
+
+
+def _bucket(rest: str) -> str:
+    return rest.split("/", 1)[0]
 
 
 def cache_root() -> Path:
@@ -82,6 +190,7 @@ def thumbnail_bytes(
     token: Any = None,
     cache: bool = True,
     workers: int = 4,
+    scope: FetchScope | None = None,
 ) -> list[bytes | None]:
     """JPEG thumbnails of many images: from the disk cache, else fetched concurrently.
 
@@ -94,10 +203,12 @@ def thumbnail_bytes(
             :class:`~gcsemb.storage.Store` whose access to reuse (a dataset's, for its images).
         cache: Read and write the disk cache (``cache_root()``).
         workers: Threads decoding images.
+        scope: Fetch only the URIs it allows (:func:`dataset_scope` of the rows' dataset); the
+            others get None and one warning. None: every URI (the caller named them).
 
     Returns:
         One entry per URI, in order: JPEG bytes, or None where the image could not be fetched
-        or decoded (the reason is logged at DEBUG level).
+        or decoded (the reason is logged at DEBUG level) or is outside ``scope``.
 
     Example:
         >>> jpegs = thumbnail_bytes(df["uri"][:100], df["md5"][:100])  # doctest: +SKIP
@@ -108,7 +219,19 @@ def thumbnail_bytes(
         raise ValueError(f"{len(uris)} uris but {len(md5s)} md5s: pass one md5 per uri (or none).")
     out: list[bytes | None] = [None] * len(uris)
     missing: dict[str, list[int]] = {}
+    refused = [u for u in dict.fromkeys(uris) if scope is not None and not scope.allows(u)]
+    if refused:
+        log.warning(
+            "not fetching %d image(s) the dataset's rows name, e.g. %s: %s (to fetch others, "
+            "pass their URIs as a list)",
+            len(refused),
+            refused[0],
+            scope.why if scope is not None else "",
+        )
+    skip = set(refused)
     for i, (uri, md5) in enumerate(zip(uris, md5s, strict=True)):
+        if uri in skip:
+            continue
         path = thumbnail_path(uri, md5, size)
         if cache and path.is_file():
             try:
@@ -148,6 +271,7 @@ def thumbnails(
     size: int = DEFAULT_SIZE,
     token: Any = None,
     cache: bool = True,
+    scope: FetchScope | None = None,
 ) -> list[Image.Image | None]:
     """Like :func:`thumbnail_bytes`, as RGB PIL images (None where unavailable).
 
@@ -155,7 +279,7 @@ def thumbnails(
         >>> images = thumbnails(results["uri"], results["md5"])  # doctest: +SKIP
     """
     out: list[Image.Image | None] = []
-    for data in thumbnail_bytes(uris, md5s, size=size, token=token, cache=cache):
+    for data in thumbnail_bytes(uris, md5s, size=size, token=token, cache=cache, scope=scope):
         if data is None:
             out.append(None)
             continue

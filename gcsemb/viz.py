@@ -3,7 +3,9 @@
 Computing and drawing are separate (as in ``umap.plot``): :func:`gcsemb.projection.umap_project`
 computes coordinates once; :func:`plot_projection` draws them as often as you like, into your own
 Axes or a new figure. Thumbnails are fetched concurrently and cached on disk
-(:mod:`gcsemb.thumbnails`), so re-plotting is fast.
+(:mod:`gcsemb.thumbnails`), so re-plotting is fast; a dataset's rows fetch only images from the
+source it was embedded from (:func:`gcsemb.thumbnails.dataset_scope`). Every label is drawn as
+written: a ``$`` in a folder name, a query or a title is a dollar sign, never mathtext.
 
 Example:
     >>> from gcsemb.projection import umap_project
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gcsemb.thumbnails import DEFAULT_SIZE, thumbnails
+from gcsemb.thumbnails import DEFAULT_SIZE, dataset_scope, thumbnails
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +46,19 @@ def _pyplot() -> Any:
             "Plots need matplotlib: pip install 'gcsemb[viz]' (or matplotlib)."
         ) from e
     return plt
+
+
+def plain_text(text: object) -> str:
+    r"""``text`` as matplotlib should draw it, literally: each ``$`` escaped (no mathtext).
+
+    A folder named ``price $5$ and $x^2$`` would otherwise be typeset as math, or stop the
+    drawing when it is no valid math.
+
+    Example:
+        >>> print(plain_text("price $5$"))
+        price \$5\$
+    """
+    return str(text).replace("$", r"\$")
 
 
 def _palette(n: int) -> list[Any]:
@@ -148,10 +163,12 @@ def plot_projection(
             and never overlapping (fewer when they do not fit).
         thumbnail_size: Longest side of a thumbnail in points (default: from their number).
         highlight: URIs to mark (e.g. search results); the first gets a star.
-        title: Title (default: ``"UMAP of N images"`` and what the colours mean).
+        title: Title (default: ``"UMAP of N images"`` and what the colours mean), drawn as
+            written (a ``$`` is a dollar sign, as in every label).
         token: Credentials for fetching thumbnails from ``gs://`` (or a
             :class:`~gcsemb.storage.Store` whose access to reuse); default: the access the
-            dataset was read with (``coords.attrs["store"]``).
+            dataset was read with (``coords.attrs["store"]``). Only images under the
+            dataset's source are fetched (:func:`gcsemb.thumbnails.dataset_scope`).
         point_size: Marker area in points^2 (default: from the number of points).
         alpha: Marker opacity (default: from the number of points, so dense areas read darker).
         legend: Draw the legend or colour bar.
@@ -218,7 +235,7 @@ def plot_projection(
             )
             if legend:
                 bar = ax.figure.colorbar(art, ax=ax, shrink=0.7, pad=0.01)
-                bar.set_label(color_by)
+                bar.set_label(plain_text(color_by))
                 bar.solids.set_alpha(1)
     else:
         ax.scatter(
@@ -257,7 +274,7 @@ def plot_projection(
     for spine in ax.spines.values():
         spine.set_color("0.8")
     main = title or (f"UMAP of {n:,} images" + (f", coloured by {color_by}" if color_by else ""))
-    ax.set_title(main, loc="left", fontsize=13, fontweight="bold", pad=20)
+    ax.set_title(plain_text(main), loc="left", fontsize=13, fontweight="bold", pad=20)
     info = frame.attrs.get("umap", {})
     details = [
         f"model {info['model']}" if info.get("model") else None,
@@ -268,7 +285,7 @@ def plot_projection(
         f"{pinned.sum()} far outliers pinned to the edge (hollow)" if pinned.any() else None,
     ]
     ax.annotate(
-        " · ".join(d for d in details if d),
+        plain_text(" · ".join(d for d in details if d)),
         xy=(0, 1),
         xycoords="axes fraction",
         xytext=(0, 5),
@@ -328,12 +345,20 @@ def _legend(ax: Axes, entries: list[tuple], title: str) -> None:
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], marker="o", linestyle="", markersize=7, color=color, label=f"{name} ({n:,})")
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=7,
+            color=color,
+            label=f"{plain_text(name)} ({n:,})",
+        )
         for name, n, color in entries
     ]
     ax.legend(
         handles=handles,
-        title=title,
+        title=plain_text(title),
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
         frameon=False,
@@ -375,7 +400,13 @@ def _draw_thumbnails(
         return 0
     md5s = frame["md5"].to_numpy()[picked] if "md5" in frame else None
     access = token if token is not None else frame.attrs.get("store")
-    images = thumbnails(frame["uri"].to_numpy()[picked], md5s, size=DEFAULT_SIZE, token=access)
+    images = thumbnails(
+        frame["uri"].to_numpy()[picked],
+        md5s,
+        size=DEFAULT_SIZE,
+        token=access,
+        scope=dataset_scope(frame.attrs),  # a dataset's rows fetch only from its source
+    )
     drawn = 0
     for i, spot, image in zip(picked, spots, images, strict=True):
         if image is None:
@@ -516,12 +547,14 @@ def image_grid(
         results: The DataFrame of :func:`~gcsemb.search.search_text` /
             :func:`~gcsemb.search.search_image` (``uri``, ``score``), of
             :func:`~gcsemb.search.near_duplicates` (``uri_a``, ``uri_b``, ``score``: one pair
-            per row, side by side), or a list of URIs.
+            per row, side by side), or a list of URIs. A DataFrame's images are fetched only
+            under its dataset's source (:func:`gcsemb.thumbnails.dataset_scope`); the URIs of a
+            list are fetched as given.
         ncols: Images per row (default: 5; pairs: 2 pairs per row).
         fig: Figure to draw into (cleared); None makes one sized to the grid.
         tile: Inches per image.
         max_images: Draw at most this many images.
-        title: Title (default: how many results).
+        title: Title (default: how many results), drawn as written (a ``$`` is a dollar sign).
         token: Credentials for ``gs://`` (or a :class:`~gcsemb.storage.Store`); default: the
             access the results' dataset was read with.
         thumbnail_size: Pixels of the thumbnails fetched.
@@ -560,9 +593,11 @@ def image_grid(
         plt.close(fig)  # shown once when returned in a notebook, not again by pyplot
     else:
         fig.clear()
-    if token is None and isinstance(results, pd.DataFrame):
-        token = results.attrs.get("store")
-    images = thumbnails(uris, md5s, size=thumbnail_size, token=token) if uris else []
+    scope = None  # a list: the caller named these URIs
+    if isinstance(results, pd.DataFrame):
+        token = results.attrs.get("store") if token is None else token
+        scope = dataset_scope(results.attrs)  # a dataset's rows: only from its source
+    images = thumbnails(uris, md5s, size=thumbnail_size, token=token, scope=scope) if uris else []
     for k in range(nrows * ncols):
         ax = fig.add_subplot(nrows, ncols, k + 1)
         ax.set_axis_off()
@@ -576,13 +611,13 @@ def image_grid(
         label = f"{scores[k]:.3f}\n{name}" if scores[k] is not None else name
         if pairs:
             label = f"pair {k // 2 + 1} · {label}"
-        ax.set_title(label, fontsize=8)
+        ax.set_title(plain_text(label), fontsize=8)
     if not uris:
         fig.text(0.5, 0.5, "no results", ha="center", va="center", color="0.5")
     heading = title or (
         f"{len(uris) // 2} near-duplicate pairs" if pairs else f"{len(uris)} results"
     )
-    fig.suptitle(heading, fontsize=12, fontweight="bold")
+    fig.suptitle(plain_text(heading), fontsize=12, fontweight="bold")
     fig.set_layout_engine("constrained")
     return fig
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.search import embedder_for, embeddings_of, search_image, search_text
-from gcsemb.thumbnails import DEFAULT_SIZE, thumbnail_bytes
+from gcsemb.thumbnails import DEFAULT_SIZE, dataset_scope, thumbnail_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +74,9 @@ class Explorer:
         embedder: The dataset's model, for text queries (default: recovered from the dataset's
             model tag, or built from ``model``/``pretrained``, on the first text query).
         model: Architecture, as given to :func:`gcsemb.embed`.
-        pretrained: Weights, as given to :func:`gcsemb.embed` (required for a checkpoint).
+        pretrained: Weights, as given to :func:`gcsemb.embed` (default: recovered from the
+            dataset; a checkpoint only from the local file it records, if still the same bytes,
+            or from gcsemb's cache; see :func:`gcsemb.search.dataset_weights`).
         token: Credentials for ``gs://``.
         coords: A projection from :func:`gcsemb.umap_project`; None computes it (or reuses
             the one saved next to the dataset) unless ``umap=False``.
@@ -118,6 +120,7 @@ class Explorer:
         if not len(self._df):
             raise ValueError("The dataset holds no embeddings: run gcsemb.embed(src, dst) first.")
         self._token = token if token is not None else self._dst  # the dataset's access
+        self._scope = dataset_scope(self._df.attrs)  # thumbnails only from the dataset's source
         self._device = device
         self._embedder, self._model, self._pretrained = embedder, model, pretrained
         self._embedder_checked = False
@@ -213,6 +216,7 @@ class Explorer:
                 pretrained=self._pretrained,
                 token=self._token,
                 device=self._device,
+                dataset=self._df.attrs.get("dataset"),  # a checkpoint it records, if unchanged
             )
             self._embedder_checked = True
         results = search_text((self._df, self._matrix), text, k=k, embedder=self._embedder)
@@ -263,7 +267,9 @@ class Explorer:
         self.results = results
         self.selected = list(results["uri"])
         md5s = list(results["md5"]) if "md5" in results else None
-        jpegs = thumbnail_bytes(self.selected, md5s, size=DEFAULT_SIZE, token=self._token)
+        jpegs = thumbnail_bytes(
+            self.selected, md5s, size=DEFAULT_SIZE, token=self._token, scope=self._scope
+        )
         self.result_box.children = [
             self._tile(uri, float(score), jpeg)
             for uri, score, jpeg in zip(results["uri"], results["score"], jpegs, strict=True)

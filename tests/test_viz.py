@@ -188,9 +188,9 @@ def test_search_text_uses_the_datasets_model(dataset):
     expected = dataset.matrix @ embedder.embed_texts(["a photo"])[0]
     assert list(hits.uri) == list(dataset.df.uri[np.argsort(-expected, kind="stable")[:6]])
     np.testing.assert_allclose(hits.score, np.sort(expected)[::-1][:6], rtol=1e-5)
-    # a checkpoint's path is not stored: the error says what to pass
-    with pytest.raises(GcsembError, match="pretrained="):
-        search_text((dataset.df, dataset.matrix), "a photo")
+    # the dataset records its checkpoint (path and sha256): found again, nothing passed
+    again = search_text((dataset.df, dataset.matrix), "a photo", k=6)
+    assert list(again.uri) == list(hits.uri)
     other = load_embedder(TINY_MODEL, None)  # same architecture, other (random) weights
     with pytest.raises(GcsembError, match="not comparable"):
         search_text((dataset.df, dataset.matrix), "a photo", embedder=other)
@@ -249,9 +249,12 @@ def test_cli_search_jsonl_table_and_grid(dataset, tmp_path):
     assert by_image.returncode == 0, by_image.stderr
     lines = by_image.stdout.splitlines()
     assert lines[0].split() == ["RANK", "SCORE", "URI"] and lines[1].endswith(dataset.copy)
-    missing = _cli("search", dataset.dst, "a photo")  # checkpoint not given again
-    assert missing.returncode == 1 and "--pretrained" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+    recorded = _cli("search", dataset.dst, "a photo", "-k", "4")  # checkpoint not given again
+    assert recorded.returncode == 0, recorded.stderr
+    assert "using the checkpoint the dataset records" in recorded.stderr
+    lines = recorded.stdout.splitlines()[1:]  # the same results as with --pretrained
+    assert len(lines) == 4
+    assert all(line.endswith(r["uri"]) for line, r in zip(lines, rows, strict=True))
 
 
 # ------------------------------------------------------------------------------- thumbnails
