@@ -1,0 +1,718 @@
+"""One writer per destination: the lease a run holds in DST while it writes there.
+
+Two runs writing the same DST at once (two notebooks, a notebook and the CLI) would both embed
+every image and leave two rows per image. So a run first takes the lease of DST, stops (or waits)
+when another live run holds it, renews it while it writes, and gives it back at the end.
+
+The lease is a folder of *claims*, ``DST/_lease/<run>.<tag>.json``, one JSON object per contender
+(run id, host, pid, start and heartbeat times, gcsemb version, and a state: ``claiming`` or
+``held``). pyarrow and gcsemb's readers skip ``_`` names. A run takes the lease like this:
+
+1. List the claims. A live ``held`` claim of another run: the lease is busy.
+2. Write its own ``claiming`` claim (a name no other run writes).
+3. List again. Withdraw (delete its claim) if another run holds the lease, or if another run's
+   claim ranks before its own (earlier start, then name). If claims that rank after its own are
+   still there, list again shortly: those runs withdraw or win. Alone: rewrite its claim as
+   ``held``. It now holds the lease.
+
+Two runs never both hold it, on any storage whose listing shows every object written before the
+listing started (GCS, a local folder, fake-gcs-server). Say both won, and X listed before Y. X
+wrote its claim before it listed, and a winner never deletes its claim, so Y's listing shows X's
+claim, and Y cannot have been alone. Apart from telling dead runs (below), no step relies on
+timing or on a precondition, so the lease holds on fake-gcs-server, which ignores
+``ifGenerationMatch``. On GCS every write and delete carries a generation precondition as well:
+a paused holder that comes back cannot rewrite a claim that was taken over meanwhile, and a taker
+cannot delete a claim that was renewed after it read it.
+
+A claim whose heartbeat is older than ``stale_after`` belongs to a run that died. The next run
+deletes it with a warning that names that run, and takes over. A ``claiming`` claim is stale
+after :data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts
+over.
+
+While held, a daemon thread renews the heartbeat every ``heartbeat`` seconds. If the claim was
+deleted, or another run took over, the lease is lost: :attr:`Lease.lost` is set, a warning is
+logged, and :meth:`Lease.check` raises :class:`LeaseLost`. The writer calls ``check()`` before
+each shard. The lease also counts as lost when the run could not renew it for
+``stale_after - 2 * heartbeat``, because another run may take it over soon after. Should two
+runs ever both hold it (a paused run that comes back on a storage without preconditions), the
+one that took it last keeps it and the other loses it at its next heartbeat.
+
+Example:
+    >>> from gcsemb.lease import Lease
+    >>> from gcsemb.storage import open_store
+    >>> dst = open_store("gs://my-bucket/embeddings")  # doctest: +SKIP
+    >>> with Lease(dst, run="20260801-120000-123456ab").acquire(wait=60) as lease:  # doctest: +SKIP
+    ...     for shard in shards:
+    ...         lease.check()  # raises LeaseLost if another run took over
+    ...         write(shard)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from gcsemb.errors import GcsembError
+from gcsemb.storage import Store, explain, protocols
+
+logger = logging.getLogger(__name__)
+
+LEASE_DIR = "_lease"
+"""The folder of claims under DST. Readers skip names that start with ``_``."""
+HEARTBEAT = 30.0
+"""Seconds between renewals. A renewal is a listing, a read per claim and a small write: nothing
+a run notices at twice a minute, and often enough that 20 of them fit in :data:`STALE_AFTER`."""
+STALE_AFTER = 600.0
+"""Seconds without a renewal after which a holder counts as dead and its lease is taken over.
+That is 20 missed heartbeats. A live run never goes that long: the renewal runs in its own
+thread, so a slow GPU batch or a long shard write does not delay it, and gcsfs gives up on a
+request after about a minute of retries. A holder that could not renew for 9 of these 10
+minutes stops writing by itself (:meth:`Lease.check`)."""
+CLAIM_STALE_AFTER = 60.0
+"""Seconds after which a claim that never became ``held`` counts as abandoned. Claiming takes
+two or three requests. A run that takes longer than half of this starts over, so a live
+contender's claim is never mistaken for an abandoned one."""
+POLL = 2.0
+"""Seconds between looks at a busy lease while ``acquire(wait=...)`` waits."""
+RESOLVE_POLL = 0.05
+"""Seconds between looks while runs that started at the same moment sort out who goes first."""
+WAIT_HINT = "wait_for_lease=SECONDS (CLI: --wait SECONDS)"
+"""How a user asks a run to wait for a busy destination. The busy message names it."""
+
+CLAIMING, HELD = "claiming", "held"
+
+
+class DestinationBusy(GcsembError):
+    """Another live run holds the lease of the destination. The message names it.
+
+    Attributes:
+        holder: The run that holds the lease, as read from its claim.
+    """
+
+    def __init__(self, message: str, holder: Holder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LeaseLost(DestinationBusy):
+    """This run's lease was taken over, or could not be renewed. Stop writing to DST."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One claim on the lease, as read from ``DST/_lease/``.
+
+    Attributes:
+        run: The run id of the claimant (its shard names start with it).
+        host: The machine it runs on.
+        pid: Its process id on that machine.
+        since: When it claimed the lease (seconds since the epoch, its clock).
+        heartbeat: When it last renewed the lease (seconds since the epoch, its clock).
+        state: ``"claiming"`` while it acquires, ``"held"`` once it holds the lease.
+        version: Its gcsemb version.
+        uri: Where the claim is, e.g. ``gs://bucket/emb/_lease/RUN.TAG.json``.
+        generation: The GCS generation of the claim, if any.
+    """
+
+    run: str
+    host: str
+    pid: int
+    since: float
+    heartbeat: float
+    state: str
+    version: str
+    uri: str
+    generation: int | None = None
+
+    @property
+    def rank(self) -> tuple[float, str]:
+        """The order among runs that claim at the same moment: earlier start first."""
+        return (self.since, self.uri)
+
+    def describe(self) -> str:
+        """``run R on host H (pid P)``."""
+        return f"run {self.run} on host {self.host} (pid {self.pid})"
+
+
+class Lease:
+    """The right to write one destination, held by one run at a time.
+
+    Args:
+        store: The destination (DST).
+        run: This run's id, as named in shard files and messages.
+        stale_after: Take over a lease whose heartbeat is older than this (seconds).
+        heartbeat: Renew the held lease this often (seconds).
+        poll: Look at a busy lease this often while waiting (seconds).
+        clock: Wall-clock time in seconds since the epoch. Tests move it.
+
+    Attributes:
+        held: Whether this run holds the lease.
+        lost: Whether the held lease was taken over or could not be renewed.
+        lost_to: The run that took it over, if known.
+        took_over_from: The dead run whose lease this run took over, if any.
+        uri: This run's claim, ``DST/_lease/RUN.TAG.json``.
+
+    Example:
+        >>> lease = Lease(open_store("/tmp/emb"), run="run-1").acquire(wait=60)  # doctest: +SKIP
+        >>> try:  # doctest: +SKIP
+        ...     for shard in shards:
+        ...         lease.check()  # raises LeaseLost if another run took over
+        ...         write(shard)
+        ... finally:  # errors and Ctrl-C too
+        ...     lease.release()
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        run: str,
+        *,
+        stale_after: float = STALE_AFTER,
+        heartbeat: float = HEARTBEAT,
+        poll: float = POLL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < 2 * heartbeat < stale_after:
+            raise ValueError(
+                f"heartbeat={heartbeat} and stale_after={stale_after}: the lease must be "
+                "renewed at least twice before it goes stale (0 < 2 * heartbeat < stale_after)."
+            )
+        self.store, self.run = store, run
+        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.poll, self.clock = poll, clock
+        self.folder = f"{store.path.rstrip('/')}/{LEASE_DIR}"
+        self.path = f"{self.folder}/{run}.{uuid.uuid4().hex[:8]}.json"
+        self.uri = _where(store, self.path)
+        self.dst = store.url
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.held = self.lost = False
+        self.lost_to: Holder | None = None
+        self.took_over_from: Holder | None = None
+        self._reason = ""
+        self._since = 0.0
+        self._generation: int | None = None  # of our claim on GCS; None: not written
+        self._renewed = 0.0  # clock time of the last renewal that reached DST
+        self._io = threading.RLock()  # one storage sequence at a time (renewal, release)
+        self._state = threading.Lock()  # the flags; never held during a request
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- taking and giving back -------------------------------------------------------------
+
+    def acquire(self, wait: float = 0.0) -> Lease:
+        """Take the lease. If another live run holds it, wait up to ``wait`` seconds for it.
+
+        Args:
+            wait: The longest to wait for another run to finish (seconds). 0 means stop at once.
+
+        Returns:
+            This lease, held, for use in a ``with`` statement.
+
+        Raises:
+            DestinationBusy: Another live run still holds the lease. The message names it.
+            AccessDenied: This identity may not write, list or delete in DST.
+        """
+        if self.held:
+            return self
+        deadline = time.monotonic() + max(0.0, wait)
+        told: set[str] = set()
+        slow = 0
+        while True:
+            won, holder = self._attempt()
+            if won:
+                break
+            if holder is None:  # claiming took too long to be trusted: try again, a few times
+                slow += 1
+                if slow >= 3:
+                    raise GcsembError(
+                        f"Could not take the lease of {self.dst}: the storage is too slow (three "
+                        f"tries took over {_duration(CLAIM_STALE_AFTER / 2)} each). Try again."
+                    )
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if holder.state == CLAIMING:  # it may itself lose: name whoever wins
+                    holder = self._winner(holder)
+                raise DestinationBusy(self._busy_message(holder), holder)
+            if holder.uri not in told:
+                told.add(holder.uri)
+                logger.info("%s is busy: waiting for %s.", self.dst, holder.describe())
+            time.sleep(min(self.poll, left))
+        self.held, self.lost, self.lost_to, self._reason = True, False, None, ""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat_forever, name=f"gcsemb-lease-{self.run}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        """Give the lease back: stop renewing it and delete this run's claim.
+
+        Only this run's own claim is deleted, never another run's. Storage errors are logged,
+        not raised, because a release often runs while another error is on its way up. A claim
+        that stays behind is taken over once its heartbeat is ``stale_after`` old.
+        """
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._io:
+            self.held = False
+            try:
+                self._withdraw()
+            except Exception as e:  # reported, never raised: see docstring
+                logger.warning(
+                    "Could not remove the lease %s (%s). The next run takes it over once its "
+                    "heartbeat is %s old, or delete it by hand.",
+                    self.uri,
+                    e,
+                    _duration(self.stale_after),
+                )
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # --- while held ------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if this run may no longer write to DST.
+
+        Cheap: it reads flags that the heartbeat thread sets, and never waits for storage.
+        Call it before each shard write.
+
+        Raises:
+            LeaseLost: Another run took the lease over, its claim was deleted, or it could not
+                be renewed for so long that another run may take it over.
+            GcsembError: The lease was never acquired, or was released.
+        """
+        if not self.held and not self.lost:
+            raise GcsembError(f"Run {self.run} does not hold the lease of {self.dst}: acquire it.")
+        self._expire()
+        if self.lost:
+            raise LeaseLost(self._lost_message(), self.lost_to)
+
+    def beat(self) -> None:
+        """Renew the lease now, or notice that it was lost. The heartbeat thread calls this.
+
+        Raises:
+            GcsembError: DST could not be reached. The thread logs it and tries again.
+        """
+        with self._io:
+            if not self.held or self.lost or self._stop.is_set():
+                return
+            claims = self._read_claims()
+            mine = next((c for c in claims if c.uri == self.uri), None)
+            others = [c for c in claims if c.uri != self.uri and not self._stale(c)]
+            mine_rank = (self._since, self.uri)
+            newer = [c for c in others if c.state == HELD and c.rank > mine_rank]
+            if newer:  # the one that took over last keeps it; the other yields
+                self._lose(newer[0], f"{newer[0].describe()} took it over")
+            elif mine is None:
+                holder = next((c for c in others if c.state == HELD), None)
+                self._lose(holder, "its claim was deleted (taken over, or deleted by hand)")
+            else:
+                now = self.clock()
+                try:
+                    self._generation = self._put(HELD, now, self._generation)
+                except FileExistsError:  # GCS: the claim changed or went since we read it
+                    self._lose(None, "its claim was deleted (taken over, or deleted by hand)")
+                    return
+                self._renewed = now
+
+    # --- the steps -------------------------------------------------------------------------
+
+    def _attempt(self) -> tuple[bool, Holder | None]:
+        """One try at the lease: (True, None) when taken, else (False, the run that has it).
+
+        (False, None): this try took too long to be trusted (see :data:`CLAIM_STALE_AFTER`).
+        """
+        others = self._rivals()
+        holder = next((c for c in others if c.state == HELD), None)
+        if holder is not None:
+            return False, holder
+        self._since = self.clock()
+        started = time.monotonic()
+        try:
+            return self._claim(started)
+        except FileExistsError:  # GCS: our claim went meanwhile (taken for abandoned): again
+            self._withdraw()
+            return False, None
+        except BaseException:
+            try:
+                self._withdraw()
+            except Exception:  # the first error is the one to report
+                logger.debug("Could not withdraw %s", self.uri, exc_info=True)
+            raise
+
+    def _claim(self, started: float) -> tuple[bool, Holder | None]:
+        """Write this run's claim, then settle who goes first (see the module's steps)."""
+        self._generation = self._put(CLAIMING, self._since, 0)
+        while True:
+            others = self._rivals()
+            rank = (self._since, self.uri)
+            blocker = next((c for c in others if c.state == HELD), None) or min(
+                (c for c in others if c.rank < rank), key=lambda c: c.rank, default=None
+            )
+            if blocker is not None:
+                self._withdraw()
+                return False, blocker
+            if time.monotonic() - started > CLAIM_STALE_AFTER / 2:  # others may call it dead
+                self._withdraw()
+                return False, None
+            if not others:
+                self._generation = self._put(HELD, self.clock(), self._generation)
+                if time.monotonic() - started > CLAIM_STALE_AFTER / 2:
+                    self._withdraw()
+                    return False, None
+                self._renewed = self.clock()
+                return True, None
+            time.sleep(RESOLVE_POLL)  # later claims withdraw once they see ours
+
+    def _winner(self, claimant: Holder, patience: float = 2.0) -> Holder:
+        """The run that ends up holding the lease, or ``claimant`` if none does within a while."""
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            held = next((c for c in self._rivals() if c.state == HELD), None)
+            if held is not None:
+                return held
+            time.sleep(RESOLVE_POLL)
+        return claimant
+
+    def _rivals(self) -> list[Holder]:
+        """Other runs' live claims. Stale ones are deleted (taken over) on the way."""
+        live = []
+        for claim in self._read_claims():
+            if claim.uri == self.uri:
+                continue
+            if not self._stale(claim):
+                live.append(claim)
+                continue
+            try:
+                self._delete(claim.uri, claim.generation)
+            except FileExistsError:  # GCS: renewed since we read it, so it is alive
+                live.append(claim)
+                continue
+            if claim.state == HELD:
+                age = self.clock() - claim.heartbeat
+                logger.warning(
+                    "Taking over the lease of %s from %s: its last heartbeat was %s ago (more "
+                    "than %s), so that run has stopped.",
+                    self.dst,
+                    claim.describe(),
+                    _duration(age),
+                    _duration(self.stale_after),
+                )
+                self.took_over_from = claim
+        return live
+
+    def _stale(self, claim: Holder) -> bool:
+        limit = self.stale_after
+        if claim.state == CLAIMING:
+            limit = min(limit, CLAIM_STALE_AFTER)
+        return self.clock() - claim.heartbeat > limit
+
+    @property
+    def _grace(self) -> float:
+        """How long the holder may fail to renew before it must count the lease as lost."""
+        return max(self.stale_after - 2 * self.heartbeat, self.stale_after / 2)
+
+    def _lose(self, holder: Holder | None, reason: str) -> None:
+        """Mark the lease lost (once). The claim goes at :meth:`release`."""
+        with self._state:
+            if self.lost:
+                return
+            self.lost, self.lost_to, self._reason = True, holder, reason
+        self._stop.set()
+        logger.warning("%s", self._lost_message())
+
+    def _expire(self) -> None:
+        """Count the lease lost once it has gone unrenewed so long that others may take it."""
+        if self.held and not self.lost and self.clock() - self._renewed > self._grace:
+            self._lose(None, f"it could not be renewed for {_duration(self._grace)}")
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                self.beat()
+            except Exception as e:  # the thread must go on; check() reports
+                logger.warning("Could not renew the lease of %s: %s", self.dst, e)
+            self._expire()
+
+    # --- messages --------------------------------------------------------------------------
+
+    def _busy_message(self, holder: Holder) -> str:
+        now = self.clock()
+        doing = "has been claiming" if holder.state == CLAIMING else "has held"
+        due = holder.heartbeat + self.stale_after
+        text = (
+            f"{self.dst} is being written by {holder.describe()}, another gcsemb run: it "
+            f"{doing} the lease since {_utc(holder.since)}, last heartbeat "
+            f"{_duration(now - holder.heartbeat)} ago (gcsemb {holder.version}). "
+            f"Wait for it to finish: pass {WAIT_HINT} to wait up to that long. If that run has "
+            f"stopped, its lease is taken over automatically once its heartbeat is older than "
+            f"{_duration(self.stale_after)} (at {_utc(due)}, in {_duration(due - now)}); if you "
+            f"are sure it died, delete {holder.uri}."
+        )
+        if holder.host == self.host and holder.pid == self.pid:
+            text += (
+                f" That run is in this very process (pid {self.pid}): unless it is still going "
+                "on here, it ended without releasing its lease. Call release() on its Lease, or "
+                "restart the kernel."
+            )
+        return text
+
+    def _lost_message(self) -> str:
+        return (
+            f"Run {self.run} lost its lease of {self.dst}: {self._reason}. It must stop "
+            "writing there, since another run may be writing now. Rows already written stay, "
+            "and a later run skips them: run again once the other run has finished."
+        )
+
+    # --- storage ---------------------------------------------------------------------------
+
+    def _payload(self, state: str, heartbeat: float) -> bytes:
+        from gcsemb import __version__
+
+        doc = {
+            "run": self.run,
+            "host": self.host,
+            "pid": self.pid,
+            "since": _iso(self._since),
+            "heartbeat": _iso(heartbeat),
+            "state": state,
+            "gcsemb": __version__,
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    def _put(self, state: str, heartbeat: float, generation: int | None) -> int | None:
+        """Write this run's claim. On GCS only if its generation is still ``generation``.
+
+        Returns:
+            The new generation on GCS, else None.
+
+        Raises:
+            FileExistsError: GCS refused the precondition: the claim changed or went.
+        """
+        data = self._payload(state, heartbeat)
+        try:
+            if self.store.gcs:
+                return _gcs_put(self.store.fs, self.path, data, generation)
+            _put(self.store, self.path, data)
+            return None
+        except FileExistsError:
+            raise
+        except Exception as e:
+            raise explain(e, self.uri, self.store, "write") from e
+
+    def _withdraw(self) -> None:
+        """Delete this run's claim, if it was written (its name is ours alone: no precondition)."""
+        if self._since:
+            self._delete(self.uri, None)
+
+    def _delete(self, uri: str, generation: int | None) -> None:
+        """Delete a claim (on GCS only if its generation is still ``generation``).
+
+        Raises:
+            FileExistsError: GCS refused the precondition: the claim changed.
+        """
+        fs = self.store.fs
+        path = fs._strip_protocol(uri)
+        try:
+            if self.store.gcs:
+                bucket, key = path.split("/", 1)
+                kw = {"ifGenerationMatch": str(generation)} if generation else {}
+                fs.call("DELETE", "b/{}/o/{}", bucket, key, **kw)
+            else:
+                fs.rm_file(path)
+        except FileNotFoundError:
+            pass  # already gone
+        except FileExistsError:
+            raise
+        except Exception as e:
+            raise explain(e, uri, self.store, "delete") from e
+
+    def _read_claims(self) -> list[Holder]:
+        """Every claim in ``DST/_lease/`` (this run's too), read fresh."""
+        from gcsemb.storage import cat_many
+
+        try:
+            entries = _list(self.store, self.folder)
+        except Exception as e:
+            raise explain(e, _where(self.store, self.folder), self.store, "index") from e
+        datas = cat_many(self.store, [path for path, _, _ in entries])
+        claims = []
+        for (path, generation, mtime), data in zip(entries, datas, strict=True):
+            if isinstance(data, FileNotFoundError):
+                continue  # withdrawn or released since the listing
+            if isinstance(data, BaseException):
+                raise explain(data, _where(self.store, path), self.store, "index") from data
+            claims.append(_parse(data, _where(self.store, path), generation, mtime))
+        return claims
+
+
+# --- storage helpers -----------------------------------------------------------------------
+
+
+def _gcs_put(fs: Any, path: str, data: bytes, generation: int | None) -> int:
+    """Upload a small object with a generation precondition (0: only if absent).
+
+    fake-gcs-server ignores the precondition, and the lease does not depend on it. If GCS
+    answers 412, the object is read back: a retried request whose first try had already
+    landed is not a conflict.
+    """
+    bucket, key = path.split("/", 1)
+    location = getattr(fs, "_location", None) or "https://storage.googleapis.com"
+    kw = {} if generation is None else {"ifGenerationMatch": str(generation)}
+    try:
+        out = fs.call(
+            "POST",
+            f"{location}/upload/storage/v1/b/{{}}/o",
+            bucket,
+            uploadType="media",
+            name=key,
+            headers={"Content-Type": "application/json"},
+            data=data,
+            json_out=True,
+            **kw,
+        )
+        return int(out["generation"])
+    except FileExistsError:
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # GCS reports MD5
+        try:
+            meta = fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True)
+        except FileNotFoundError:
+            raise FileExistsError(path) from None
+        if meta.get("md5Hash") == md5:
+            return int(meta["generation"])
+        raise
+
+
+def _put(store: Store, path: str, data: bytes) -> None:
+    """Write a small object whole. A local file is replaced atomically (never read half-done)."""
+    fs = store.fs
+    if "file" in protocols(fs) or "local" in protocols(fs):
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:6]}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _list(store: Store, folder: str) -> list[tuple[str, int | None, float]]:
+    """The claims in ``folder``: (path, GCS generation, modification time), never cached."""
+    fs = store.fs
+    if store.gcs:
+        bucket, _, key = folder.partition("/")
+        found, token = [], None
+        while True:
+            page = fs.call(
+                "GET",
+                "b/{}/o",
+                bucket,
+                prefix=f"{key}/",
+                fields="items(name,generation,updated),nextPageToken",
+                pageToken=token,
+                json_out=True,
+            )
+            for item in page.get("items", []):
+                if _is_claim(item["name"]):
+                    found.append(
+                        (f"{bucket}/{item['name']}", int(item["generation"]), _ts(item["updated"]))
+                    )
+            token = page.get("nextPageToken")
+            if not token:
+                return found
+    try:
+        infos = fs.ls(folder, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    return [
+        (info["name"], None, _mtime(info))
+        for info in infos
+        if info.get("type") == "file" and _is_claim(info["name"])
+    ]
+
+
+def _where(store: Store, path: str) -> str:
+    """How messages name ``path``: a full URI, or a plain path for a local folder."""
+    local = {"file", "local"} & set(protocols(store.fs))
+    return path if local else store.uri(path)
+
+
+def _is_claim(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".json") and not base.startswith(".")
+
+
+def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holder:
+    """A claim from its JSON. An unreadable one blocks until its file is ``stale_after`` old."""
+    try:
+        doc = json.loads(data)
+        return Holder(
+            run=str(doc["run"]),
+            host=str(doc["host"]),
+            pid=int(doc["pid"]),
+            since=_ts(doc["since"]),
+            heartbeat=_ts(doc["heartbeat"]),
+            state=CLAIMING if doc.get("state") == CLAIMING else HELD,
+            version=str(doc.get("gcsemb", "?")),
+            uri=uri,
+            generation=generation,
+        )
+    except (ValueError, KeyError, TypeError):
+        return Holder("(unreadable claim)", "?", 0, mtime, mtime, HELD, "?", uri, generation)
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    value = info.get("mtime") or info.get("updated") or info.get("created") or 0.0
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        return _ts(value)
+    return float(value)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``9 min 48 s``, ``2 h 5 min``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
