@@ -47,9 +47,7 @@ def main() -> None:
         model=MODEL,
         pretrained=PRETRAINED,
         token=TOKEN,
-        engine="ray",
-        gpus_per_worker=GPUS_PER_WORKER,
-        workers=WORKERS,
+        engine=gcsemb.RayEngine(workers=WORKERS, gpus_per_worker=GPUS_PER_WORKER),
         batch_size=BATCH_SIZE,
     )
     print(summary)

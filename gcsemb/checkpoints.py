@@ -72,6 +72,28 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
     return f"{arch}/{pretrained.lower().replace('-', '_')}"
 
 
+def checkpoint_record(pretrained: str | None, *, token: object = None) -> dict[str, str]:
+    """Where a checkpoint's weights came from, for the dataset's metadata; ``{}`` for a tag.
+
+    ``checkpoint`` is the local path (links resolved) or the URL without its query (a signed
+    URL's signature is never stored); ``checkpoint_sha256`` its content hash, which a later
+    search compares before it trusts a file found at that location.
+
+    Example:
+        >>> checkpoint_record("laion2b_s34b_b79k")
+        {}
+    """
+    if pretrained is None:
+        return {}
+    if "://" in pretrained:
+        path = remote_checkpoint(pretrained, token)  # cached: no second download
+        return {"checkpoint": without_query(pretrained), "checkpoint_sha256": _content_hash(path)}
+    local = local_checkpoint(pretrained)
+    if local is None:
+        return {}
+    return {"checkpoint": str(local), "checkpoint_sha256": _content_hash(local)}
+
+
 def local_checkpoint(pretrained: str) -> Path | None:
     """The checkpoint file ``pretrained`` names, as an absolute path with links resolved.
 

@@ -111,9 +111,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed every image under SRC into a parquet dataset at DST."""
+    from gcsemb.config import RayEngine
     from gcsemb.pipeline import embed
 
     pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
+    engine = (
+        RayEngine(args.address, args.workers, args.gpus_per_worker)
+        if args.engine == "ray"
+        else "local"
+    )
+    settings = {
+        name: getattr(args, name)
+        for name in ("batch_size", "io_workers", "fetch_batch", "decode_workers", "rows_per_shard")
+        if getattr(args, name) is not None
+    }
     summary = embed(
         args.src,
         args.dst,
@@ -124,15 +135,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
         requester_pays=args.requester_pays,
         limit=args.limit,
         progress=not args.no_progress,
-        batch_size=args.batch_size,
+        engine=engine,
         device=args.device,
         precision=args.precision,
-        engine=args.engine,
-        address=args.address,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
+        decode=args.decode,
+        retry_failed=args.retry_failed,
+        wait_for_lease=args.wait,
+        max_object_bytes=int(args.max_object_mb * 2**20),
+        **settings,
     )
-    print(summary)
+    if args.format == "json":
+        print(json.dumps(summary.to_dict(), ensure_ascii=False))
+    else:
+        print(summary)
     return 0
 
 
@@ -314,7 +329,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=("auto", "cpu", "gpu"),
+        help="where JPEGs are decoded: auto (on the GPU with nvJPEG when the model runs on "
+        "CUDA), cpu, gpu",
+    )
     p.add_argument("--limit", type=int, help="only the first N images of the listing")
+    tuning = p.add_argument_group(
+        "throughput (the run's final line names the stage that limited it)"
+    )
+    tuning.add_argument("--io-workers", type=int, help="fetch groups in flight at once (default 4)")
+    tuning.add_argument(
+        "--fetch-batch", type=int, help="objects fetched together by one group (default 32)"
+    )
+    tuning.add_argument(
+        "--decode-workers", type=int, help="CPU threads decoding (default: the CPU cores)"
+    )
+    tuning.add_argument("--rows-per-shard", type=int, help="rows per parquet shard (default 5000)")
+    tuning.add_argument(
+        "--max-object-mb",
+        type=float,
+        default=256,
+        help="objects larger than this are recorded as too large, never downloaded (256)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try every recorded failure again (by default: those with an environmental cause)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long while another run writes to DST (default: stop at once)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object on stdout at the end (counts, stages, bound stage)",
+    )
     p.add_argument(
         "--engine",
         default="local",

@@ -1,47 +1,61 @@
-"""The embeddings dataset under DST: schema, atomic shard writes, reading back, the done index.
+"""The embeddings dataset under DST: its schema, reading it back, and what a re-run may skip.
 
 Layout (any fsspec URL: ``gs://``, a local folder, ...)::
 
     DST/part-<run>-00000.parquet   one row per image: uri, md5, size, generation, updated,
                                    width, height, model, embedding (float32, L2-normalised)
-    DST/_errors/part-<run>-00000.parquet   one row per failed image: uri, md5, stage, error
+    DST/_errors/part-<run>-00000.parquet   one row per failed image: uri, md5, stage, error, ...
 
 ``pandas.read_parquet(DST)`` and ``pyarrow.dataset.dataset(DST)`` read the embeddings (pyarrow
-skips names starting with ``_`` or ``.``). Every shard appears whole or not at all, so a run killed
-at any moment leaves only complete shards, and :func:`done_index` tells the next run what to skip.
+skips names starting with ``_`` or ``.``). Every shard appears whole or not at all
+(:mod:`gcsemb.writer`), so a run killed at any moment leaves only complete shards, and
+:func:`done_index` tells the next run what to skip. Each shard's parquet metadata says how it was
+made: the model tag and dimension, the source it came from, the checkpoint's location and sha256
+(never a signed URL's query), and the run's settings. A damaged or foreign parquet file in DST is
+skipped with a warning naming it, never the end of every later run.
 
 Example:
     >>> from gcsemb.dataset import read_embeddings
     >>> df, matrix = read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
     >>> matrix.shape
     (306, 512)
+    >>> df.attrs["dataset"]["source"]  # doctest: +SKIP
+    'gs://my-bucket/photos'
 """
 
 from __future__ import annotations
 
 import datetime
-import io
+import json
+import logging
 import os
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcsemb.storage import ObjectInfo, Store, explain, open_store, protocols
+from gcsemb.storage import ObjectInfo, Store, http_status, open_store
+
+log = logging.getLogger(__name__)
 
 ERRORS_DIR = "_errors"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 META_MODEL = b"gcsemb.model"
 META_DIM = b"gcsemb.dim"
+META_PREFIX = "gcsemb."
+_ROW_COLUMNS = {"uri", "md5", "size", "updated", "model", "embedding"}
 
 
-def schema(model: str, dim: int) -> pa.Schema:
-    """The embeddings schema, with the model and its dimension in the parquet metadata."""
+def schema(model: str, dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
+    """The embeddings schema; the model, its dimension and ``metadata`` in the parquet metadata.
+
+    Args:
+        model: The model tag of every row.
+        dim: Embedding dimension.
+        metadata: More keys, stored as ``gcsemb.<key>`` (e.g. ``source``, ``checkpoint``).
+    """
     fields = [
         pa.field("uri", pa.string(), nullable=False),
         pa.field("md5", pa.string()),
@@ -53,7 +67,9 @@ def schema(model: str, dim: int) -> pa.Schema:
         pa.field("model", pa.string()),
         pa.field("embedding", pa.list_(pa.float32())),
     ]
-    return pa.schema(fields, metadata={META_MODEL: model.encode(), META_DIM: str(dim).encode()})
+    meta = {META_MODEL: model.encode(), META_DIM: str(dim).encode()}
+    meta.update({f"{META_PREFIX}{k}".encode(): v.encode() for k, v in (metadata or {}).items()})
+    return pa.schema(fields, metadata=meta)
 
 
 ERROR_SCHEMA = pa.schema(
@@ -64,133 +80,14 @@ ERROR_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("model", pa.string()),
         pa.field("failed_at", pa.timestamp("us", tz="UTC")),
+        pa.field("environmental", pa.bool_()),  # the cause was this machine, not the bytes
+        pa.field("decoders", pa.string()),  # JSON: the decoder versions that failed on it
     ]
 )
 
 
-def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
-    """Write a parquet file so that it appears whole or not at all."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    if "file" in protocols(fs):
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
-        fs.pipe_file(tmp, buf.getvalue())
-        fs.mv(tmp, path)  # a rename: atomic on one filesystem
-    else:
-        fs.pipe_file(path, buf.getvalue())  # an object store publishes an upload only when whole
-
-
-@dataclass
-class ShardWriter:
-    """Collects rows and writes them as parquet shards under ``dst``.
-
-    Args:
-        store: The destination folder.
-        model: The model tag stored in every row and in the metadata.
-        dim: Embedding dimension.
-        rows_per_shard: Flush after this many rows.
-        seconds_per_shard: Flush at least this often, so an interrupted run loses little.
-    """
-
-    store: Store
-    model: str
-    dim: int
-    rows_per_shard: int = 5000
-    seconds_per_shard: float = 60.0
-    run: str = field(default_factory=lambda: run_id())
-    shards: int = 0
-    error_shards: int = 0
-    _rows: list[dict[str, Any]] = field(default_factory=list)
-    _errors: list[dict[str, Any]] = field(default_factory=list)
-    _last_flush: float = field(default_factory=time.monotonic)
-
-    def add(
-        self, obj: ObjectInfo, md5: str | None, width: int, height: int, embedding: np.ndarray
-    ) -> None:
-        """Add one embedded image."""
-        self._rows.append(
-            {
-                "uri": obj.uri,
-                "md5": md5,
-                "size": obj.size,
-                "generation": obj.generation,
-                "updated": obj.updated,
-                "width": width,
-                "height": height,
-                "model": self.model,
-                "embedding": embedding,
-            }
-        )
-        self._maybe_flush()
-
-    def add_error(self, obj: ObjectInfo, md5: str | None, stage: str, error: str) -> None:
-        """Record one image that failed, with the stage and the reason."""
-        self._errors.append(
-            {
-                "uri": obj.uri,
-                "md5": md5,
-                "stage": stage,
-                "error": error,
-                "model": self.model,
-                "failed_at": _now(),
-            }
-        )
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        due = time.monotonic() - self._last_flush > self.seconds_per_shard
-        if len(self._rows) >= self.rows_per_shard or (due and (self._rows or self._errors)):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is pending as new shards (one for rows, one for errors)."""
-        try:
-            if self._rows:
-                table = _rows_table(self._rows, schema(self.model, self.dim))
-                path = f"{self._dst}/part-{self.run}-{self.shards:05d}.parquet"
-                write_parquet(self.store.fs, path, table)
-                self.shards += 1
-                self._rows = []
-            if self._errors:
-                table = pa.Table.from_pylist(self._errors, schema=ERROR_SCHEMA)
-                path = f"{self._dst}/{ERRORS_DIR}/part-{self.run}-{self.error_shards:05d}.parquet"
-                write_parquet(self.store.fs, path, table)
-                self.error_shards += 1
-                self._errors = []
-        except Exception as e:
-            raise explain(e, self.store.url, self.store, "write") from e
-        self._last_flush = time.monotonic()
-
-    @property
-    def _dst(self) -> str:
-        return self.store.path.rstrip("/")
-
-
-def run_id() -> str:
-    """A shard-name prefix that sorts by start time (to the microsecond) and never collides."""
-    now = time.time()
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    return f"{stamp}-{int(now * 1e6) % 1_000_000:06d}{uuid.uuid4().hex[:4]}"
-
-
-def _rows_table(rows: list[dict[str, Any]], sch: pa.Schema) -> pa.Table:
-    """Build a shard's table; embeddings go in as one flat float32 buffer, not Python lists."""
-    emb = np.stack([r["embedding"] for r in rows]).astype(np.float32, copy=False)
-    dim = emb.shape[1]
-    offsets = pa.array(np.arange(0, emb.size + 1, dim, dtype=np.int32))
-    arrays = [
-        pa.array([r[f.name] for r in rows], type=f.type) for f in sch if f.name != "embedding"
-    ]
-    arrays.append(pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1))))
-    return pa.Table.from_arrays(arrays, schema=sch)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _parquet_files(store: Store, errors: bool = False) -> list[str]:
+def parquet_files(store: Store, errors: bool = False) -> list[str]:
+    """The shard paths under ``store`` (or its ``_errors/``), in name (= run start) order."""
     path = store.path.rstrip("/")
     folder = f"{path}/{ERRORS_DIR}" if errors else path
     try:
@@ -204,23 +101,48 @@ def _parquet_files(store: Store, errors: bool = False) -> list[str]:
     )
 
 
-def _read(store: Store, files: Sequence[str], columns: list[str] | None) -> pa.Table | None:
-    """Read some columns of many shards, several at once (only the needed column chunks)."""
-    if not files:
-        return None
+def _read(
+    store: Store, files: Sequence[str], columns: list[str] | None, required: set[str]
+) -> list[pa.Table]:
+    """Read some columns of many shards, several at once; damaged or foreign files are skipped.
+
+    Each file is read whole or skipped with a warning that names it: one corrupt upload, or a
+    parquet file of another tool, must not fail every later run.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     fs = store.fs
 
-    def one(path: str) -> pa.Table:
-        # a plain read-ahead buffer: gcsfs's default "adaptive" cache leaves asyncio tasks behind
-        # (ParquetFile, not read_table: that imports pyarrow.dataset and pandas, 0.3 s a run)
-        with fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
-            return pq.ParquetFile(f).read(columns=columns)
+    def one(path: str) -> pa.Table | None:
+        try:
+            # a plain read-ahead buffer: gcsfs's "adaptive" cache leaves asyncio tasks behind
+            # (ParquetFile, not read_table: that imports pyarrow.dataset and pandas, 0.3 s a run)
+            with fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
+                parquet = pq.ParquetFile(f)
+                missing = required - set(parquet.schema_arrow.names)
+                if missing:
+                    log.warning(
+                        "skipping %s: not a gcsemb shard (no %s)", store.uri(path), sorted(missing)
+                    )
+                    return None
+                return parquet.read(columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            # pyarrow's complaints about the bytes are ArrowInvalid or a plain OSError ("Corrupt
+            # snappy compressed data"); storage errors keep their own types and end the read
+            damaged = isinstance(e, pa.ArrowException) or (
+                type(e) is OSError and http_status(e) is None
+            )
+            if not damaged:
+                raise
+            log.warning("skipping %s: unreadable parquet (%s)", store.uri(path), str(e)[:200])
+            return None
 
     with ThreadPoolExecutor(8) as pool:
-        tables = list(pool.map(one, files))
-    return pa.concat_tables(tables, promote_options="default")
+        return [t for t in pool.map(one, files) if t is not None]
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def done_index(dst: Store, model: str) -> dict[str, tuple[str | None, int, Any]]:
@@ -230,7 +152,8 @@ def done_index(dst: Store, model: str) -> dict[str, tuple[str | None, int, Any]]
     listing of ``dst`` and a few column chunks. ``updated`` is in microseconds since the epoch
     (turning timestamps into datetimes would import pandas: a third of a no-op run).
     """
-    table = _read(dst, _parquet_files(dst), ["uri", "md5", "size", "updated", "model"])
+    columns = ["uri", "md5", "size", "updated", "model"]
+    table = _concat(_read(dst, parquet_files(dst), columns, _ROW_COLUMNS))
     if table is None:
         return {}
     updated = table.schema.get_field_index("updated")
@@ -246,15 +169,30 @@ def done_index(dst: Store, model: str) -> dict[str, tuple[str | None, int, Any]]
 
 
 def failed_index(dst: Store, model: str) -> dict[str, str]:
-    """``uri -> md5`` of images whose bytes could not be decoded; the same bytes fail again."""
-    table = _read(dst, _parquet_files(dst, errors=True), ["uri", "md5", "stage", "model"])
+    """``uri -> md5`` of images whose bytes cannot be decoded: the same bytes fail again.
+
+    Only failures caused by the bytes count, and only as long as this machine decodes with the
+    same decoder versions that failed on them. A failure caused by the environment (a decoder
+    missing, out of memory, a fetch error) is tried again by the next run, as is every failure
+    after an upgrade of Pillow or its codecs.
+    """
+    from gcsemb.decode import decoder_versions
+
+    now = json.dumps(decoder_versions(), sort_keys=True)
+    columns = ["uri", "md5", "stage", "model", "environmental", "decoders"]
+    files = parquet_files(dst, errors=True)
+    table = _concat(_read(dst, files, None, {"uri", "md5", "stage", "model"}))
     if table is None:
         return {}
-    rows = table.to_pylist()
+    rows = table.select([c for c in columns if c in table.column_names]).to_pylist()
     return {
         r["uri"]: r["md5"]
         for r in rows
-        if r["model"] == model and r["md5"] and r["stage"] in ("decode", "preprocess")
+        if r["model"] == model
+        and r["md5"]
+        and r["stage"] in ("decode", "preprocess")
+        and not r.get("environmental")
+        and r.get("decoders") == now
     }
 
 
@@ -284,6 +222,22 @@ def _microseconds(when: datetime.datetime | None) -> int | None:
     return (when - EPOCH) // datetime.timedelta(microseconds=1)
 
 
+def dataset_info(table: pa.Table) -> dict[str, Any]:
+    """The ``gcsemb.*`` parquet metadata of a shard as a dict (``config`` parsed from JSON)."""
+    meta = table.schema.metadata or {}
+    info: dict[str, Any] = {
+        k.decode()[len(META_PREFIX) :]: v.decode()
+        for k, v in meta.items()
+        if k.decode(errors="replace").startswith(META_PREFIX)
+    }
+    if "config" in info:
+        try:
+            info["config"] = json.loads(info["config"])
+        except ValueError:
+            info.pop("config")
+    return info
+
+
 def read_embeddings(
     dst: str | Store,
     *,
@@ -307,7 +261,9 @@ def read_embeddings(
     Returns:
         ``(df, matrix)``: one row per image (the latest if an image was re-embedded after a
         change), and its embeddings as an ``(n, dim)`` float32 array in the same order.
-        ``df.attrs["store"]`` is the dataset's handle: thumbnails and searches reuse its access.
+        ``df.attrs["store"]`` is the dataset's handle (thumbnails and searches reuse its
+        access); ``df.attrs["dataset"]`` how the newest shard was made (``source``, ``model``,
+        ``checkpoint``, ``checkpoint_sha256``, ``config``...).
 
     Example:
         >>> df, X = read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
@@ -316,21 +272,25 @@ def read_embeddings(
     store = open_store(
         dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
     )
-    table = _read(store, _parquet_files(store), None)
-    if table is None:
-        raise FileNotFoundError(f"No embeddings under {dst}: run `gcsemb embed SRC {dst}` first.")
-    models = sorted(set(table.column("model").to_pylist()))
+    tables = _read(store, parquet_files(store), None, _ROW_COLUMNS)
+    if not tables:
+        raise FileNotFoundError(
+            f"No embeddings under {store.url}: run `gcsemb embed SRC {store.url}` first."
+        )
+    models = sorted({m for t in tables for m in t.column("model").unique().to_pylist()})
     if model is None and len(models) > 1:
-        raise ValueError(f"{dst} holds several models {models}: pass model=... to pick one.")
-    if model is not None:
-        import pyarrow.compute as pc
+        raise ValueError(f"{store.url} holds several models {models}: pass model=... to pick one.")
+    model = model or models[0]
+    import pyarrow.compute as pc
 
-        table = table.filter(pc.equal(table.column("model"), model))
-    df = table.to_pandas()
+    tables = [t.filter(pc.equal(t.column("model"), model)) for t in tables]
+    info = next((dataset_info(t) for t in reversed(tables) if t.num_rows), {})
+    df = _concat(tables).to_pandas()
     # an image changed since an earlier run has two rows: keep its newest version
     df = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
     df = df.sort_index().reset_index(drop=True)
     df.attrs["store"] = store
+    df.attrs["dataset"] = info
     matrix = (
         np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
         if len(df)
@@ -347,16 +307,30 @@ def read_errors(
     requester_pays: bool | str = False,
     endpoint: str | None = None,
 ) -> Any:
-    """The images that failed, as a DataFrame (uri, md5, stage, error, model, failed_at).
+    """The images that failed and still have no row, as a DataFrame, newest failure per image.
 
-    Arguments as for :func:`read_embeddings`.
+    Columns: uri, md5, stage, error, model, failed_at, environmental (the next run tries it
+    again), decoders. An image that failed once and was embedded later is not listed. Arguments
+    as for :func:`read_embeddings`.
     """
     import pandas as pd
 
     store = open_store(
         dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
     )
-    table = _read(store, _parquet_files(store, errors=True), None)
-    if table is None:
+    required = {"uri", "md5", "stage", "error", "model"}
+    errors = _concat(_read(store, parquet_files(store, errors=True), None, required))
+    if errors is None:
         return pd.DataFrame(columns=ERROR_SCHEMA.names)
-    return table.to_pandas().drop_duplicates("uri", keep="last").reset_index(drop=True)
+    rows = _concat(_read(store, parquet_files(store), ["uri", "model"], _ROW_COLUMNS))
+    df = errors.to_pandas()
+    for column in ERROR_SCHEMA.names:
+        if column not in df:
+            df[column] = None
+    df = df[ERROR_SCHEMA.names].sort_values("failed_at", kind="stable")
+    df = df.drop_duplicates(["uri", "model"], keep="last")
+    if rows is not None:
+        pairs = zip(rows.column("uri").to_pylist(), rows.column("model").to_pylist(), strict=True)
+        embedded = set(pairs)
+        df = df[[(u, m) not in embedded for u, m in zip(df["uri"], df["model"], strict=True)]]
+    return df.reset_index(drop=True)

@@ -161,6 +161,18 @@ class PixelBudget:
     @contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
         """Waits until ``nbytes`` fit (or nothing else is held), holds them for the block."""
+        nbytes = self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+    def acquire(self, nbytes: int) -> int:
+        """Waits until ``nbytes`` fit (or nothing else is held) and takes them; returns them.
+
+        For holds that outlive a block (bytes fetched by one thread and freed by another):
+        every :meth:`acquire` needs its :meth:`release`, possibly in parts.
+        """
         nbytes = max(0, int(nbytes))
         ticket = object()
         with self._cond:
@@ -175,12 +187,13 @@ class PixelBudget:
                 self._cond.notify_all()
             self.in_use += nbytes
             self.peak = max(self.peak, self.in_use)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= nbytes
-                self._cond.notify_all()
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        """Gives back ``nbytes`` taken by :meth:`acquire`."""
+        with self._cond:
+            self.in_use -= max(0, int(nbytes))
+            self._cond.notify_all()
 
     def __repr__(self) -> str:
         return f"PixelBudget(limit={self.limit}, in_use={self.in_use}, peak={self.peak})"
@@ -269,6 +282,8 @@ def _extension(name: str | None) -> str:
 def _implied(name: str | None) -> str | None:
     """The format an object's name implies (MPO counts as JPEG), None when none is known."""
     ext = _extension(name)
+    if not ext:  # Pillow 11 may register "" (an image saved without a name): no extension
+        return None
     fmt = _EXTENSIONS.get(ext) or Image.EXTENSION.get(ext)
     return "JPEG" if fmt == "MPO" else fmt
 

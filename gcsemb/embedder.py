@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import html
+import inspect
 import io
 import json
 import logging
@@ -51,6 +52,12 @@ TINY_MODEL = str(Path(__file__).resolve().parent / "models" / "tiny-clip.json")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _LOADED: dict[ModelSpec, Embedder] = {}
+# open_clip 3 loads checkpoints with torch.load(weights_only=True); say so where it can be said
+_WEIGHTS_ONLY = (
+    {"weights_only": True}
+    if "weights_only" in inspect.signature(open_clip.create_model).parameters
+    else {}
+)
 _LOCK = threading.RLock()
 
 
@@ -92,6 +99,11 @@ class Embedder:
     def name(self) -> str:
         """``"<arch>/<weights>"``, the tag stored in parquet's ``model`` column."""
         return f"{self._arch}/{self._weights}"
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """open_clip's preprocess settings (size, mean, std, interpolation, resize mode)."""
+        return dict(self._model.visual.preprocess_cfg)
 
     @property
     def image_size(self) -> int:
@@ -231,6 +243,7 @@ def _create(
             force_quick_gelu=bool(tag_cfg.get("quick_gelu")),  # as the tag's weights were trained
             force_preprocess_cfg=merge_preprocess_dict({}, tag_cfg),
             cache_dir=str(cache_dir() / "open_clip"),
+            **_WEIGHTS_ONLY,  # tensors only: a checkpoint can never run code when loaded
         )
 
 

@@ -71,15 +71,17 @@ logger = logging.getLogger(__name__)
 
 LEASE_DIR = "_lease"
 """The folder of claims under DST. Readers skip names that start with ``_``."""
-HEARTBEAT = 30.0
+HEARTBEAT = 15.0
 """Seconds between renewals. A renewal is a listing, a read per claim and a small write: nothing
-a run notices at twice a minute, and often enough that 20 of them fit in :data:`STALE_AFTER`."""
-STALE_AFTER = 600.0
+a run notices at four a minute, and often enough that 8 of them fit in :data:`STALE_AFTER`."""
+STALE_AFTER = 150.0
 """Seconds without a renewal after which a holder counts as dead and its lease is taken over.
-That is 20 missed heartbeats. A live run never goes that long: the renewal runs in its own
-thread, so a slow GPU batch or a long shard write does not delay it, and gcsfs gives up on a
-request after about a minute of retries. A holder that could not renew for 9 of these 10
-minutes stops writing by itself (:meth:`Lease.check`)."""
+That is 10 missed heartbeats. A live run never goes that long: the renewal runs in its own
+thread, so a slow GPU batch or a long shard write does not delay it. It is short because the
+common dead holder is a notebook whose runtime disconnected: its user reconnects, runs again, and
+waits at most this long (a holder on this very machine whose process is gone is taken over at
+once). A holder that could not renew for 2 of these 2.5 minutes stops writing by itself
+(:meth:`Lease.check`)."""
 CLAIM_STALE_AFTER = 60.0
 """Seconds after which a claim that never became ``held`` counts as abandoned. Claiming takes
 two or three requests. A run that takes longer than half of this starts over, so a live
@@ -415,18 +417,24 @@ class Lease:
                 continue
             if claim.state == HELD:
                 age = self.clock() - claim.heartbeat
+                why = (
+                    "its process is gone"
+                    if age <= self.stale_after
+                    else f"its last heartbeat was {_duration(age)} ago (more than "
+                    f"{_duration(self.stale_after)})"
+                )
                 logger.warning(
-                    "Taking over the lease of %s from %s: its last heartbeat was %s ago (more "
-                    "than %s), so that run has stopped.",
+                    "Taking over the lease of %s from %s: %s, so that run has stopped.",
                     self.dst,
                     claim.describe(),
-                    _duration(age),
-                    _duration(self.stale_after),
+                    why,
                 )
                 self.took_over_from = claim
         return live
 
     def _stale(self, claim: Holder) -> bool:
+        if claim.host == self.host and claim.pid != self.pid and not _alive(claim.pid):
+            return True  # a run on this machine that was killed (kill -9, a kernel restart)
         limit = self.stale_after
         if claim.state == CLAIMING:
             limit = min(limit, CLAIM_STALE_AFTER)
@@ -661,6 +669,17 @@ def _where(store: Store, path: str) -> str:
     """How messages name ``path``: a full URI, or a plain path for a local folder."""
     local = {"file", "local"} & set(protocols(store.fs))
     return path if local else store.uri(path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 def _is_claim(name: str) -> bool:

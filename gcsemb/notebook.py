@@ -156,9 +156,14 @@ class Session:
         return self._pretrained
 
     def embed(self, **options: Any) -> Any:
-        """:func:`gcsemb.embed` from ``src`` to ``dst`` with this session's model."""
+        """:func:`gcsemb.embed` from ``src`` to ``dst`` with this session's model.
+
+        In a notebook a run waits up to 5 minutes for DST's lease (``wait_for_lease``): after a
+        disconnect, the run of the lost runtime may still hold it until it goes stale.
+        """
         from gcsemb.pipeline import embed
 
+        options.setdefault("wait_for_lease", 300.0)
         return embed(self.src, self.dst, model=self.model, pretrained=self.pretrained, **options)
 
     def embedder(self, **options: Any) -> Any:

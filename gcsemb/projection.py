@@ -337,7 +337,7 @@ def _save(
     """Write the coordinates as parquet (atomically), keyed by uri; failures only warn."""
     import pyarrow as pa
 
-    from gcsemb.dataset import write_parquet
+    from gcsemb.writer import write_parquet
 
     table = pa.table(
         {

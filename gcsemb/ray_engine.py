@@ -33,7 +33,6 @@ import logging
 import os
 import pickle
 import re
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -43,20 +42,10 @@ import numpy as np
 import pyarrow as pa
 
 from gcsemb import errors
-from gcsemb.dataset import ShardWriter, done_index, failed_index
+from gcsemb.config import RayEngine, default_batch_size
 from gcsemb.errors import GcsembError
-from gcsemb.pipeline import (
-    DEDUPE_WINDOW,
-    EmbedConfig,
-    EmbedSummary,
-    Item,
-    check_writable,
-    decode,
-    default_batch_size,
-    fetch,
-    open_stores,
-    plan,
-)
+from gcsemb.run import Run, run_metadata
+from gcsemb.stages import DEDUPE_WINDOW, Counts, Failure, Item, decode, fetch, plan
 from gcsemb.storage import (
     IMAGE_EXTENSIONS,
     ZB_HNS_ENV,
@@ -69,6 +58,7 @@ from gcsemb.storage import (
     list_images,
     normalize_extensions,
 )
+from gcsemb.writer import ShardWriter
 
 BLOCK_ROWS = 1024  # images per listing block: the unit a fetch/decode task takes
 FETCH_CPUS = 0.25  # fetch, listing and write tasks mostly wait on the network: four per core
@@ -87,8 +77,16 @@ OBJECT_SCHEMA = pa.schema(
         pa.field("content_type", pa.string()),
         pa.field("updated", pa.timestamp("us", tz="UTC")),
         pa.field("aliases", pa.binary()),  # pickled ObjectInfos with the same bytes, or empty
+        pa.field("stage", pa.string()),  # a failure already at listing: too large to fetch
+        pa.field("error", pa.string()),
     ]
 )
+FAILURE_COLUMNS = {  # how a Failure travels between the stages' tasks
+    "stage": pa.string(),
+    "error": pa.string(),
+    "environmental": pa.bool_(),
+    "decoders": pa.string(),
+}
 
 
 def _ray() -> Any:
@@ -265,6 +263,7 @@ def list_part(
     pattern: str | None,
     extensions: frozenset[str] | None,
     limit: int | None,
+    max_object_bytes: int | None = None,
     block_rows: int = BLOCK_ROWS,
 ) -> Iterator[pa.Table | dict[str, int]]:
     """List one part, drop what is done, fold identical bytes; yield blocks, then the counts.
@@ -288,17 +287,17 @@ def list_part(
             if limit is not None and count >= limit:
                 return
 
-    counts = EmbedSummary("", "")
-    window: list[tuple[ObjectInfo, list[ObjectInfo]]] = []  # rows, each with its twins
+    counts = Counts()
+    window: list[tuple[Item, list[ObjectInfo]]] = []  # rows, each with its twins
     firsts: dict[str, list[ObjectInfo]] = {}  # md5 -> the twins list of its row in the window
     rows = 0
-    for item in plan(listed(), part.done or {}, counts):
-        if item.alias and item.md5 in firsts:
+    for item in plan(listed(), part.done or {}, counts, max_object_bytes):
+        if item.twin is not None and item.md5 in firsts:
             firsts[item.md5].append(item.obj)
             continue
         twins: list[ObjectInfo] = []
-        window.append((item.obj, twins))
-        if item.md5 is not None:
+        window.append((item, twins))
+        if item.md5 is not None and item.failure is None:
             firsts[item.md5] = twins
         if len(window) >= DEDUPE_WINDOW:
             for start in range(0, len(window), block_rows):
@@ -311,13 +310,42 @@ def list_part(
     yield {"seen": counts.seen, "skipped": counts.skipped, "rows": rows}
 
 
-def _objects_table(chunk: list[tuple[ObjectInfo, list[ObjectInfo]]]) -> pa.Table:
+def _objects_table(chunk: list[tuple[Item, list[ObjectInfo]]]) -> pa.Table:
     cols: dict[str, list[Any]] = {name: [] for name in OBJECT_SCHEMA.names}
-    for obj, aliases in chunk:
+    for item, aliases in chunk:
         for name in _OBJECT_FIELDS:
-            cols[name].append(getattr(obj, name))
+            cols[name].append(getattr(item.obj, name))
         cols["aliases"].append(pickle.dumps(aliases) if aliases else b"")
+        cols["stage"].append(item.failure.stage if item.failure else None)
+        cols["error"].append(item.failure.error if item.failure else None)
     return pa.table(cols, schema=OBJECT_SCHEMA)
+
+
+def _items(batch: pa.Table, **columns: list[Any]) -> list[Item]:
+    """Items of a batch of rows, with the failure the rows carry."""
+    names = [n for n in FAILURE_COLUMNS if n in batch.column_names]
+    failures = batch.select(names).to_pylist()
+    items = []
+    for obj, failure in zip(_objects(batch), failures, strict=True):
+        it = Item(obj, md5=obj.md5)
+        if failure.get("stage"):
+            it.failure = Failure(
+                failure["stage"],
+                failure.get("error") or "no result",
+                bool(failure.get("environmental")),
+                failure.get("decoders"),
+            )
+        items.append(it)
+    return items
+
+
+def _with_failures(batch: pa.Table, items: list[Item]) -> pa.Table:
+    """``batch`` with its failure columns set from ``items``."""
+    batch = batch.drop_columns([n for n in FAILURE_COLUMNS if n in batch.column_names])
+    for name, kind in FAILURE_COLUMNS.items():
+        values = [getattr(it.failure, name) if it.failure else None for it in items]
+        batch = batch.append_column(name, pa.array(values, kind))
+    return batch
 
 
 def _objects(batch: pa.Table) -> list[ObjectInfo]:
@@ -333,48 +361,37 @@ def _aliases(blob: bytes | None) -> list[ObjectInfo]:
 
 
 def fetch_rows(batch: pa.Table, src: Store) -> pa.Table:
-    """Fetch stage: :func:`gcsemb.pipeline.fetch` on a batch of listed objects."""
-    items = [Item(obj, md5=obj.md5) for obj in _objects(batch)]
+    """Fetch stage: :func:`gcsemb.stages.fetch` on a batch of listed objects."""
+    items = _items(batch)
     fetch(src, items)
     for it in items:
         if it.fatal is not None:  # refused credentials end the run, as in the local engine
             raise it.fatal
-    batch = batch.set_column(batch.schema.get_field_index("md5"), "md5", _strings(items, "md5"))
-    return (
-        batch.append_column("data", pa.array([it.data for it in items], pa.binary()))
-        .append_column("stage", _strings(items, "stage"))
-        .append_column("error", _strings(items, "error"))
-    )
+    md5s = pa.array([it.md5 for it in items], pa.string())
+    batch = batch.set_column(batch.schema.get_field_index("md5"), "md5", md5s)
+    batch = batch.append_column("data", pa.array([it.data for it in items], pa.binary()))
+    return _with_failures(batch, items)
 
 
 def decode_rows(batch: pa.Table, model: str, pretrained: str | None) -> pa.Table:
-    """Decode stage: :func:`gcsemb.pipeline.decode` (decode + the model's preprocess) per image.
+    """Decode stage: :func:`gcsemb.stages.decode` (decode + the model's preprocess) per image.
 
     The preprocessed pixels travel as raw bytes (``tensor``); failures keep it empty.
     """
     pre = preprocessor(model, pretrained)
-    objects = _objects(batch)
-    cols = batch.select(["md5", "data", "stage", "error"]).to_pydict()
-    tensors, widths, heights, stages, errors = [], [], [], [], []
-    for obj, md5, data, stage, error in zip(objects, *cols.values(), strict=True):
-        item = Item(obj, md5=md5, data=data, stage=stage, error=error)
-        it = decode(item, pre, pre.image_size)  # type: ignore[arg-type]  (duck-typed Embedder)
-        ok = it.tensor is not None
-        tensors.append(np.ascontiguousarray(it.tensor).tobytes() if ok else b"")
-        widths.append(it.width)
-        heights.append(it.height)
-        stages.append(None if ok else it.stage or "fetch")
-        errors.append(None if ok else it.error or "no result")
-    out = batch.drop_columns(["data", "stage", "error"])
-    for name, values, kind in [
-        ("width", widths, pa.int32()),
-        ("height", heights, pa.int32()),
-        ("stage", stages, pa.string()),
-        ("error", errors, pa.string()),
-        ("tensor", tensors, pa.binary()),
-    ]:
-        out = out.append_column(name, pa.array(values, kind))
-    return out
+    items = _items(batch)
+    md5s, datas = batch.column("md5").to_pylist(), batch.column("data").to_pylist()
+    for it, md5, data in zip(items, md5s, datas, strict=True):
+        it.md5, it.data = md5, data
+        decode(it, pre.preprocess, pre.image_size)
+        if it.tensor is None and it.failure is None:
+            it.failure = Failure("fetch", "no result")
+    tensors = [b"" if it.failure else np.ascontiguousarray(it.tensor).tobytes() for it in items]
+    out = batch.drop_columns(["data"])
+    out = out.append_column("width", pa.array([it.width for it in items], pa.int32()))
+    out = out.append_column("height", pa.array([it.height for it in items], pa.int32()))
+    out = out.append_column("tensor", pa.array(tensors, pa.binary()))
+    return _with_failures(out, items)
 
 
 class Embed:
@@ -429,8 +446,8 @@ class Embed:
         return batch.drop_columns(["tensor"]).append_column("embedding", vectors)
 
 
-def write_rows(batch: pa.Table, dst: Store, model: str) -> pa.Table:
-    """Write stage: one :class:`~gcsemb.dataset.ShardWriter` flush per batch (atomic shards).
+def write_rows(batch: pa.Table, dst: Store, model: str, metadata: dict[str, str]) -> pa.Table:
+    """Write stage: one :class:`~gcsemb.writer.ShardWriter` flush per batch (atomic shards).
 
     Returns one row of counts (embedded, duplicates, failed) for the driver's summary.
     """
@@ -438,160 +455,119 @@ def write_rows(batch: pa.Table, dst: Store, model: str) -> pa.Table:
     dim = emb.type.list_size
     matrix = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     writer = ShardWriter(
-        dst, model, dim, rows_per_shard=batch.num_rows + 1, seconds_per_shard=float("inf")
+        dst,
+        model,
+        dim,
+        rows_per_shard=batch.num_rows + 1,
+        seconds_per_shard=float("inf"),
+        metadata=metadata,
     )
     counts = {"embedded": 0, "duplicates": 0, "failed": 0}
-    cols = batch.select(["md5", "width", "height", "stage", "error", "aliases"]).to_pydict()
-    for i, (obj, md5, width, height, stage, error, blob) in enumerate(
-        zip(_objects(batch), *cols.values(), strict=True)
+    cols = batch.select(["md5", "width", "height", "aliases"]).to_pydict()
+    for i, (it, md5, width, height, blob) in enumerate(
+        zip(_items(batch), *cols.values(), strict=True)
     ):
         twins = _aliases(blob)
-        counts["duplicates"] += len(twins)
-        for one in (obj, *twins):
-            if stage is None:
+        counts["duplicates"] += len(twins) if it.failure is None else 0
+        for one in (it.obj, *twins):
+            if it.failure is None:
                 writer.add(one, md5, width, height, matrix[i])
             else:
-                writer.add_error(one, md5, stage, error or "no result")
+                f = it.failure
+                writer.add_error(
+                    one, md5, f.stage, f.error, environmental=f.environmental, decoders=f.decoders
+                )
                 counts["failed"] += 1
-        counts["embedded"] += stage is None
+        counts["embedded"] += it.failure is None
     writer.flush()
     return pa.table({k: [v] for k, v in counts.items()})
-
-
-def _strings(items: list[Item], name: str) -> pa.Array:
-    return pa.array([getattr(it, name) for it in items], pa.string())
 
 
 # ---- the driver ---------------------------------------------------------------------------------
 
 
 def embed_ray(
-    src: str | Store,
-    dst: str | Store,
+    run: Run,
+    engine: RayEngine,
     *,
-    config: EmbedConfig,
-    token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
-    limit: int | None = None,
     extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
+    limit: int | None = None,
     progress: bool = True,
-    address: str | None = None,
-    workers: int | None = None,
-    gpus_per_worker: float = 0,
-) -> EmbedSummary:
-    """Embed every image under ``src`` into ``dst`` on a Ray cluster (see the module docs).
+) -> None:
+    """Embed every image of ``run`` on a Ray cluster (see the module docs); fills its summary.
 
-    Called by :func:`gcsemb.embed` with ``engine="ray"``; arguments as there, plus:
+    Called by :func:`gcsemb.embed` with ``engine="ray"`` or a :class:`~gcsemb.config.RayEngine`,
+    after the shared preamble (:func:`gcsemb.run.prepare`). The driver holds DST's lease for the
+    whole run and reads DST's index under it.
 
     Args:
-        src: ``gs://bucket/prefix``, a glob, a local folder (local only to a one-node cluster).
-        dst: Destination folder that every node can write.
-        config: Pipeline settings; ``batch_size`` is the GPU batch, ``fetch_batch`` the fetch
-            and decode batch, ``rows_per_shard`` the rows of one written shard.
-        token: Credentials; workers get only their recipe (see :class:`gcsemb.storage.Store`),
-            so each node must be able to use it: a key path present on every node, or
-            application default credentials (workload identity, the node's service account).
-        project: Google Cloud project (requester-pays billing).
-        requester_pays: Bill reads to ``project``.
-        endpoint: Another GCS endpoint (see :func:`gcsemb.open_store`).
-        limit: At most this many images listed per folder, and embedded in all.
+        run: The prepared run: handles (their credentials travel to the workers as a recipe,
+            never a secret: a key path present on every node, or each node's application default
+            credentials), settings (``batch_size`` is the GPU batch, ``fetch_batch`` the fetch
+            and decode batch, ``rows_per_shard`` the rows of one written shard) and summary.
+        engine: The cluster and its actors.
         extensions: File endings counted as images.
+        limit: At most this many images listed per folder, and embedded in all.
         progress: Show Ray Data's progress bars.
-        address: Ray cluster to join (``auto``, ``ray://host:10001``, ``vertex_ray://...``);
-            ``None`` joins the Ray already initialised, else starts a local one.
-        workers: Embedding actors (default: one per ``gpus_per_worker`` GPUs, else 1).
-        gpus_per_worker: GPUs per embedding actor (0: embed on CPU).
-
-    Returns:
-        The run's summary, as the local engine's.
 
     Raises:
         ImportError: Ray Data is not installed (``pip install 'gcsemb[ray]'``).
-        AccessDenied: The identity may not list ``src`` or write ``dst``.
         AuthError: The credentials cannot be sent to workers (a key given as a dict or text).
     """
-    from gcsemb.checkpoints import model_tag
-
     ray = _ray()
-    started = time.perf_counter()
-    source, target = open_stores(
-        src, dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
-    pickle.dumps((source, target))  # credentials that cannot travel fail here, not in a worker
-    summary = EmbedSummary(source.url, target.url)
-    summary.model = model_tag(config.model, config.pretrained, token=source)
-    try:
-        done = failed_index(target, summary.model)
-        done.update(done_index(target, summary.model))
-    except Exception as e:
-        raise explain(e, target.url, target, "index") from e
-    parts, pattern = fan_out(source, extensions, done)
-    del done
-    check_writable(target)
-
+    pickle.dumps((run.src, run.dst))  # credentials that cannot travel fail here, not in a worker
+    run.begin_writing()  # the lease first: the index read under it is the one to trust
+    parts, pattern = fan_out(run.src, extensions, run.done)
     ours = not ray.is_initialized()
     if ours:
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        local = address is None and not os.environ.get("RAY_ADDRESS")
+        local = engine.address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(
-            address=address,
+            address=engine.address,
             runtime_env={"env_vars": env} if env else None,
             **({"include_dashboard": False} if local else {}),
         )
     try:
-        return _run(
-            ray,
-            parts,
-            pattern,
-            source,
-            target,
-            config,
-            summary,
-            started,
-            limit=limit,
-            extensions=extensions,
-            progress=progress,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-        )
+        blocks = _list(ray, parts, pattern, run, extensions, limit)
+        if blocks:  # else nothing new: no model loaded, no fetch, no shard
+            _run(ray, blocks, run, engine, limit=limit, progress=progress)
     finally:
         if ours:
             ray.shutdown()
 
 
-def _run(
+def _list(
     ray: Any,
     parts: list[Part],
     pattern: str | None,
-    source: Store,
-    target: Store,
-    cfg: EmbedConfig,
-    summary: EmbedSummary,
-    started: float,
-    *,
-    limit: int | None,
+    run: Run,
     extensions: frozenset[str] | None,
-    progress: bool,
-    workers: int | None,
-    gpus_per_worker: float,
-) -> EmbedSummary:
+    limit: int | None,
+) -> list[Any]:
+    """List every part in its own task; the blocks of objects to embed."""
     lister = ray.remote(num_returns="streaming", num_cpus=FETCH_CPUS)(list_part)
+    cap = run.config.max_object_bytes
     blocks: list[Any] = []
     try:
-        for generator in [lister.remote(p, source, pattern, extensions, limit) for p in parts]:
+        for generator in [
+            lister.remote(p, run.src, pattern, extensions, limit, cap) for p in parts
+        ]:
             refs = list(generator)
             counts = ray.get(refs[-1])
-            summary.seen += counts["seen"]
-            summary.skipped += counts["skipped"]
+            run.summary.seen += counts["seen"]
+            run.summary.skipped += counts["skipped"]
             if counts["rows"]:
                 blocks.extend(refs[:-1])
     except Exception as e:
         _reraise(e)
-    if not blocks:  # nothing new: no model loaded, no fetch, no shard
-        summary.seconds = time.perf_counter() - started
-        return summary
+    return blocks
+
+
+def _run(
+    ray: Any, blocks: list[Any], run: Run, engine: RayEngine, *, limit: int | None, progress: bool
+) -> None:
+    cfg, summary, source = run.config, run.summary, run.src
+    workers, gpus_per_worker = engine.workers, engine.gpus_per_worker
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
     context.enable_progress_bars = progress
@@ -639,7 +615,11 @@ def _run(
             batch_size=cfg.rows_per_shard,
             batch_format="pyarrow",
             num_cpus=FETCH_CPUS,
-            fn_kwargs={"dst": target, "model": summary.model},
+            fn_kwargs={
+                "dst": run.dst,
+                "model": summary.model,
+                "metadata": run_metadata(source, cfg),
+            },
         )
         for row in ds.iter_rows():
             summary.embedded += row["embedded"]
@@ -649,8 +629,6 @@ def _run(
         _reraise(e)
     finally:
         context.enable_progress_bars = saved
-        summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _reraise(exc: BaseException) -> NoReturn:

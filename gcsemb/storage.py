@@ -217,13 +217,37 @@ def gcs_filesystem(
     if endpoint and cls is not gcsfs.core.GCSFileSystem:
         cls = gcsfs.core.GCSFileSystem  # imported with the bucket-type lookup on: skip it
     cls = _readahead(cls)
-    options: dict[str, Any] = {"token": token, "requester_pays": requester_pays}
+    options: dict[str, Any] = {"token": _for_gcsfs(token), "requester_pays": requester_pays}
     options["project"] = project or ("emulator" if endpoint else None)
     if endpoint:
         options["endpoint_url"] = endpoint
     with warnings.catch_warnings():  # gcsemb never lists or creates buckets: no project needed
         warnings.filterwarnings("ignore", "GCS project not set", UserWarning)
         return cls(**options)
+
+
+def _for_gcsfs(token: Any) -> Any:
+    """``token`` as this gcsfs takes it.
+
+    gcsfs before 2025.3.1 (Colab holds 2025.3.0) tries to refresh a credentials object that has
+    a token but no expiry, and fails: such a token (given as ``Credentials(token=...)``) gets a
+    copy with an expiry a day ahead, which it then uses until Google refuses it, as later gcsfs
+    does. Nothing of the caller's object changes.
+    """
+    kind = type(token)
+    if not kind.__module__.startswith("google.oauth2.credentials") or token.expiry is not None:
+        return token
+    if not token.token or token.refresh_token:
+        return token
+    import datetime
+
+    import gcsfs
+
+    if tuple(int(p) for p in re.findall(r"\d+", gcsfs.__version__)[:3]) >= (2025, 3, 1):
+        return token
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # naive UTC
+    expiry = now + datetime.timedelta(days=1)
+    return kind(token=token.token, expiry=expiry)
 
 
 @functools.cache

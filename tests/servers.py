@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import threading
@@ -136,14 +137,16 @@ class GatewayProxy(StubServer):
         token: When set, requests without ``Authorization: Bearer <token>`` get 401 (a private
             bucket); with another token, 403.
         fault: ``fault(n, method, path) -> None | int | "drop"`` for the n-th request: forward it,
-            answer with that HTTP status, or close the connection without an answer.
+            answer with that HTTP status, or close the connection without an answer. A fault
+            taking a fourth argument also gets the request's body (an upload names its object
+            there).
     """
 
     def __init__(
         self,
         upstream: str,
         token: str | None = None,
-        fault: Callable[[int, str, str], int | str | None] | None = None,
+        fault: Callable[..., int | str | None] | None = None,
     ) -> None:
         import http.client
         from urllib.parse import urlsplit
@@ -181,7 +184,11 @@ class GatewayProxy(StubServer):
                 return code, {"error": {"code": code, "message": "Anonymous caller does not "
                               "have storage.objects.list access." if code == 401 else
                               "caller does not have storage.objects.get access."}}  # fmt: skip
-            action = fault(n, request.command, request.path) if fault else None
+            action = None
+            if fault is not None:
+                wants_body = len(inspect.signature(fault).parameters) > 3
+                args = (n, request.command, request.path) + ((body,) if wants_body else ())
+                action = fault(*args)
             if action is not None:
                 proxy.faults.append((request.command, request.path, action))
                 if action == "drop":

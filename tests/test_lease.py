@@ -74,7 +74,7 @@ def test_second_run_is_refused_naming_the_holder_then_waits_for_it(dst):
     assert "run-first" in message and socket.gethostname() in message
     assert f"pid {os.getpid()}" in message and "last heartbeat 0 s ago" in message
     assert "wait_for_lease" in message and "--wait" in message
-    assert "older than 10 min" in message and first.uri in message  # what to delete
+    assert "older than 2 min 30 s" in message and first.uri in message  # what to delete
     assert "this very process" in message
     assert [d["run"] for d in claims(dst)] == ["run-first"]  # the refused run left nothing
 
@@ -184,7 +184,7 @@ def test_racing_processes_on_the_emulator(gcs, bucket, tmp_path):
 
 def test_stale_lease_is_taken_over_with_a_warning(dst, caplog):
     dead = Lease(dst, "run-dead", **FAST).acquire()  # renews every 30 s: not during this test
-    later = time.time() + 700  # 11 minutes on: its heartbeat is older than 10 minutes
+    later = time.time() + 700  # 11 minutes on: its heartbeat is older than 2.5 minutes
     heir = Lease(dst, "run-heir", clock=lambda: time.time() + 700, **FAST)
     with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
         heir.acquire()
@@ -236,10 +236,10 @@ def test_unrenewable_lease_counts_as_lost(tmp_path):
     lease = Lease(open_store(str(tmp_path / "emb")), "run-cut-off", clock=lambda: now[0], **FAST)
     lease.acquire()
     try:
-        now[0] += 500  # 8 min 20 s without a renewal: still inside stale_after - 2 * heartbeat
+        now[0] += 80  # 1 min 20 s without a renewal: still inside stale_after - 2 * heartbeat
         lease.check()
-        now[0] += 60
-        with pytest.raises(LeaseLost, match="could not be renewed for 9 min"):
+        now[0] += 20
+        with pytest.raises(LeaseLost, match="could not be renewed for 1 min 30 s"):
             lease.check()
     finally:
         lease.release()

@@ -225,7 +225,7 @@ def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
 )
 def test_thread_tuner_gives_torch_only_the_threads_the_model_needs(busy, idle, threads):
     torch = pytest.importorskip("torch")
-    from gcsemb.pipeline import ThreadTuner
+    from gcsemb.tuner import ThreadTuner
 
     now = [0.0]
     saved = torch.get_num_threads()

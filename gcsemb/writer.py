@@ -1,0 +1,273 @@
+"""Writing shards so that no computed row is lost: atomic files, long retries, a local spill.
+
+A shard appears whole or not at all (:func:`write_parquet`). When DST stops taking writes, the
+:class:`ShardWriter` retries with backoff for minutes, far beyond gcsfs's own half-minute of
+retries. If DST stays unwritable (or refuses outright: a permission revoked mid-run), the rows
+go to a local *spill* folder under the cache instead, and the run stops with one message saying
+how many rows are kept and where. The next run to the same DST uploads them first
+(:func:`upload_spill`), before it embeds anything, so a row is lost only if someone deletes it.
+
+Example:
+    >>> writer = ShardWriter(dst_store, "ViT-B-32/laion2b_s34b_b79k", 512)  # doctest: +SKIP
+    >>> writer.add(obj, obj.md5, 640, 480, vector)  # doctest: +SKIP
+    >>> writer.flush()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gcsemb.checkpoints import cache_dir
+from gcsemb.dataset import ERROR_SCHEMA, ERRORS_DIR, schema
+from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
+from gcsemb.storage import ObjectInfo, Store, explain, protocols
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 600.0
+"""How long a shard write is retried (with backoff up to a minute) before its rows are spilled:
+an outage of Cloud Storage or of the network rarely lasts longer, and ten minutes of waiting
+costs less than recomputing a shard's embeddings on a GPU."""
+
+
+class DestinationUnwritable(GcsembError):
+    """DST refused writes for longer than the retry window; the rows are kept locally."""
+
+
+def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
+    """Write a parquet file so that it appears whole or not at all."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    if "file" in protocols(fs):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+        fs.pipe_file(tmp, buf.getvalue())
+        fs.mv(tmp, path)  # a rename: atomic on one filesystem
+    else:
+        fs.pipe_file(path, buf.getvalue())  # an object store publishes an upload only when whole
+
+
+def spill_dir(dst: Store) -> Path:
+    """The local folder where rows that ``dst`` would not take wait for the next run."""
+    key = hashlib.sha1(dst.uri(dst.path.rstrip("/")).encode()).hexdigest()[:16]
+    return cache_dir() / "spill" / key
+
+
+def run_id() -> str:
+    """A shard-name prefix that sorts by start time (to the microsecond) and never collides."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{int(now * 1e6) % 1_000_000:06d}{uuid.uuid4().hex[:4]}"
+
+
+@dataclass
+class ShardWriter:
+    """Collects rows and writes them as parquet shards under ``store``.
+
+    Args:
+        store: The destination folder.
+        model: The model tag stored in every row and in the metadata.
+        dim: Embedding dimension.
+        rows_per_shard: Flush after this many rows.
+        seconds_per_shard: Flush at least this often, so an interrupted run loses little.
+        metadata: More parquet metadata for every shard (the source, the weights, the config).
+        retry_seconds: How long a failing write is retried before its rows are spilled.
+    """
+
+    store: Store
+    model: str
+    dim: int
+    rows_per_shard: int = 5000
+    seconds_per_shard: float = 60.0
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_seconds: float = RETRY_SECONDS
+    run: str = field(default_factory=run_id)
+    shards: int = 0
+    error_shards: int = 0
+    written_rows: int = 0
+    _rows: list[dict[str, Any]] = field(default_factory=list)
+    _errors: list[dict[str, Any]] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    def add(
+        self, obj: ObjectInfo, md5: str | None, width: int, height: int, embedding: np.ndarray
+    ) -> None:
+        """Add one embedded image."""
+        self._rows.append(
+            {
+                "uri": obj.uri,
+                "md5": md5,
+                "size": obj.size,
+                "generation": obj.generation,
+                "updated": obj.updated,
+                "width": width,
+                "height": height,
+                "model": self.model,
+                "embedding": embedding,
+            }
+        )
+        self._maybe_flush()
+
+    def add_error(
+        self,
+        obj: ObjectInfo,
+        md5: str | None,
+        stage: str,
+        error: str,
+        *,
+        environmental: bool = False,
+        decoders: str | None = None,
+    ) -> None:
+        """Record one image that failed, with the stage and the reason.
+
+        Args:
+            obj: The image.
+            md5: Its bytes' md5, when known.
+            stage: ``fetch``, ``decode``, ``preprocess``...
+            error: The reason, in words.
+            environmental: The cause lies in this machine (a decoder missing, out of memory, a
+                transient fetch error), not in the bytes: the next run tries again.
+            decoders: The decoder versions that failed on it (JSON), for ``decode`` failures.
+        """
+        self._errors.append(
+            {
+                "uri": obj.uri,
+                "md5": md5,
+                "stage": stage,
+                "error": error,
+                "model": self.model,
+                "failed_at": _now(),
+                "environmental": environmental,
+                "decoders": decoders,
+            }
+        )
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        due = time.monotonic() - self._last_flush > self.seconds_per_shard
+        if len(self._rows) >= self.rows_per_shard or (due and (self._rows or self._errors)):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending as new shards (one for rows, one for errors).
+
+        Raises:
+            DestinationUnwritable: DST took no write for ``retry_seconds`` (or refused it); the
+                pending rows are in the local spill folder and the message says where.
+        """
+        pending: list[tuple[str, pa.Table]] = []
+        if self._rows:
+            sch = schema(self.model, self.dim, self.metadata)
+            pending.append((f"part-{self.run}-{self.shards:05d}.parquet", _table(self._rows, sch)))
+            self.shards += 1
+        if self._errors:
+            name = f"{ERRORS_DIR}/part-{self.run}-{self.error_shards:05d}.parquet"
+            pending.append((name, pa.Table.from_pylist(self._errors, schema=ERROR_SCHEMA)))
+            self.error_shards += 1
+        self._rows, self._errors = [], []
+        for i, (name, table) in enumerate(pending):
+            try:
+                self._write(name, table)
+            except GcsembError as e:
+                rows = sum(t.num_rows for n, t in pending[i:] if not n.startswith(ERRORS_DIR))
+                raise self._spill(pending[i:], rows, e) from e
+            if not name.startswith(ERRORS_DIR):
+                self.written_rows += table.num_rows
+        self._last_flush = time.monotonic()
+
+    def _write(self, name: str, table: pa.Table) -> None:
+        """Write one shard, retrying with backoff for ``retry_seconds``."""
+        path = f"{self.store.path.rstrip('/')}/{name}"
+        deadline, delay = time.monotonic() + self.retry_seconds, 2.0
+        while True:
+            try:
+                write_parquet(self.store.fs, path, table)
+                return
+            except Exception as e:
+                error = explain(e, self.store.url, self.store, "write")
+                refused = isinstance(error, AccessDenied | AuthError | NotFound)
+                if refused or time.monotonic() + delay > deadline:
+                    raise error from e
+                log.warning("could not write %s (%s); trying again in %.0f s", name, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _spill(
+        self, pending: list[tuple[str, pa.Table]], rows: int, error: GcsembError
+    ) -> DestinationUnwritable:
+        folder = spill_dir(self.store)
+        for name, table in pending:
+            write_parquet_local(folder / name, table)
+        (folder / "destination.txt").write_text(self.store.url)
+        return DestinationUnwritable(
+            f"Could not write to {self.store.url} ({error}). {rows} embedded rows of this run are "
+            f"kept in {folder}; the next `gcsemb embed` to {self.store.url} uploads them first, "
+            f"before embedding anything ({self.written_rows} rows were written before this)."
+        )
+
+
+def write_parquet_local(path: Path, table: pa.Table) -> None:
+    """Write a parquet file on this machine atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def upload_spill(dst: Store) -> int:
+    """Upload the rows an earlier run kept locally for ``dst``; return how many rows.
+
+    Each file is uploaded under its own name (so a crash mid-upload duplicates nothing) and
+    deleted locally only once DST holds it.
+
+    Raises:
+        DestinationUnwritable: DST still refuses writes; the files stay where they are.
+    """
+    folder = spill_dir(dst)
+    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+    rows = 0
+    for local in files:
+        name = local.relative_to(folder).as_posix()
+        table = pq.read_table(local)
+        try:
+            write_parquet(dst.fs, f"{dst.path.rstrip('/')}/{name}", table)
+        except Exception as e:
+            raise DestinationUnwritable(
+                f"{len(files)} files of rows kept by an earlier run wait in {folder}, but "
+                f"{dst.url} still refuses them: {explain(e, dst.url, dst, 'write')}"
+            ) from e
+        local.unlink()
+        rows += 0 if name.startswith(ERRORS_DIR) else table.num_rows
+    if files:
+        log.info("uploaded %d rows kept by an earlier run from %s", rows, folder)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], sch: pa.Schema) -> pa.Table:
+    """Build a shard's table; embeddings go in as one flat float32 buffer, not Python lists."""
+    emb = np.stack([r["embedding"] for r in rows]).astype(np.float32, copy=False)
+    dim = emb.shape[1]
+    offsets = pa.array(np.arange(0, emb.size + 1, dim, dtype=np.int32))
+    arrays = [
+        pa.array([r[f.name] for r in rows], type=f.type) for f in sch if f.name != "embedding"
+    ]
+    arrays.append(pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1))))
+    return pa.Table.from_arrays(arrays, schema=sch)
+
+
+def _now() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc)
