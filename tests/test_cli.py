@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -116,3 +117,49 @@ def test_demo_runs_offline(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "24 images seen" in out.stdout and "3 failed" in out.stdout
     assert "RANDOM weights" in out.stdout and "0 embedded, 24 skipped" in out.stdout
+
+
+def _command_names() -> list[str]:
+    from gcsemb.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(commands.choices)
+
+
+def _help(capsys, *argv: str) -> str:
+    from gcsemb.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_command_help_has_examples(capsys):
+    names = _command_names()
+    assert {"list", "check", "embed", "demo", "umap", "search"} <= set(names)
+    for name in names:
+        out = _help(capsys, name)
+        assert "example" in out, name
+        assert "exit status" in out, name
+
+
+def test_help_explains_embed_output_and_credentials(capsys):
+    from gcsemb.errors import READ_ROLE, WRITE_ROLE
+
+    embed = _help(capsys, "embed")
+    for phrase in ("--format json", "bounds", "--wait", "--retry-failed", "--decode", "throughput"):
+        assert phrase in embed, phrase
+    assert READ_ROLE in embed and WRITE_ROLE in embed
+    top = _help(capsys)
+    for phrase in ("anon", '"$KEY_JSON"', "metadata", "colab", "STORAGE_EMULATOR_HOST"):
+        assert phrase in top, phrase
+    assert READ_ROLE in top and WRITE_ROLE in top
+    assert "--pretrained" in _help(capsys, "search")
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "gcsemb.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "examples:" in out.stdout

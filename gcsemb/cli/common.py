@@ -1,0 +1,142 @@
+"""What every ``gcsemb`` command shares: the Command record, the shared options, output helpers.
+
+A command is one module of :mod:`gcsemb.cli` holding a :class:`Command`: its help texts, a
+``configure(parser)`` that adds its arguments and a ``run(args)`` that does the work and returns
+the exit status. :func:`gcsemb.cli.build_parser` only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gcsemb.errors import READ_ROLE, WRITE_ROLE
+
+WIDTH = 79  # hand-wrapped help text fits an 80-column terminal
+DEBUG_HELP = "show tracebacks and gcsfs logs"
+TOKEN_HELP = (
+    "credentials: a key file, the key's JSON text, 'anon', 'adc', 'metadata' or 'colab' "
+    "(default: application default credentials; see gcsemb --help)"
+)
+ROLES_TEXT = f"""\
+access: reading a source (list, check, embed) needs {READ_ROLE};
+  writing a destination (embed; umap saves its projection there) needs
+  {WRITE_ROLE}. `gcsemb check URL` says which identity is in use
+  and what it may do there."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``gcsemb`` command: its help texts, its arguments and what it does.
+
+    Attributes:
+        name: The command word (``gcsemb NAME``).
+        summary: One line for the command list of ``gcsemb --help``.
+        description: What it does and what it prints or writes (``gcsemb NAME --help``).
+        examples: ``(command line, what it does)`` pairs; a long line goes on in
+            the next line after a backslash. The first is also shown by ``gcsemb --help``.
+        exit_status: When it exits 0 and when not.
+        configure: Adds the command's arguments to its parser.
+        run: Does the work; returns the exit status.
+    """
+
+    name: str
+    summary: str
+    description: str
+    examples: tuple[tuple[str, str], ...]
+    exit_status: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+    @property
+    def epilog(self) -> str:
+        """The examples and the exit status, shown after the options."""
+        lines = ["examples:"]
+        for line, what in self.examples:
+            lines += [f"  # {what}", *(f"  {part}" for part in line.splitlines())]
+        status = textwrap.fill(f"exit status: {self.exit_status}", WIDTH, subsequent_indent="  ")
+        return "\n".join([*lines, "", status])
+
+    def add_to(self, commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+        """Add this command's parser to ``commands`` (the subparsers of ``gcsemb``)."""
+        parser = commands.add_parser(
+            self.name,
+            parents=parents,
+            help=self.summary,
+            description=self.description,
+            epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.configure(parser)
+        parser.set_defaults(func=self.run)
+
+
+def add_debug(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """Add ``--debug``; ``inherited``: a command's copy, which keeps ``gcsemb --debug CMD``."""
+    default = argparse.SUPPRESS if inherited else False
+    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+
+
+def command_options() -> argparse.ArgumentParser:
+    """The options every command takes (``--debug``), as a parent parser."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_debug(parent, inherited=True)
+    return parent
+
+
+def add_credentials(parser: argparse.ArgumentParser, *, billing: bool = True) -> None:
+    """``--token``; with ``billing`` also ``--project`` and ``--requester-pays``."""
+    group = parser.add_argument_group("credentials")
+    group.add_argument("--token", help=TOKEN_HELP)
+    if billing:
+        group.add_argument(
+            "--project", help="Google Cloud project (billing for requester-pays buckets)"
+        )
+        group.add_argument("--requester-pays", action="store_true", help="bill reads to --project")
+
+
+def credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``token``, ``project`` and ``requester_pays`` keywords from the parsed options."""
+    return {
+        "token": args.token,
+        "project": args.project,
+        "requester_pays": args.requester_pays,
+    }
+
+
+def human_size(n: float) -> str:
+    """Bytes as ``512 B``, ``1.5 MB``, ...; 1024-based."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def use_agg() -> None:
+    """Draw without a display (matplotlib's Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def save_figure(fig: Any, out: str, dpi: int, token: Any) -> tuple[int, int]:
+    """Write a figure as PNG to a local path or a gs:// URL; return its pixel size."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    if "://" in out:
+        from gcsemb.storage import open_store
+
+        store = open_store(out, token=token)
+        store.fs.pipe_file(store.path, data)
+    else:
+        with open(out, "wb") as f:
+            f.write(data)
+    return Image.open(io.BytesIO(data)).size

@@ -1,0 +1,97 @@
+"""``gcsemb umap``: a dataset's UMAP map, with image thumbnails, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gcsemb.cli.common import Command, add_credentials, save_figure, use_agg
+
+DESCRIPTION = """\
+Project the embeddings under DST to 2-D with UMAP (cosine, seed 42) and draw
+them, coloured by a column, with thumbnails of images from the densest areas.
+The projection is saved as DST/_umap/<model>.parquet (when DST may be written)
+and reused while the images and the parameters stay the same.
+
+writes: the PNG at --out (a local path or a gs:// URL).
+prints: on stderr, one line: the PNG's size, images and thumbnails drawn, and
+  whether the projection was reused or computed (and how long it took)."""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``gcsemb umap``."""
+    p.add_argument("dst", help="the embeddings folder written by gcsemb embed")
+    p.add_argument("--out", required=True, help="PNG to write (local path or gs:// URL)")
+    p.add_argument(
+        "--thumbnails", type=int, default=50, help="images drawn over their points (default 50)"
+    )
+    p.add_argument(
+        "--color-by",
+        default="folder",
+        help="column to colour by: folder (default), width, height, size, ... or none",
+    )
+    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood (default 15)")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="layout seed; -1: faster (all cores), not repeatable"
+    )
+    p.add_argument("--recompute", action="store_true", help="ignore a saved projection")
+    p.add_argument("--title", help="plot title (default: UMAP of N images)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--model-tag", help="the model column value to plot, when DST holds several")
+    add_credentials(p, billing=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Project a dataset with UMAP and save the scatter plot, with thumbnails, as a PNG."""
+    use_agg()
+    from gcsemb.projection import umap_project
+    from gcsemb.storage import open_store
+    from gcsemb.viz import THUMBNAIL_GID, plot_projection
+
+    dataset = open_store(args.dst, token=args.token)  # credentials resolved once
+    coords = umap_project(
+        dataset,
+        model=args.model_tag,
+        n_neighbors=args.n_neighbors,
+        min_dist=args.min_dist,
+        seed=None if args.seed < 0 else args.seed,
+        reuse=not args.recompute,
+    )
+    info = coords.attrs["umap"]
+    color_by = None if args.color_by.lower() == "none" else args.color_by
+    ax = plot_projection(coords, color_by=color_by, thumbnails=args.thumbnails, title=args.title)
+    drawn = sum(1 for a in ax.artists if a.get_gid() == THUMBNAIL_GID)
+    width, height = save_figure(ax.figure, args.out, args.dpi, dataset)
+    how = "reused from" if info["reused"] else "saved to"
+    print(
+        f"{args.out}: {width}x{height} px, {len(coords):,} images, {drawn} thumbnails; "
+        f"projection {how} {info['path'] or '(not saved)'} in {info['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+COMMAND = Command(
+    name="umap",
+    summary="plot a dataset's UMAP map (with image thumbnails) as a PNG",
+    description=DESCRIPTION,
+    examples=(
+        (
+            "gcsemb umap gs://my-bucket/embeddings --out umap.png --thumbnails 80",
+            "a map with 80 thumbnails, coloured by folder",
+        ),
+        (
+            "gcsemb umap ./embeddings --out gs://my-bucket/umap.png --color-by width",
+            "coloured by image width, the PNG written to the bucket",
+        ),
+        (
+            "gcsemb umap ./embeddings --out umap.png --seed -1 --recompute",
+            "recompute the projection on all cores (not repeatable)",
+        ),
+    ),
+    exit_status="0 when the PNG was written; 1 on an error (no dataset at DST, no access, "
+    "umap-learn not installed: one line on stderr).",
+    configure=configure,
+    run=run,
+)
