@@ -60,9 +60,10 @@ def local() -> None:
 
     import gcsemb
     from gcsemb.demo import demo_checkpoint, upload_samples
+    from gcsemb.emulator import Emulator
     from gcsemb.embedder import TINY_MODEL
 
-    with gcsemb.Emulator(buckets=["my-bucket"]) as gcs:
+    with Emulator(buckets=["my-bucket"]) as gcs:
         upload_samples(gcs.filesystem(), "my-bucket", 40)
         src = gcs.store(SRC)  # handles carry the emulator's address to every worker
         ray.init(include_dashboard=False)

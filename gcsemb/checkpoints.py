@@ -69,7 +69,17 @@ def model_tag(model: str, pretrained: str | None, *, token: object = None) -> st
     local = local_checkpoint(pretrained)
     if local is not None:
         return f"{arch}/{checkpoint_weights(local)}"
-    return f"{arch}/{pretrained.lower().replace('-', '_')}"
+    return f"{arch}/{normalize_tag(pretrained)}"
+
+
+def normalize_tag(tag: str) -> str:
+    """An open_clip weights tag in open_clip's own spelling (lower case, ``_`` for ``-``).
+
+    Example:
+        >>> normalize_tag("LAION2B-s34b-b79k")
+        'laion2b_s34b_b79k'
+    """
+    return tag.lower().replace("-", "_")
 
 
 def checkpoint_record(pretrained: str | None, *, token: object = None) -> dict[str, str]:

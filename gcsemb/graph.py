@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcsemb.config import EmbedConfig, default_batch_size
 from gcsemb.decode import PixelBudget
+from gcsemb.extras import require
 from gcsemb.report import StageClock
 from gcsemb.stages import Item, decode, defer_jpeg, fetch
 from gcsemb.storage import Store
@@ -97,7 +98,12 @@ def cpu_workers(cfg: EmbedConfig) -> int:
 
 def build(items: Iterator[Item], stages: Stages, cfg: EmbedConfig) -> Any:
     """The ``torchdata.nodes`` Loader yielding decoded batches of ``batch_size`` items."""
-    from torchdata import nodes
+    nodes = require(
+        "torchdata.nodes",
+        None,
+        "The local engine",
+        hint="pip install 'torchdata>=0.11' (see the README if it no longer installs)",
+    )
 
     node: Any = nodes.IterableWrapper(items)
     node = nodes.Batcher(node, cfg.fetch_batch, drop_last=False)

@@ -29,8 +29,6 @@ from gcsemb.auth import in_colab
 from gcsemb.storage import Store, open_store
 
 DEMO_IMAGES = 120  # photographs uploaded by the demo (plus 3 broken files and 1 exact copy)
-REPO_URL = "https://github.com/gcsemb/gcsemb"
-INSTALL = f"gcsemb[notebook,demo] @ git+{REPO_URL}"
 
 
 def in_workbench() -> bool:

@@ -33,9 +33,10 @@ import logging
 import os
 import pickle
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -44,19 +45,22 @@ import pyarrow as pa
 from gcsemb import errors
 from gcsemb.config import RayEngine, default_batch_size
 from gcsemb.errors import GcsembError
+from gcsemb.extras import require
 from gcsemb.run import Run, run_metadata
 from gcsemb.stages import DEDUPE_WINDOW, Counts, Failure, Item, decode, fetch, plan
 from gcsemb.storage import (
     IMAGE_EXTENSIONS,
+    OBJECT_FIELDS,
     ZB_HNS_ENV,
     ObjectInfo,
     Store,
-    _from_resource,
-    _info_to_object,
     explain,
     glob_base,
     list_images,
     normalize_extensions,
+    object_from_info,
+    object_from_resource,
+    object_schema,
 )
 from gcsemb.writer import ShardWriter
 
@@ -64,18 +68,10 @@ BLOCK_ROWS = 1024  # images per listing block: the unit a fetch/decode task take
 FETCH_CPUS = 0.25  # fetch, listing and write tasks mostly wait on the network: four per core
 DECODE_MEMORY = 1024**3  # a decode worker: torch + open_clip (~0.5 GB) and one full-size image
 FORWARDED_ENV = (ZB_HNS_ENV,)  # sent to workers when gcsemb starts Ray itself
-RAY_EXTRA = "The Ray engine needs Ray Data: pip install 'gcsemb[ray]'"
 
-_OBJECT_FIELDS = [f.name for f in fields(ObjectInfo)]
 OBJECT_SCHEMA = pa.schema(
     [
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("size", pa.int64()),
-        pa.field("md5", pa.string()),
-        pa.field("crc32c", pa.string()),
-        pa.field("generation", pa.int64()),
-        pa.field("content_type", pa.string()),
-        pa.field("updated", pa.timestamp("us", tz="UTC")),
+        *object_schema(),
         pa.field("aliases", pa.binary()),  # pickled ObjectInfos with the same bytes, or empty
         pa.field("stage", pa.string()),  # a failure already at listing: too large to fetch
         pa.field("error", pa.string()),
@@ -90,14 +86,8 @@ FAILURE_COLUMNS = {  # how a Failure travels between the stages' tasks
 
 
 def _ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as e:
-        if e.name in ("ray", "ray.data"):
-            raise ImportError(RAY_EXTRA) from e
-        raise ImportError(f"{RAY_EXTRA} (installed, but importing it failed: {e})") from e
-    return ray
+    require("ray.data", "ray", "The Ray engine")
+    return sys.modules["ray"]
 
 
 @dataclass(frozen=True)
@@ -165,9 +155,9 @@ def preprocessor(model: str, pretrained: str | None) -> Preprocessor:
     from torchvision.transforms import Compose, Normalize, ToTensor
 
     from gcsemb.checkpoints import cache_dir
-    from gcsemb.embedder import _architecture
+    from gcsemb.embedder import architecture, image_size
 
-    arch = _architecture(model)
+    arch = architecture(model)
     tag_cfg = (open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}) or {}
     with torch.device("meta"), _quiet_root_logger():
         net = open_clip.create_model(
@@ -180,9 +170,8 @@ def preprocessor(model: str, pretrained: str | None) -> Preprocessor:
             cache_dir=str(cache_dir() / "open_clip"),
         )
     cfg = net.visual.preprocess_cfg
-    size = cfg["size"]
     transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-    pre = Preprocessor(transform, int(min(size) if isinstance(size, tuple | list) else size))
+    pre = Preprocessor(transform, image_size(cfg))
     steps = getattr(transform, "transforms", [])
     if len(steps) >= 2 and isinstance(steps[-2], ToTensor) and isinstance(steps[-1], Normalize):
         pre.pixels = Compose(steps[:-2])
@@ -240,9 +229,9 @@ def fan_out(
             continue
         elif gcs:
             bucket, _, key = name.partition("/")
-            top.append(_from_resource(bucket, key, info))
+            top.append(object_from_resource(bucket, key, info))
         else:
-            top.append(_info_to_object(fs, info))
+            top.append(object_from_info(fs, info))
     base_uri = src.uri(base)
     by_folder: dict[str, dict[str, Any]] = defaultdict(dict)  # the done index, split by folder
     for uri, row in done.items():
@@ -313,7 +302,7 @@ def list_part(
 def _objects_table(chunk: list[tuple[Item, list[ObjectInfo]]]) -> pa.Table:
     cols: dict[str, list[Any]] = {name: [] for name in OBJECT_SCHEMA.names}
     for item, aliases in chunk:
-        for name in _OBJECT_FIELDS:
+        for name in list(OBJECT_FIELDS):
             cols[name].append(getattr(item.obj, name))
         cols["aliases"].append(pickle.dumps(aliases) if aliases else b"")
         cols["stage"].append(item.failure.stage if item.failure else None)
@@ -349,7 +338,7 @@ def _with_failures(batch: pa.Table, items: list[Item]) -> pa.Table:
 
 
 def _objects(batch: pa.Table) -> list[ObjectInfo]:
-    columns = batch.select(_OBJECT_FIELDS).to_pydict()
+    columns = batch.select(list(OBJECT_FIELDS)).to_pydict()
     return [ObjectInfo(*values) for values in zip(*columns.values(), strict=True)]
 
 

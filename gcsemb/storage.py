@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,6 +78,26 @@ class ObjectInfo:
         out = asdict(self)
         out["updated"] = self.updated.isoformat() if self.updated else None
         return out
+
+
+OBJECT_FIELDS = tuple(f.name for f in fields(ObjectInfo))
+"""The fields of :class:`ObjectInfo`, in order: CSV columns, Arrow columns, constructor order."""
+
+
+def object_schema() -> Any:
+    """The Arrow schema of :class:`ObjectInfo` records (for engines that move them as tables)."""
+    import pyarrow as pa
+
+    types = {
+        "uri": pa.string(),
+        "size": pa.int64(),
+        "md5": pa.string(),
+        "crc32c": pa.string(),
+        "generation": pa.int64(),
+        "content_type": pa.string(),
+        "updated": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema([pa.field(n, types[n], nullable=n != "uri") for n in OBJECT_FIELDS])
 
 
 def is_gcs(url: str) -> bool:
@@ -466,7 +486,7 @@ def _gcs_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
             fields=_LIST_FIELDS,
         )
         for item in page.get("items", []):
-            yield _from_resource(bucket, item["name"], item)
+            yield object_from_resource(bucket, item["name"], item)
         page_token = page.get("nextPageToken")
         if not page_token:
             return
@@ -475,14 +495,15 @@ def _gcs_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
 def _fsspec_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
     """Files under ``path`` on any fsspec filesystem, folder by folder (streamed)."""
     if fs.isfile(path):
-        yield _info_to_object(fs, fs.info(path))
+        yield object_from_info(fs, fs.info(path))
         return
     for _folder, _dirs, files in fs.walk(path, detail=True):
         for name in sorted(files):
-            yield _info_to_object(fs, files[name])
+            yield object_from_info(fs, files[name])
 
 
-def _info_to_object(fs: Any, info: dict[str, Any]) -> ObjectInfo:
+def object_from_info(fs: Any, info: dict[str, Any]) -> ObjectInfo:
+    """An :class:`ObjectInfo` from fsspec's ``info`` of a file on any filesystem."""
     mtime = info.get("mtime") or info.get("LastModified")
     if isinstance(mtime, int | float):
         mtime = datetime.fromtimestamp(mtime, tz=timezone.utc)
@@ -585,7 +606,7 @@ def _list(
             # ``gs://b/a.jpg`` (or ``gs://b/photo[1].jpg``) names one object, not a folder
             yield from _single_gcs_object(fs, path)
         elif count == 0 and pattern and fs.isfile(path):
-            yield _info_to_object(fs, fs.info(path))
+            yield object_from_info(fs, fs.info(path))
     except Exception as e:
         raise explain(e, store.url, store, "list") from e
 
@@ -597,10 +618,10 @@ def _single_gcs_object(fs: Any, path: str) -> Iterator[ObjectInfo]:
         return
     if info.get("type") == "file":
         bucket, _, name = path.partition("/")
-        yield _from_resource(bucket, name, info)
+        yield object_from_resource(bucket, name, info)
 
 
-def _from_resource(bucket: str, name: str, item: dict[str, Any]) -> ObjectInfo:
+def object_from_resource(bucket: str, name: str, item: dict[str, Any]) -> ObjectInfo:
     """An :class:`ObjectInfo` from a GCS object resource (as listed, or as gcsfs's info)."""
     return ObjectInfo(
         uri=f"gs://{bucket}/{name}",
