@@ -12,8 +12,6 @@ from typing import Any, TextIO
 
 from gcsemb.cli.common import Command, add_credentials, credentials, human_size
 
-FIELDS = ["uri", "size", "md5", "crc32c", "generation", "content_type", "updated"]
-
 DESCRIPTION = """\
 List the image objects under a gs:// prefix, a glob or a local folder, with the
 metadata later stages use (size, md5, generation). Globs: * within a folder, **
@@ -52,7 +50,9 @@ def row_writer(out: TextIO, fmt: str) -> Callable[[Any], Any]:
     if fmt == "jsonl":
         return lambda obj: out.write(json.dumps(obj.to_dict(), ensure_ascii=False) + "\n")
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        from gcsemb.storage import OBJECT_FIELDS
+
+        writer = csv.DictWriter(out, fieldnames=OBJECT_FIELDS, lineterminator="\n")
         writer.writeheader()
         return lambda obj: writer.writerow(obj.to_dict())
     out.write(f"{'SIZE':>10}  {'UPDATED':<16}  URI\n")
