@@ -15,7 +15,13 @@ import importlib
 from types import ModuleType
 
 
-def require(module: str, extra: str | None, what: str, hint: str | None = None) -> ModuleType:
+def require(
+    module: str,
+    extra: str | None,
+    what: str,
+    hint: str | None = None,
+    package: str | None = None,
+) -> ModuleType:
     """Import ``module`` (e.g. ``"ray.data"``), or say which gcsemb extra installs it.
 
     Args:
@@ -23,6 +29,7 @@ def require(module: str, extra: str | None, what: str, hint: str | None = None) 
         extra: The gcsemb extra that brings it (``viz``, ``notebook``, ``demo``, ``ray``).
         what: Who needs it, for the message (``"The Ray engine"``).
         hint: How to install it, when not through an extra.
+        package: Its name for the message (default: the top-level module's).
 
     Raises:
         ImportError: Not installed (naming ``pip install 'gcsemb[extra]'``), or installed but
@@ -33,10 +40,11 @@ def require(module: str, extra: str | None, what: str, hint: str | None = None) 
     except ImportError as e:
         hint = hint or f"pip install 'gcsemb[{extra}]'"
         top = module.split(".")[0]
+        name = package or top
         verb = "need" if what.endswith("s") else "needs"
         if e.name is not None and e.name.split(".")[0] != top:  # installed, but broken
             raise ImportError(
-                f"{what} {verb} {top}, which is installed but fails to import ({e}); "
+                f"{what} {verb} {name}, which is installed but fails to import ({e}); "
                 f"reinstalling may help: {hint}"
             ) from e
-        raise ImportError(f"{what} {verb} {top}: {hint}") from e
+        raise ImportError(f"{what} {verb} {name}: {hint}") from e

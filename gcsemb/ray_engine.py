@@ -86,7 +86,7 @@ FAILURE_COLUMNS = {  # how a Failure travels between the stages' tasks
 
 
 def _ray() -> Any:
-    require("ray.data", "ray", "The Ray engine")
+    require("ray.data", "ray", "The Ray engine", package="Ray Data")
     return sys.modules["ray"]
 
 

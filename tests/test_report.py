@@ -168,3 +168,26 @@ def test_config_refuses_nonsense():
         EmbedConfig(decode="tpu")
     with pytest.raises(ValueError, match="io_workers"):
         EmbedConfig(io_workers=0)
+
+
+def test_an_estimate_is_printed_once_the_listing_is_complete(tmp_path, tiny_ckpt, capsys):
+    (tmp_path / "photos").mkdir()
+    _photos(tmp_path / "photos", 40)
+    summary = embed(
+        str(tmp_path / "photos"),
+        str(tmp_path / "emb"),
+        model=TINY_MODEL,
+        pretrained=tiny_ckpt,
+        batch_size=2,
+        decode_workers=1,
+        seconds_per_shard=0.2,
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    estimate = [line for line in err.splitlines() if line.startswith("to do:")]
+    assert summary.embedded == 40
+    if summary.seconds >= 2.5:  # the estimate waits for two seconds of work to measure a rate
+        assert len(estimate) == 1, err
+        assert "40 images" in estimate[0] and "GB to download" in estimate[0]
+        assert "left at" in estimate[0] and "images/s" in estimate[0]
+    assert "bound=" in err  # the bar's postfix names the bounding stage as the run goes
