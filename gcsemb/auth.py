@@ -99,8 +99,10 @@ def describe(credentials: Any) -> str:
     if email:
         return f"service account {email}"
     if kind.startswith("google.oauth2.credentials"):
-        account = getattr(credentials, "account", "") or "gcloud application-default login"
-        return f"user credentials ({account})"
+        account = getattr(credentials, "account", "")
+        if account or getattr(credentials, "refresh_token", None):
+            return f"user credentials ({account or 'gcloud application-default login'})"
+        return "an access token (a Credentials object without a refresh token)"
     return f"{type(credentials).__name__} credentials"
 
 
