@@ -1,12 +1,14 @@
 """Embedder load times and ViT-B-32 CPU throughput (random weights: no network needed).
 
-Run: ``.venv/bin/python benchmarks/bench_embedder.py`` (about two minutes on 2 cores).
+Run: ``.venv/bin/python benchmarks/bench_embedder.py`` (about two minutes on 2 cores), or
+``--quick`` for a smoke run (the tiny model's loads, short timings, batches 1 and 8).
 Cold loads run in fresh processes; "first" also hashes the checkpoint for its name, "again"
 finds the hash in the cache's sidecar.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -52,6 +54,11 @@ def rate(fn, n_images: int, min_seconds: float = 3.0) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short and small")
+    args = parser.parse_args()
+    min_seconds = 0.3 if args.quick else 3.0
+    models = [(TINY_MODEL, "tiny-clip")] + ([] if args.quick else [("ViT-B-32", "ViT-B-32")])
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GCSEMB_CACHE": os.path.join(tmp, "cache")}
         os.environ["GCSEMB_CACHE"] = env["GCSEMB_CACHE"]
@@ -60,7 +67,7 @@ def main() -> None:
             "| model | checkpoint | import | cold load (first) | cold load (again) | cached load |"
         )
         print("|---|---|---|---|---|---|")
-        for model, label in ((TINY_MODEL, "tiny-clip"), ("ViT-B-32", "ViT-B-32")):
+        for model, label in models:
             ckpt = save_random_checkpoint(tmp, model)
             size = os.path.getsize(ckpt) / 2**20
             first, again = cold_load(model, str(ckpt), env), cold_load(model, str(ckpt), env)
@@ -69,19 +76,21 @@ def main() -> None:
             print(f"| {label} | {' | '.join(cells)} |")
 
         ckpt = os.path.join(tmp, "ViT-B-32-random-seed0.pt")
+        if not os.path.exists(ckpt):  # --quick skipped its cold loads
+            save_random_checkpoint(ckpt, "ViT-B-32")
         embedder = load_embedder("ViT-B-32", ckpt, device="cpu")
         print(f"\n{embedder!r}\n")
         print("| ViT-B-32, CPU | batch | images/s |")
         print("|---|---|---|")
-        for batch in (1, 8, 32, 64):
+        for batch in (1, 8) if args.quick else (1, 8, 32, 64):
             tensors = torch.randn(batch, 3, 224, 224)
-            speed = rate(lambda t=tensors: embedder.embed_tensors(t), batch)
+            speed = rate(lambda t=tensors: embedder.embed_tensors(t), batch, min_seconds)
             print(f"| embed_tensors | {batch} | {speed:.1f} |")
         rng = np.random.default_rng(0)
         images = [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))] * 32
-        speed = rate(lambda: [embedder.preprocess(im) for im in images], 32, 1.0)
+        speed = rate(lambda: [embedder.preprocess(im) for im in images], 32, min(1.0, min_seconds))
         print(f"| preprocess only (640x480 PIL) | 32 | {speed:.1f} |")
-        speed = rate(lambda: embedder.embed_images(images), 32)
+        speed = rate(lambda: embedder.embed_images(images), 32, min_seconds)
         print(f"| embed_images (640x480 PIL) | 32 | {speed:.1f} |")
 
 

@@ -19,6 +19,7 @@ list in a minute or more, 100k in about 10 minutes per pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +192,27 @@ def time_cli(url: str) -> float:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(os.environ),  # carries STORAGE_EMULATOR_HOST set by the Emulator
+            env=dict(os.environ),  # carries STORAGE_EMULATOR_HOST (emulator_env)
         )
         times.append(time.perf_counter() - start)
         if out.returncode:
             print(f"  gcsemb list failed ({out.returncode}): {out.stderr.strip()[-300:]}")
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def emulator_env(url: str) -> Iterator[None]:
+    """``STORAGE_EMULATOR_HOST`` pointing at ``url`` in this process and the CLI's (the Emulator
+    itself changes nothing process-wide), restored afterwards."""
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
 def bench_listing(sizes: list[int], backend: str) -> None:
@@ -206,7 +222,7 @@ def bench_listing(sizes: list[int], backend: str) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gcsemb-bench-") as tmp:
         root = tmp if backend == "filesystem" else None
-        with Emulator(buckets=["bench"], root=root) as gcs:
+        with Emulator(buckets=["bench"], root=root) as gcs, emulator_env(gcs.url):
             fs = gcs.filesystem()
             counter.install()  # after the Emulator has imported gcsfs with its settings
             print(f"Listing gs://bench on fake-gcs-server ({backend} backend) at {gcs.url}")

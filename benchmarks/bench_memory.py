@@ -1,12 +1,22 @@
-"""Peak memory of gcsemb.decode.decode_image against image size, kind and count (issue 14).
+"""Peak memory against image size, kind and count (issue 14): one decode, and a whole run.
 
-Each case runs in a fresh subprocess that first reads its files, then decodes; the table shows how
-far the peak resident set (``ru_maxrss``) rose above the resident set just before decoding, next to
-the bytes PIL stores for the decoded pixels ("decoded"). ``--baseline REV`` also runs the single-
-image cases with ``gcsemb/decode.py`` as of a git revision (e.g. one before issue 14).
+(decode) ``gcsemb.decode.decode_image``: each case runs in a fresh subprocess that first reads its
+files, then decodes; the table shows how far the peak resident set (``ru_maxrss``) rose above the
+resident set just before decoding, next to the bytes PIL stores for the decoded pixels
+("decoded"). ``--baseline REV`` also runs the single-image cases with ``gcsemb/decode.py`` as of a
+git revision (e.g. one before issue 14).
 
-Run: nice .venv/bin/python benchmarks/bench_memory.py [--baseline e4ea344] [--cache DIR]
-Images are generated once into the cache (default: $TMPDIR/gcsemb-bench-memory), ~1 minute.
+(e2e) The run issue 14 reported (2.8 GB peak on 2 cores before the work): 40 sample photos plus a
+9000x9000 16-bit PNG, an 8000x8000 float32 TIFF and a 300 MB object named ``.jpg`` (random
+bytes), in a local folder, embedded by ``gcsemb embed`` (the CLI's own ``main``, tiny model with
+seeded random weights) in a fresh process per case: with the default settings, with smaller
+``max_bytes_in_flight`` / ``decode_memory`` budgets, and with the object-size cap raised above
+300 MB (so the big object is downloaded). The child reports its ``ru_maxrss`` and ``VmHWM``.
+``--baseline REV`` also runs the defaults case with the whole ``gcsemb`` package of REV.
+
+Run: nice .venv/bin/python benchmarks/bench_memory.py [--only decode|e2e] [--baseline e4ea344]
+[--cache DIR]. Inputs are generated once into the cache (default: $TMPDIR/gcsemb-bench-memory),
+~1 minute; the e2e cases take about 20 s each on 2 cores.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -136,25 +147,15 @@ def decoded_size(path: Path) -> int:
         return decoded_bytes(im.size, im.mode)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--cache", type=Path, default=Path(tempfile.gettempdir(), "gcsemb-bench-memory")
-    )
-    ap.add_argument("--baseline", help="git revision whose gcsemb/decode.py to compare with")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    paths = ensure_images(args.cache)
+def bench_decode(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    """(decode) Peak RSS rise of decode_image by image size, kind and thread count."""
     baseline = None
     if args.baseline:
         src = subprocess.run(
             ["git", "show", f"{args.baseline}:gcsemb/decode.py"],
             capture_output=True,
             check=True,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=REPO,
         ).stdout
         baseline = Path(tempfile.mkdtemp(), "decode_baseline.py")
         baseline.write_bytes(src)
@@ -170,10 +171,7 @@ def main() -> None:
         ("4 x 16-bit PNG, 2 threads, 1 GiB budget", [gray16] * 4, 224, 2, 2**30),
         ("4 x 16-bit PNG, 2 threads, 200 MiB budget", [gray16] * 4, 224, 2, 200 * 2**20),
     ]
-    print(
-        f"Pillow {PIL.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; rise = peak RSS - RSS after reading the files\n"
-    )
+    print("(decode) rise = peak RSS - RSS after reading the files\n")
     head = f"{'case':<46}{'file MB':>8}{'decoded MB':>11}{'rise MB':>9}{'rise/decoded':>13}{'s':>6}"
     print(head + ("  baseline: rise MB, rise/decoded, s" if baseline else ""))
     for label, files, side, threads, budget in cases:
@@ -191,6 +189,267 @@ def main() -> None:
             line += f"  {old['rise'] / MB:>9.0f}{old['rise'] / size:>13.2f}{old['seconds']:>6.1f}"
         print(line, flush=True)
     print("\ndecoded MB: PIL's storage of the full-size pixels (of the 2 in flight for 2 threads)")
+
+
+# ------------------------------------------------------------------------------ (e2e) a whole run
+
+REPO = Path(__file__).resolve().parents[1]
+HUGE_BYTES = 300_000_000
+ISSUE_PEAK_MB = 2800  # issue 14: `gcsemb embed` of this folder before the work, 2 cores
+
+CLI_CHILD = """
+import json, resource, sys, time
+overrides = json.loads(sys.argv[1])
+import gcsemb, gcsemb.pipeline
+if overrides:  # settings the CLI has no flag for: passed on to embed() as keyword overrides
+    _embed = gcsemb.pipeline.embed
+    gcsemb.pipeline.embed = lambda *a, **k: _embed(*a, **{**k, **overrides})
+from gcsemb.cli import main
+started = time.perf_counter()
+rc = main(sys.argv[2:])
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+got = {
+    "rc": rc,
+    "seconds": time.perf_counter() - started,
+    "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "vmhwm_kib": hwm,
+    "package": gcsemb.__file__,
+}
+try:  # after the measurement: which files failed, and why
+    errors = gcsemb.read_errors(sys.argv[4])
+    got["errors"] = [
+        [uri.rsplit("/", 1)[-1], stage, error]
+        for uri, stage, error in zip(errors["uri"], errors["stage"], errors["error"])
+    ]
+except Exception as e:
+    got["errors"] = [["?", "?", f"read_errors: {type(e).__name__}: {e}"]]
+print("GCSEMB-BENCH " + json.dumps(got), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link to ``src`` at ``dst`` (a copy across filesystems): no second copy on disk."""
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dst)
+
+
+def ensure_e2e(cache: Path, paths: dict[str, Path]) -> Path:
+    """The folder of issue 14's run: 40 photos, the 16-bit PNG, the float TIFF, 300 MB .jpg."""
+    from gcsemb.samples import sample_images
+
+    folder = cache / "e2e"
+    photos = folder / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for name, data in sample_images(40):
+        path = photos / name.removeprefix("photos/").replace("/", "-")
+        if not path.exists():
+            path.write_bytes(data)
+    link_or_copy(paths["gray16-9000.png"], folder / "gray16-9000.png")
+    link_or_copy(paths["float-8000.tif"], folder / "float-8000.tif")
+    huge = folder / "video-renamed.jpg"
+    if not huge.exists() or huge.stat().st_size != HUGE_BYTES:
+        print(f"generating {huge} ...", file=sys.stderr, flush=True)
+        tmp = huge.with_suffix(".part")
+        rng = np.random.default_rng(0)
+        with open(tmp, "wb") as f:
+            for _ in range(HUGE_BYTES // 10_000_000):
+                f.write(rng.bytes(10_000_000))
+        tmp.rename(huge)
+    return folder
+
+
+FLOOR_CHILD = """
+import json, resource
+import gcsemb.cli, gcsemb.pipeline
+from gcsemb.demo import demo_checkpoint
+from gcsemb.embedder import TINY_MODEL, load_embedder
+ckpt = str(demo_checkpoint(TINY_MODEL))
+load_embedder(TINY_MODEL, ckpt)
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"model": TINY_MODEL, "ckpt": ckpt, "vmhwm_kib": hwm,
+                  "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def floor() -> dict:
+    """A fresh process's memory once gcsemb's CLI, torch and the tiny model are loaded (no
+    image yet); also the tiny model's config path and checkpoint, so that this process never
+    imports torch (a child's ``ru_maxrss`` starts from its parent's resident set)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR_CHILD], capture_output=True, text=True, cwd=REPO
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_cli(
+    src: Path,
+    overrides: dict,
+    flags: list[str],
+    model: tuple[str, str],
+    tree: Path | None = None,
+) -> dict:
+    """``gcsemb embed SRC DST`` (tiny model) in a fresh process: its peak memory and outcome."""
+    with tempfile.TemporaryDirectory(prefix="gcsemb-bench-e2e-") as dst:
+        argv = ["embed", str(src), dst, "--model", model[0], "--pretrained", model[1]]
+        argv += ["--no-progress", *flags]
+        if tree is None:  # an older gcsemb's CLI may have no --format json: its text is parsed
+            argv += ["--format", "json"]
+        env, cwd = dict(os.environ), str(REPO)
+        if tree is not None:  # python -c puts the working directory first on sys.path
+            env["PYTHONPATH"], cwd = str(tree), str(tree)
+        out = subprocess.run(
+            [sys.executable, "-c", CLI_CHILD, json.dumps(overrides), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+    marks = [line for line in out.stderr.splitlines() if line.startswith("GCSEMB-BENCH ")]
+    if not marks:
+        raise RuntimeError(f"gcsemb embed died (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    got = json.loads(marks[-1].removeprefix("GCSEMB-BENCH "))
+    try:  # the summary: --format json's object, or the text line of an older gcsemb
+        got["summary"] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        text = out.stdout.strip()
+        got["summary"] = {
+            key: int(m[1])
+            for key in ("embedded", "failed")
+            if (m := re.search(rf"(\d+) {key}", text))
+        }
+    if got["rc"]:
+        lines = [line for line in out.stderr.splitlines() if line.strip() and line not in marks]
+        got["summary"]["text"] = f"exit {got['rc']}: " + (lines[-1][-200:] if lines else "")
+    return got
+
+
+def bench_e2e(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    """(e2e) Peak RSS of `gcsemb embed` on issue 14's folder, by settings."""
+    from gcsemb.config import EmbedConfig
+
+    folder = ensure_e2e(args.cache, paths)
+    base = floor()
+    model = (base["model"], base["ckpt"])
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files) / MB
+    defaults = EmbedConfig()
+    mib = 2**20
+    cases: list[tuple[str, dict, list[str], Path | None]] = [  # label, overrides, flags, tree
+        ("defaults", {}, [], None),
+        (
+            f"max_bytes_in_flight {args.small_mib} MiB",
+            {"max_bytes_in_flight": args.small_mib * mib},
+            [],
+            None,
+        ),
+        (
+            f"max_bytes_in_flight and decode_memory {args.small_mib} MiB",
+            {"max_bytes_in_flight": args.small_mib * mib, "decode_memory": args.small_mib * mib},
+            [],
+            None,
+        ),
+        (
+            "--max-object-mb 512 (the 300 MB object is downloaded)",
+            {},
+            ["--max-object-mb", "512"],
+            None,
+        ),  # fmt: skip
+    ]
+    if args.baseline:
+        tree = baseline_tree(args.baseline)
+        cases.append((f"defaults, gcsemb of {args.baseline}", {}, [], tree))
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\n(e2e) `gcsemb embed` of {folder} ({len(files)} files, {total:.0f} MB), tiny model, "
+        f"a fresh process each; defaults: max_object_bytes {defaults.max_object_bytes // mib} "
+        f"MiB, max_bytes_in_flight {defaults.max_bytes_in_flight // mib} MiB, decode_memory "
+        f"{defaults.decode_memory // mib} MiB, decode_workers {defaults.decode_workers}\n"
+    )
+    head = (
+        f"{'case':<58}{'ru_maxrss MB':>13}{'VmHWM MB':>10}{'s':>6}{'embedded':>9}{'failed':>7}"
+        "  failures"
+    )
+    print(head)
+    print(
+        f"{'floor: imports + tiny model loaded, no image':<58}"
+        f"{base['ru_maxrss_kib'] / 1024:>13.0f}{base['vmhwm_kib'] / 1024:>10.0f}"
+    )
+    for label, overrides, flags, tree in cases:
+        got = run_cli(folder, overrides, flags, model, tree)
+        summary = got["summary"]
+        reasons = "; ".join(
+            f"{name}: {stage}: {error[:70]}" for name, stage, error in got["errors"]
+        )
+        print(
+            f"{label:<58}{got['ru_maxrss_kib'] / 1024:>13.0f}{got['vmhwm_kib'] / 1024:>10.0f}"
+            f"{got['seconds']:>6.1f}{summary.get('embedded', '?')!s:>9}"
+            f"{summary.get('failed', '?')!s:>7}  {reasons or summary.get('text', '')}",
+            flush=True,
+        )
+    print(
+        f"\nissue 14 measured a {ISSUE_PEAK_MB} MB peak for this run before the work. The floor "
+        "is what importing torch (a CUDA build) and open_clip costs before any image. "
+        "ru_maxrss: the child's own, which Linux starts from the parent's resident set at fork "
+        f"(this process: {parent:.0f} MiB); VmHWM: the high-water mark of the child's own "
+        "address space after exec. MB here are MiB."
+    )
+
+
+def baseline_tree(rev: str) -> Path:
+    """The ``gcsemb`` package of git revision ``rev``, extracted into a temporary folder."""
+    import tarfile
+
+    out = Path(tempfile.mkdtemp(prefix="gcsemb-baseline-"))
+    tar = out / "gcsemb.tar"
+    subprocess.run(
+        ["git", "archive", "--format=tar", "-o", str(tar), rev, "gcsemb"], cwd=REPO, check=True
+    )
+    with tarfile.open(tar) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(out, filter="data")
+        else:  # pragma: no cover (Python < 3.11.4)
+            archive.extractall(out)  # noqa: S202 (our own repository's archive)
+    tar.unlink()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir(), "gcsemb-bench-memory")
+    )
+    ap.add_argument(
+        "--baseline", help="git revision to compare with (its decode.py; its package for e2e)"
+    )
+    ap.add_argument("--only", choices=("decode", "e2e"), help="one section (default: both)")
+    ap.add_argument(
+        "--small-mib", type=int, default=64, help="the smaller budgets of (e2e), MiB (64)"
+    )
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    paths = ensure_images(args.cache)
+    print(
+        f"Pillow {PIL.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
+    if args.only in (None, "decode"):
+        bench_decode(args, paths)
+    if args.only in (None, "e2e"):
+        bench_e2e(args, paths)
 
 
 if __name__ == "__main__":

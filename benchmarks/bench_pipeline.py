@@ -1,17 +1,26 @@
-"""End-to-end pipeline benchmark on the local GCS emulator: throughput, latency, memory, re-runs.
+"""End-to-end pipeline benchmark: throughput, stage reports, CPU decode efficiency, memory, re-runs.
 
-Run: ``.venv/bin/python benchmarks/bench_pipeline.py`` (about 4 minutes on 2 idle CPU cores), or
-``--quick`` for a smoke run. Everything is offline: fake-gcs-server, scikit-image's photographs
-(varied so every copy has its own bytes), models with seeded random weights.
+Run: ``nice .venv/bin/python benchmarks/bench_pipeline.py`` (about 6 minutes on 2 idle CPU cores;
+the first run also makes the 12 MP photos, about a minute, cached under ``--cache``), ``--quick``
+for a smoke run, ``--only ef`` for some sections, ``--baseline REV`` to run (e) and (f) with the
+``gcsemb`` package of an older git revision too. Everything is offline: fake-gcs-server,
+scikit-image's photographs (varied so every copy has its own bytes), seeded random weights.
 
 (a) ``gcsemb.embed`` with ViT-B-32 against the bare model on preprocessed tensors (the limit).
 (b) ``gcsemb.embed`` with the tiny model against a one-image-at-a-time loop (open, PIL, embed
     one, one-row DataFrame, one parquet per image), both behind a proxy adding 30 ms a request.
 (c) Peak RSS of a fresh process embedding N and 10 x N images.
 (d) An unchanged re-run against listing the same source: seconds and HTTP requests.
+(e) 12 MP photos (4000x3000 JPEGs, ~3.4 MB) from a local folder, tiny model: the CPU decode
+    efficiency, the pipeline's images/s over the cores' own reduced-size decode rate (one thread
+    running ``decode_image(min_side=224)`` plus the model's preprocess, times
+    ``min(cores, decode_workers)``; issue 15's goal: >= 0.85).
+(f) Small photos (640x480 JPEGs) the same way: small images must not get slower.
 
-Wall-clock numbers are sensitive to other work on the machine: the load average is printed
-with every table, and CPU milliseconds per image (less sensitive) beside the rates.
+Every ``gcsemb.embed`` run prints its stage report (``EmbedSummary.to_dict()``: busy seconds,
+items, capacity per stage, the bound stage and the hint). Wall-clock numbers are sensitive to
+other work on the machine: the load average is printed with every table, and CPU milliseconds
+per image (less sensitive) beside the rates.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -42,6 +52,7 @@ CHILD = """
 import json, resource, sys, time
 import gcsemb
 from gcsemb.embedder import load_embedder
+from gcsemb.decode import decode_image  # imported before the clock starts, as in the parent
 
 def hwm_kib():  # this process's own high-water mark (VmHWM is reset by exec, ru_maxrss is not)
     with open("/proc/self/status") as f:
@@ -64,6 +75,8 @@ print(json.dumps({
     "loaded_kib": loaded,
     "peak_kib": hwm_kib(),
     "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "report": s.to_dict() if hasattr(s, "to_dict") else None,  # older gcsemb: no stage report
+    "package": gcsemb.__file__,
 }))
 """
 
@@ -115,7 +128,7 @@ def upload_copies(fs: Any, prefix: str, samples: list[tuple[str, bytes]], copies
 
 @contextlib.contextmanager
 def emulator_host(url: str) -> Iterator[None]:
-    """Point ``STORAGE_EMULATOR_HOST`` (read by gcsemb.storage.filesystem) at ``url``."""
+    """Point ``STORAGE_EMULATOR_HOST`` (read by ``gcsemb.storage.open_store``) at ``url``."""
     saved = os.environ.get(EMULATOR_ENV)
     os.environ[EMULATOR_ENV] = url
     try:
@@ -211,11 +224,21 @@ def run_embed(src: str, dst: str, model: str, ckpt: str, **overrides: Any) -> tu
 
 
 def run_child(
-    src: str, dst: str, model: str, ckpt: str, env: dict[str, str], **overrides: Any
+    src: str,
+    dst: str,
+    model: str,
+    ckpt: str,
+    env: dict[str, str],
+    cwd: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Run ``gcsemb.embed`` in a fresh interpreter; what it measured there."""
+    """Run ``gcsemb.embed`` in a fresh interpreter; what it measured there.
+
+    ``python -c`` puts the working directory first on ``sys.path``: ``cwd`` (with ``PYTHONPATH``
+    in ``env``) picks which ``gcsemb`` package the child imports.
+    """
     cmd = [sys.executable, "-c", CHILD, src, dst, model, ckpt, json.dumps(overrides)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     if out.returncode:
         print(out.stderr[-2000:])
         raise RuntimeError(f"child embed of {src} failed")
@@ -240,6 +263,38 @@ def subprocess_seconds(cmd: list[str], env: dict[str, str]) -> tuple[float, int,
 
 def label_of(*settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for d in settings for k, v in d.items()) or "defaults"
+
+
+def report_of(summary: Any) -> dict[str, Any] | None:
+    """``summary.to_dict()`` (stages, bound, hint), or what a child process sent back."""
+    if isinstance(summary, dict):
+        return summary.get("report")
+    return summary.to_dict() if hasattr(summary, "to_dict") else None
+
+
+def stage_report(summary: Any, title: str = "") -> None:
+    """Print a run's stage report: per stage busy seconds, items, capacity; bound and hint.
+
+    A stage's ``capacity`` is items per busy second times its workers (gcsemb.report): what it
+    could deliver if it never waited. The bound stage is the one with the lowest capacity.
+    """
+    report = report_of(summary)
+    print(f"\n  stage report{f' ({title})' if title else ''}:", end="")
+    if not report or not report.get("stages"):
+        print(" none (this gcsemb has no stage accounting)")
+        return
+    print(f" bound = {report['bound']}, {report['images_per_second']} images/s in the summary")
+    print(f"    {'stage':<7}{'busy s':>9}{'items':>7}{'workers':>8}{'capacity/s':>12}{'MB/s':>8}")
+    for name, st in report["stages"].items():
+        cap = st["items_per_second"]
+        mbps = st.get("bytes_per_second", 0) / 2**20
+        print(
+            f"    {name:<7}{st['seconds']:>9.2f}{st['items']:>7}{st['workers']:>8}"
+            f"{(f'{cap:.1f}' if cap is not None else '-'):>12}"
+            f"{(f'{mbps:.0f}' if mbps else '-'):>8}"
+        )
+    print(f"    hint: {report['hint'] or '-'}")
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -276,7 +331,8 @@ def bench_vit(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> No
     best_bs = max(bare, key=lambda bs: bare[bs][0])
     src = f"gs://{bucket}/photos"
     c = cpu_seconds()
-    wall, summary = run_embed(src, f"gs://{bucket}/embeddings", "ViT-B-32", ckpt)
+    with emulator_host(gcs.url):
+        wall, summary = run_embed(src, f"gs://{bucket}/embeddings", "ViT-B-32", ckpt)
     cpu = (cpu_seconds() - c) / max(summary.embedded, 1)
     e2e = summary.embedded / wall
     # the same amount of bare work right after, so that both see the same load on a shared box
@@ -311,6 +367,7 @@ def bench_vit(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> No
         rows,
     )
     print(f"\n`EmbedSummary.images_per_second` says {summary.images_per_second:.2f}")
+    stage_report(summary, "ViT-B-32, `gcsemb.embed`")
     results["a"] = (e2e / limit, ">= 0.9", e2e / limit >= 0.9)
 
 
@@ -331,15 +388,16 @@ def baseline_loop(fs: Any, embedder: Any, names: list[str], dst: str) -> float:
 
 def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """(b) tiny model behind a 30 ms proxy: gcsemb.embed against the one-at-a-time loop."""
+    from gcsemb.config import EmbedConfig
     from gcsemb.demo import demo_checkpoint
     from gcsemb.embedder import TINY_MODEL, load_embedder
-    from gcsemb.pipeline import EmbedConfig
-    from gcsemb.storage import emulator_filesystem, list_images
+    from gcsemb.storage import list_images, open_store
 
     ckpt = str(demo_checkpoint(TINY_MODEL))
     embedder = load_embedder(TINY_MODEL, ckpt)
     src = f"gs://{BUCKET}/latency"
     rows: list[list[Any]] = []
+    reports: list[tuple[str, Any]] = []
     best = (0.0, "")
 
     def add(label: str, images: int, wall: float, requests: int, cpu: float, base: float) -> float:
@@ -358,7 +416,7 @@ def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -
 
     with LatencyProxy(gcs.url, args.latency_ms / 1000) as proxy, emulator_host(proxy.url):
         names = [o.uri[5:] for o in list_images(src, limit=args.baseline_images)]
-        fs = emulator_filesystem(proxy.url)
+        fs = open_store(f"gs://{BUCKET}", endpoint=proxy.url).fs
         before, c = proxy.requests(), cpu_seconds()
         base = baseline_loop(fs, embedder, names, f"{BUCKET}/out/baseline")
         n = len(names)
@@ -370,6 +428,7 @@ def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -
                     src, f"gs://{BUCKET}/out/latency-{i}", TINY_MODEL, ckpt, **overrides
                 )
             label = label_of(overrides) + (f"; {PROCESS_1}" if threads else "")
+            reports.append((label, s))
             images, requests = s.embedded + s.duplicates, proxy.requests() - before
             ratio = add(label, images, wall, requests, cpu_seconds() - c, base)
             if i == 0:
@@ -381,6 +440,7 @@ def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -
             dst = f"gs://{BUCKET}/out/latency-child-{i}"
             got = run_child(src, dst, TINY_MODEL, ckpt, env, **overrides)
             label = f"fresh process: {label_of(extra_env, overrides)}"
+            reports.append((label, got))
             requests = proxy.requests() - before
             ratio = add(label, got["images"], got["seconds"], requests, got["cpu_s"], base)
             best = max(best, (ratio, label))
@@ -393,6 +453,8 @@ def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -
         rows,
     )
     print(f"\nbest: {best[1]} at {best[0]:.0f}x")
+    for label, summary in reports:
+        stage_report(summary, label)
 
 
 def bench_memory(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -446,6 +508,7 @@ def bench_rerun(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> 
     with emulator_host(gcs.url):
         first_s, first = run_embed(src, dst, TINY_MODEL, ckpt)
     print(f"\n(d) first run: {first} ({first_s:.1f} s)")
+    stage_report(first, "first run")
     rows, worst = [], (0.0, 0)
     gcsemb_cli = gcsemb_command()
     with LatencyProxy(gcs.url, args.latency_ms / 1000) as proxy:
@@ -504,6 +567,227 @@ def bench_rerun(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> 
     results["d"] = (worst[0], "<= 2x and < 100 req", worst[0] <= 2 and worst[1] < 100)
 
 
+# ---------------------------------------------------------------------------------- photos
+
+PHOTO_SIZE = (4000, 3000)  # a 12 MP phone photo
+SMALL_SIZE = (640, 480)
+PHOTO_GRAIN = 9.0  # std of the added sensor-like noise: ~3.4 MB files at quality 90
+
+
+def photo_sources(count: int) -> list[Any]:
+    """Up to ``count`` sample photographs (all 306 variants at most), cropped to 4:3, as RGB."""
+    import io
+
+    from PIL import Image
+
+    from gcsemb.samples import sample_images
+
+    out = []
+    for _, data in sample_images(min(count, 306)):
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")
+        w, h = rgb.size
+        if w * 3 > h * 4:  # wider than 4:3
+            nw = h * 4 // 3
+            rgb = rgb.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
+        else:
+            nh = w * 3 // 4
+            rgb = rgb.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
+        out.append(rgb)
+    return out
+
+
+def photo_jpegs(folder: Path, count: int, size: tuple[int, int], grain: float) -> list[Path]:
+    """``count`` byte-distinct JPEGs (quality 90) of ``size``, made once and kept in ``folder``.
+
+    Each is a sample photograph cropped to 4:3, resized (bicubic) and, with ``grain``, given
+    Gaussian noise of that std, as a camera sensor would (without it an upscaled photo compresses
+    to a third of a real photo's bytes, and JPEG decoding time follows the bytes). The copy's
+    number goes into a JPEG comment, so that copies of one source differ in bytes.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from gcsemb.samples import encode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{i:04d}.jpg" for i in range(count)]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if not missing:
+        return paths
+    started = time.perf_counter()
+    print(f"making {len(missing)} {size[0]}x{size[1]} JPEGs in {folder} ...", flush=True)
+    sources = photo_sources(count)
+    for i in missing:
+        image = sources[i % len(sources)].resize(size, Image.Resampling.BICUBIC)
+        if grain:
+            rng = np.random.default_rng(i)
+            tile = rng.normal(0, grain, (size[1] // 4, size[0] // 4, 3)).astype(np.int16)
+            pixels = np.asarray(image).astype(np.int16) + np.tile(tile, (4, 4, 1))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        data = vary(encode(image, "JPEG", quality=90), f"{size[0]}x{size[1]}-{i}")
+        tmp = paths[i].with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.rename(paths[i])
+    print(f"  made in {time.perf_counter() - started:.0f} s", flush=True)
+    return paths
+
+
+def reference_rate(datas: list[bytes], embedder: Any) -> tuple[float, float]:
+    """One core's rate of the decode work itself: images/s and CPU seconds per image.
+
+    One thread (and one torch thread) runs what a decode worker must do per image:
+    ``decode_image(data, min_side=224)`` (PIL ``draft``, the reduced-size JPEG decode, plus the
+    RGB conversion) and the model's own open_clip preprocess. Best of two passes.
+    """
+    from gcsemb.decode import decode_image
+
+    def one_pass() -> None:
+        for data in datas:
+            decoded = decode_image(data, min_side=embedder.image_size, name="x.jpg")
+            assert decoded.ok, decoded.error
+            embedder.preprocess(decoded.image)
+
+    with torch_threads(1):
+        one_pass()  # warm-up (and page the bytes in)
+        best, cpu = float("inf"), 0.0
+        for _ in range(2):
+            c = cpu_seconds()
+            wall, _ = timed(one_pass)
+            if wall < best:
+                best, cpu = wall, cpu_seconds() - c
+    return len(datas) / best, cpu / len(datas)
+
+
+def baseline_tree(rev: str) -> Path:
+    """The ``gcsemb`` package as of git revision ``rev``, extracted into a temporary folder."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    out = Path(tempfile.mkdtemp(prefix="gcsemb-baseline-"))
+    tar = out / "gcsemb.tar"
+    subprocess.run(
+        ["git", "archive", "--format=tar", "-o", str(tar), rev, "gcsemb"], cwd=root, check=True
+    )
+    with tarfile.open(tar) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(out, filter="data")
+        else:  # pragma: no cover (Python < 3.11.4)
+            archive.extractall(out)  # noqa: S202 (our own repository's archive)
+    tar.unlink()
+    return out
+
+
+def bench_cpu_decode(
+    key: str, title: str, folder: Path, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """(e), (f): ``gcsemb.embed`` from a local folder of JPEGs against the cores' decode rate."""
+    from gcsemb.config import EmbedConfig
+    from gcsemb.demo import demo_checkpoint
+    from gcsemb.embedder import TINY_MODEL, load_embedder
+
+    ckpt = str(demo_checkpoint(TINY_MODEL))
+    embedder = load_embedder(TINY_MODEL, ckpt, device="cpu")
+    paths = sorted(folder.glob("*.jpg"))
+    datas = [p.read_bytes() for p in paths]
+    megabytes = sum(map(len, datas)) / len(datas) / 1e6
+    per_core, ref_cpu = reference_rate(datas, embedder)
+    cores, workers = os.cpu_count() or 1, EmbedConfig().decode_workers
+    ideal = per_core * min(cores, workers)
+    print(
+        f"\n({key}) {title}: {len(paths)} JPEGs of {megabytes:.2f} MB on average in {folder}\n"
+        f"one core decodes + preprocesses {per_core:.1f} images/s ({ref_cpu * 1e3:.1f} CPU ms "
+        f"each); x min({cores} cores, decode_workers={workers}) = {ideal:.1f} images/s"
+    )
+    codes: list[tuple[str, str, dict[str, str]]] = [
+        ("this tree", str(Path(__file__).resolve().parents[1]), {})
+    ]
+    if args.baseline_tree is not None:
+        tree = str(args.baseline_tree)
+        codes.append((f"baseline {args.baseline}", tree, {"PYTHONPATH": tree}))
+    got: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in codes}
+    with tempfile.TemporaryDirectory(prefix="gcsemb-bench-dst-") as tmp:
+        for r in range(args.decode_repeats):  # interleaved: drifting load hits every code alike
+            for label, cwd, extra in codes:
+                env = {**os.environ, **extra}
+                dst = os.path.join(tmp, f"{len(got[label])}-{label.split()[0]}")
+                run = run_child(str(folder), dst, TINY_MODEL, ckpt, env, cwd=cwd)
+                if run["images"] != len(paths):
+                    raise RuntimeError(f"{label}: {run['images']} of {len(paths)} embedded")
+                run["rate"] = run["images"] / run["seconds"]
+                got[label].append(run)
+                print(
+                    f"  run {r + 1} {label} ({Path(run['package']).parent}): "
+                    f"{run['rate']:.1f} images/s",
+                    flush=True,
+                )
+    rows, best = [], {}
+    for label, runs in got.items():
+        rates = [run["rate"] for run in runs]
+        top = max(runs, key=lambda run: run["rate"])
+        best[label] = top
+        cpu = statistics.median(run["cpu_s"] / run["images"] for run in runs)
+        rows.append(
+            [
+                f"`gcsemb.embed`, {label}",
+                f"{top['images']} images, best {top['seconds']:.2f} s",
+                f"{max(rates):.1f} (median {statistics.median(rates):.1f})",
+                f"{cpu * 1e3:.1f}",
+                f"{max(rates) / ideal:.2f} (median {statistics.median(rates) / ideal:.2f})",
+                f"{ref_cpu / cpu:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            "one core's decode + preprocess x cores",
+            f"{len(paths)} images, one thread",
+            f"{ideal:.1f}",
+            f"{ref_cpu * 1e3:.1f}",
+            "1.00",
+            "1.00",
+        ]
+    )
+    table(
+        f"({key}) {title}, tiny model, local folder, {args.decode_repeats} run(s) each in a "
+        "fresh process (model load not timed)",
+        [
+            "what",
+            "work",
+            "images/s",
+            "CPU ms/image",
+            "CPU decode efficiency (images/s / cores' rate)",
+            "decode CPU / all CPU",
+        ],
+        rows,
+    )
+    for label, run in best.items():
+        stage_report(run, f"{label}, best run")
+    current = best[codes[0][0]]["rate"]
+    efficiency = current / ideal
+    if key == "e":
+        results["e"] = (efficiency, ">= 0.85", efficiency >= 0.85)
+    elif len(codes) > 1:
+        ratio = current / best[codes[1][0]]["rate"]
+        print(f"\nsmall images, this tree / {codes[1][0]}: {ratio:.2f}")
+        results["f"] = (ratio, ">= 0.95 (no slower)", ratio >= 0.95)
+    else:
+        results["f"] = (efficiency, "(efficiency; --baseline REV compares)", True)
+
+
+def bench_photos(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """(e) 12 MP photos: the CPU decode efficiency."""
+    folder = args.cache / f"photos-{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}-{args.photos}"
+    photo_jpegs(folder, args.photos, PHOTO_SIZE, PHOTO_GRAIN)
+    bench_cpu_decode("e", "12 MP photos (4000x3000, quality 90)", folder, args, results)
+
+
+def bench_small(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """(f) 640x480 photos: the same measure for small images."""
+    folder = args.cache / f"photos-{SMALL_SIZE[0]}x{SMALL_SIZE[1]}-{args.small}"
+    photo_jpegs(folder, args.small, SMALL_SIZE, 0.0)
+    bench_cpu_decode("f", "small photos (640x480, quality 90)", folder, args, results)
+
+
 # ---------------------------------------------------------------------------------- main
 
 
@@ -512,7 +796,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--latency-ms", type=float, default=30.0, help="added per request in (b)")
     parser.add_argument(
-        "--only", default="abcd", help="sections to run, e.g. 'bd' (default: all of abcd)"
+        "--only", default="abcdef", help="sections to run, e.g. 'ef' (default: all of abcdef)"
+    )
+    parser.add_argument("--photos", type=int, help="12 MP photos in (e) (default 120, quick 24)")
+    parser.add_argument("--small", type=int, help="640x480 photos in (f) (default 1200, quick 200)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run (e) and (f) with the gcsemb package of this git revision (e.g. HEAD~5)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir(), "gcsemb-bench-pipeline"),
+        help="where the generated photos of (e) and (f) are kept between runs",
     )
     args = parser.parse_args()
     quick = args.quick
@@ -523,6 +820,10 @@ def main() -> None:
     args.memory_copies = 3 if quick else 10
     args.rerun_copies = 1 if quick else 4
     args.repeats = 1 if quick else 3
+    args.decode_repeats = 1 if quick else 3
+    args.photos = args.photos or (24 if quick else 120)
+    args.small = args.small or (200 if quick else 1200)
+    args.baseline_tree = baseline_tree(args.baseline) if args.baseline else None
     fast_io = {"fetch_batch": 64, "io_workers": 8}
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}  # read when torch loads OpenMP: a fresh process
     # (torch threads, EmbedConfig overrides) in this process; (env, overrides) in a child
@@ -538,8 +839,8 @@ def main() -> None:
     import gcsfs
     import torch
 
+    from gcsemb.config import EmbedConfig
     from gcsemb.emulator import Emulator
-    from gcsemb.pipeline import EmbedConfig
     from gcsemb.samples import sample_images
 
     print(
@@ -563,7 +864,14 @@ def main() -> None:
             if section in args.only:
                 sizes.append(f"{prefix}: {upload_copies(fs, prefix, samples, copies)}")
         print(f"uploaded ({', '.join(sizes)} objects) in {time.perf_counter() - started:.1f} s")
-        sections = {"a": bench_vit, "b": bench_latency, "c": bench_memory, "d": bench_rerun}
+        sections = {
+            "a": bench_vit,
+            "b": bench_latency,
+            "c": bench_memory,
+            "d": bench_rerun,
+            "e": bench_photos,
+            "f": bench_small,
+        }
         for key, bench in sections.items():
             if key in args.only:
                 bench(gcs, args, results)
@@ -573,6 +881,10 @@ def main() -> None:
         "b": "(b) pipeline (defaults) / one-at-a-time, 30 ms",
         "c": "(c) peak RSS growth, N -> 10 x N",
         "d": "(d) re-run / list (worst row in-process)",
+        "e": "(e) 12 MP: CPU decode efficiency",
+        "f": f"(f) 640x480: this tree / {args.baseline}"
+        if args.baseline
+        else "(f) 640x480: CPU decode efficiency",
     }
     rows = []
     for key, (value, target, ok) in results.items():
@@ -582,6 +894,8 @@ def main() -> None:
         rows.append([names[key], shown, target, "yes" if ok else "NO"])
     table("summary", ["measure", "value", "target", "met"], rows)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")
+    if args.baseline_tree is not None:
+        shutil.rmtree(args.baseline_tree, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def main() -> None:
                 "model": "bench/random",
             }
         )
+        # as if embedded from that folder: thumbnails are fetched only under a dataset's source
+        frame.attrs["dataset"] = {"source": str(work / "images")}
         for call in ("1st", "2nd"):
             coords, seconds = timed(umap_project, (frame, matrix), save=False)
             print(f"{n:>7}  {'umap_project (seed 42), ' + call + ' call':<36} {seconds:8.1f}")
