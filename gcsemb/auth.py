@@ -284,6 +284,37 @@ def _reason(error: BaseException) -> str:
     return text.replace("Bearer ", "")
 
 
+def _default_or_anonymous(local_endpoint: bool) -> Identity:
+    """Application default credentials; anonymous only for a local endpoint and none at all."""
+    try:
+        return _default()
+    except AuthError:
+        if not local_endpoint or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            raise
+        return Identity(ANON, "anonymous (no Google credentials found; local endpoint)", ANON)
+
+
+def _from_string(text: str) -> Identity:
+    """A keyword, a key's JSON text, or a key file's path."""
+    kind = KEYWORDS.get(text.strip().lower())
+    if kind == ANON:
+        return ANONYMOUS
+    if kind == "metadata":
+        return _metadata()
+    if kind == "colab":
+        _colab_login()
+    if kind is not None:
+        return _default()
+    if text.lstrip().startswith("{"):
+        return _from_text(text)
+    if not _where(text) and not Path(text).expanduser().is_file():
+        raise AuthError(
+            f"The token string ({len(text)} characters) is neither a key file path, nor JSON "
+            f"key text, nor one of {sorted(set(KEYWORDS))}. {AUTH_FIXES}"
+        )
+    return _from_key_file(text)
+
+
 def resolve(token: Any = None, *, local_endpoint: bool = False) -> Identity:
     """Turn any supported ``token`` into an :class:`Identity`.
 
@@ -305,31 +336,9 @@ def resolve(token: Any = None, *, local_endpoint: bool = False) -> Identity:
     if isinstance(token, Identity):
         return token
     if token is None:
-        try:
-            return _default()
-        except AuthError:
-            if not local_endpoint or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-                raise
-            return Identity(ANON, "anonymous (no Google credentials found; local endpoint)", ANON)
-    if isinstance(token, str) and token.strip().lower() in KEYWORDS:
-        kind = KEYWORDS[token.strip().lower()]
-        if kind == ANON:
-            return ANONYMOUS
-        if kind == "metadata":
-            return _metadata()
-        if kind == "colab":
-            _colab_login()
-        return _default()
-    if isinstance(token, str) and token.lstrip().startswith("{"):
-        return _from_text(token)
+        return _default_or_anonymous(local_endpoint)
     if isinstance(token, str | os.PathLike):
-        text = os.fspath(token)
-        if not _where(text) and not Path(text).expanduser().is_file():
-            raise AuthError(
-                f"The token string ({len(text)} characters) is neither a key file path, nor JSON "
-                f"key text, nor one of {sorted(set(KEYWORDS))}. {AUTH_FIXES}"
-            )
-        return _from_key_file(token)
+        return _from_string(os.fspath(token))
     if isinstance(token, Mapping):
         return _from_info(token, "The key dict")
     if hasattr(token, "apply") and hasattr(token, "refresh"):  # google.auth Credentials

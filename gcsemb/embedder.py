@@ -84,6 +84,7 @@ class Embedder:
     def __init__(
         self,
         model: Any,
+        *,
         transform: Callable,
         tokenizer: Callable,
         spec: ModelSpec,
@@ -361,7 +362,15 @@ def _load(spec: ModelSpec, arch: str, token: object) -> Embedder:
     transform = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     dim = int(open_clip.get_model_config(arch)["embed_dim"])
     log.info("loaded %s/%s on %s (%s)", arch, weights, spec.device, spec.precision)
-    return Embedder(model.eval(), transform, tokenizer, spec, arch, weights, dim)
+    return Embedder(
+        model.eval(),
+        transform=transform,
+        tokenizer=tokenizer,
+        spec=spec,
+        arch=arch,
+        weights=weights,
+        dim=dim,
+    )
 
 
 def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> str:

@@ -7,143 +7,153 @@ then the run prints one estimate (images and bytes to do, time left); the bar's 
 stage that bounds the run so far.
 
 Example:
-    >>> summary = embed_local(run, progress=True)  # doctest: +SKIP
+    >>> embed_local(run, extensions=None, limit=None, progress=True)  # doctest: +SKIP
+    >>> run.summary.bound  # doctest: +SKIP
+    'model'
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gcsemb.config import EmbedConfig
 from gcsemb.dataset import is_done
 from gcsemb.graph import Budgets, Stages, build, cpu_workers
 from gcsemb.prefetch import Prefetched
 from gcsemb.report import StageClock, bound_stage
 from gcsemb.run import Run, run_metadata
 from gcsemb.stages import Counts, Embedded, Item, decode_on_device, outcomes, plan
+from gcsemb.storage import list_images
 from gcsemb.tuner import ThreadTuner
 from gcsemb.writer import ShardWriter
 
 if TYPE_CHECKING:
-    pass
+    from gcsemb.embedder import Embedder
 
 
 def embed_local(
-    run: Run,
-    *,
-    extensions: frozenset[str] | None,
-    limit: int | None,
-    progress: bool,
+    run: Run, *, extensions: frozenset[str] | None, limit: int | None, progress: bool
 ) -> None:
-    """Run the stages on this machine; ``run.summary`` holds the counts and the stage report."""
-    from gcsemb.storage import list_images
-
+    """Run the stages on this machine; ``run.summary`` gets the counts and the stage report."""
     cfg, summary = run.config, run.summary
     clock = StageClock({"fetch": cfg.io_workers, "decode": cpu_workers(cfg)})
     listing = list_images(run.src, extensions=extensions, limit=limit)
     objects = Prefetched(listing, busy=lambda s, n: clock.add("list", seconds=s, items=n))
     counts = Counts()
     try:
-        run.read_index()  # the listing goes on meanwhile
-        items = plan(objects, run.done, counts, cfg.max_object_bytes)
-        first = next(items, None)
-        if first is None:  # nothing new: no model loaded, no lease, no fetch, no shard
-            return
-        run.begin_writing()  # DST takes writes, its lease is ours, its index fresh
-        if is_done(first.obj, run.done):  # written by a run that ended meanwhile
-            counts.skipped += 1
-            first = next(items, None)
-            if first is None:
-                return
-        _embed(run, _chain(first, items), objects, counts, clock, progress)
+        items = _work(run, objects, counts)
+        if items is not None:  # else nothing new: no model loaded, no lease, no fetch, no shard
+            _Loop(run, _load(run), clock, counts, objects).go(items, progress)
     finally:
         objects.close()
         summary.seen, summary.skipped = counts.seen, counts.skipped
         summary.stages = clock.stats()
 
 
-def _embed(
-    run: Run,
-    items: Iterator[Item],
-    objects: Prefetched,
-    counts: Counts,
-    clock: StageClock,
-    progress: bool,
-) -> None:
-    import torch
-    from tqdm.auto import tqdm
+def _work(run: Run, objects: Prefetched, counts: Counts) -> Iterator[Item] | None:
+    """The planned items, once DST's lease is ours; None when DST already holds everything."""
+    run.read_index()  # the listing goes on meanwhile
+    items = plan(objects, run.done, counts, run.config.max_object_bytes)
+    first = next(items, None)
+    if first is None:
+        return None
+    run.begin_writing()  # DST takes writes, its lease is ours, its index fresh
+    while first is not None and is_done(first.obj, run.done):  # a run that ended meanwhile
+        counts.skipped += 1
+        first = next(items, None)
+    return None if first is None else _chain(first, items)
 
+
+def _load(run: Run) -> Embedder:
     from gcsemb.embedder import load_embedder
-    from gcsemb.tensor_decode import resolve_decode
 
-    cfg, summary = run.config, run.summary
-    embedder = load_embedder(
+    cfg = run.config
+    return load_embedder(
         cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision, token=run.src
     )
-    gpu = resolve_decode(cfg.decode, embedder.device) == "gpu"
-    summary.device, summary.precision = str(embedder.device), embedder.spec.precision
-    summary.decode = "gpu" if gpu else "cpu"
-    if gpu:
-        clock = _gpu_clock(clock, cfg)
-    budgets = Budgets.of(cfg)
-    stages = Stages(run.src, embedder, clock, budgets, gpu)
-    writer = ShardWriter(
-        run.dst,
-        embedder.name,
-        embedder.dim,
-        rows_per_shard=cfg.rows_per_shard,
-        seconds_per_shard=cfg.seconds_per_shard,
-        metadata=run_metadata(run.src, cfg),
-        retry_seconds=cfg.write_retry_seconds,
-    )
-
-    def embed_tensors(tensors: list[Any]) -> Any:
-        batch = torch.stack([t.to(embedder.device) for t in tensors])
-        with clock.time("model", items=len(tensors)):
-            return embedder.embed_tensors(batch)
-
-    bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
-    estimate = _Estimate(bar, counts)
-    tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
-    try:
-        for batch in build(items, stages, cfg):
-            busy = time.perf_counter()
-            if gpu:
-                with clock.time("decode", items=sum(it.data is not None for it in batch)):
-                    decode_on_device(
-                        batch,
-                        embedder.preprocess_cfg,
-                        embedder.device,
-                        stages.min_side,
-                        embedder.preprocess,
-                        budgets.fetched,
-                    )
-            results = outcomes(batch, embed_tensors)
-            with clock.time("write", items=len(batch)):
-                _record(batch, results, writer, run)
-            tuner.step(time.perf_counter() - busy)
-            summary.seen, summary.skipped = counts.seen, counts.skipped
-            estimate.update(objects.count, summary, clock)
-            if run.lease is not None:
-                run.lease.check()  # another run took DST over: stop before writing more
-        summary.seen, summary.skipped = counts.seen, counts.skipped
-        bar.update(summary.done - bar.n)  # skipped after the last batch of the listing
-        bar.total = bar.n  # 100% even if the last batch came before the listing's end was seen
-    finally:
-        tuner.restore()
-        bar.close()
-        writer.flush()  # keep what is done, even on Ctrl-C
-        summary.stages = clock.stats()
 
 
-def _gpu_clock(clock: StageClock, cfg: EmbedConfig) -> StageClock:
-    """With GPU decode, decoding runs in the main thread: one worker, not the cores."""
-    gpu = StageClock({"fetch": cfg.io_workers, "decode": 1})
-    for name, stats in clock.stats().items():
-        gpu.add(name, seconds=stats.seconds, items=stats.items, nbytes=stats.nbytes)
-    return gpu
+@dataclass
+class _Loop:
+    """The main thread of a local run: decode on the device (if so), embed, write, report."""
+
+    run: Run
+    embedder: Embedder
+    clock: StageClock
+    counts: Counts
+    objects: Prefetched
+    gpu: bool = field(init=False, default=False)  # JPEGs decoded in batches on the device
+    budgets: Budgets = field(init=False)
+    stages: Stages = field(init=False)
+    writer: ShardWriter = field(init=False)
+
+    def go(self, items: Iterator[Item], progress: bool) -> None:
+        """Embed every planned item; the writer keeps what is done, even on Ctrl-C."""
+        from tqdm.auto import tqdm
+
+        from gcsemb.tensor_decode import resolve_decode
+
+        cfg, summary, embedder = self.run.config, self.run.summary, self.embedder
+        self.gpu = resolve_decode(cfg.decode, embedder.device) == "gpu"
+        summary.device, summary.precision = str(embedder.device), embedder.spec.precision
+        summary.decode = "gpu" if self.gpu else "cpu"
+        if self.gpu:
+            self.clock.set_workers("decode", 1)  # batches decode in the main thread
+        self.budgets = Budgets.of(cfg)
+        self.stages = Stages(self.run.src, embedder, self.clock, self.budgets, self.gpu)
+        self.writer = ShardWriter(
+            self.run.dst,
+            embedder.name,
+            embedder.dim,
+            rows_per_shard=cfg.rows_per_shard,
+            seconds_per_shard=cfg.seconds_per_shard,
+            metadata=run_metadata(self.run.src, cfg),
+            retry_seconds=cfg.write_retry_seconds,
+        )
+        bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
+        estimate = _Estimate(bar, self.counts)
+        tuner = ThreadTuner(enabled=embedder.device.type == "cpu")
+        try:
+            for batch in build(items, self.stages, cfg):
+                busy = time.perf_counter()
+                self._batch(batch)
+                tuner.step(time.perf_counter() - busy)
+                summary.seen, summary.skipped = self.counts.seen, self.counts.skipped
+                estimate.update(self.objects.count, summary, self.clock)
+                if self.run.lease is not None:
+                    self.run.lease.check()  # another run took DST over: stop writing
+            summary.seen, summary.skipped = self.counts.seen, self.counts.skipped
+            bar.update(summary.done - bar.n)  # skipped after the last batch of the listing
+            bar.total = bar.n  # 100% even if the listing's end came after the last batch
+        finally:
+            tuner.restore()
+            bar.close()
+            self.writer.flush()
+
+    def _batch(self, batch: list[Item]) -> None:
+        if self.gpu:
+            with self.clock.time("decode", items=sum(it.data is not None for it in batch)):
+                decode_on_device(
+                    batch,
+                    self.embedder.preprocess_cfg,
+                    self.embedder.device,
+                    min_side=self.stages.min_side,
+                    cpu_preprocess=self.embedder.preprocess,
+                    fetched=self.budgets.fetched,
+                )
+        results = outcomes(batch, self._embed)
+        with self.clock.time("write", items=len(batch)):
+            _record(batch, results, self.writer, self.run)
+
+    def _embed(self, tensors: list[Any]) -> Any:
+        import torch
+
+        device = self.embedder.device
+        batch = torch.stack([t.to(device) for t in tensors])
+        with self.clock.time("model", items=len(tensors)):
+            return self.embedder.embed_tensors(batch)
 
 
 def _record(batch: list[Item], results: list[Any], writer: ShardWriter, run: Run) -> None:
@@ -156,16 +166,16 @@ def _record(batch: list[Item], results: list[Any], writer: ShardWriter, run: Run
                 summary.duplicates += 1
             else:
                 summary.embedded += 1
-        else:
-            summary.failed += 1
-            writer.add_error(
-                it.obj,
-                it.md5,
-                outcome.stage,
-                outcome.error,
-                environmental=outcome.environmental,
-                decoders=outcome.decoders,
-            )
+            continue
+        summary.failed += 1
+        writer.add_error(
+            it.obj,
+            it.md5,
+            outcome.stage,
+            outcome.error,
+            environmental=outcome.environmental,
+            decoders=outcome.decoders,
+        )
 
 
 class _Estimate:
@@ -177,6 +187,7 @@ class _Estimate:
         self.started = time.perf_counter()
 
     def update(self, listed: int | None, summary: Any, clock: StageClock) -> None:
+        """After a batch: progress, the postfix, and (once) the estimate."""
         bar = self.bar
         if bar.total is None and listed is not None:  # the listing is complete
             bar.total = listed
@@ -190,13 +201,12 @@ class _Estimate:
         if self.printed or bar.total is None or made < 2 or elapsed < 2:
             return
         self.printed = True
-        left = bar.total - summary.done
         rate = made / elapsed
+        left = (bar.total - summary.done) / rate
         gigabytes = self.counts.to_fetch_bytes / 2**30
         bar.write(
             f"to do: {bar.total - summary.skipped:,} images, {gigabytes:.2f} GB to download; "
-            f"about {_duration(left / rate if rate else 0)} left at {rate:.1f} images/s"
-            f" (bound by {bound})"
+            f"about {_duration(left)} left at {rate:.1f} images/s (bound by {bound})"
         )
 
 

@@ -78,6 +78,11 @@ class StageClock:
         self._totals: dict[str, list[float]] = {s: [0.0, 0, 0] for s in STAGES}
         self._lock = threading.Lock()
 
+    def set_workers(self, stage: str, workers: int) -> None:
+        """How many of ``stage`` run in parallel (e.g. decoding moved to the GPU: one)."""
+        with self._lock:
+            self._workers[stage] = workers
+
     def add(self, stage: str, *, seconds: float, items: int = 0, nbytes: int = 0) -> None:
         """Account ``seconds`` of work on ``items`` images (and ``nbytes`` bytes)."""
         with self._lock:

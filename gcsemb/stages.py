@@ -230,6 +230,7 @@ def decode_on_device(
     batch: list[Item],
     preprocess_cfg: Any,
     device: Any,
+    *,
     min_side: int,
     cpu_preprocess: Callable[[Any], Any],
     fetched: PixelBudget | None = None,
