@@ -7,14 +7,9 @@ metadata columns. Given a dataset URL it saves the coordinates as
 exactly as before) and the next call with the same images (same uri + md5 set) and the same
 parameters reads them back instead of recomputing.
 
-Speed. umap-learn is compiled by numba on first use, which costs tens of seconds per process;
-umap-learn does not keep its compiled code. gcsemb switches numba's on-disk cache on for umap's
-functions when it imports umap, so the compile is paid once per machine (per installed umap
-version): later processes load the machine code in about a second. The cache lives where numba
-keeps it (next to the installed package, or numba's user cache dir when site-packages is
-read-only; ``NUMBA_CACHE_DIR`` moves it). :func:`warm_up` pays the compile up front, e.g. while a
-notebook loads data or in a Docker build. A fixed ``seed`` makes the layout reproducible but
-single-threaded; ``seed=None`` lets umap use every core.
+Speed: umap's compiled code is kept on disk (:mod:`gcsemb.umap_cache`), and :func:`warm_up` pays
+the first compile up front. A fixed ``seed`` makes the layout reproducible but single-threaded;
+``seed=None`` lets umap use every core.
 
 Example:
     >>> from gcsemb.projection import umap_project
@@ -36,76 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from gcsemb.search import embeddings_of, model_tag_of
 from gcsemb.storage import Store, open_store
+from gcsemb.umap_cache import import_umap
 
 log = logging.getLogger(__name__)
 
 UMAP_DIR = "_umap"
 META_PARAMS = b"gcsemb.umap.params"
 META_FINGERPRINT = b"gcsemb.umap.fingerprint"
-_UMAP_MODULES = (
-    "umap.umap_",
-    "umap.layouts",
-    "umap.utils",
-    "umap.spectral",
-    "umap.distances",
-    "umap.sparse",
-    "pynndescent.pynndescent_",
-    "pynndescent.utils",
-    "pynndescent.rp_trees",
-    "pynndescent.distances",
-    "pynndescent.sparse",
-    "pynndescent.sparse_nndescent",
-    "pynndescent.graph_utils",
-)
-_CACHED = False
-
-
-def import_umap() -> Any:
-    """Import umap-learn with numba's on-disk cache switched on for its compiled functions.
-
-    Raises:
-        ImportError: umap-learn is missing; the message names the extra to install.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # umap warns about optional TensorFlow at import
-            import umap
-    except ImportError as e:
-        raise ImportError(
-            "UMAP projections need umap-learn: pip install 'gcsemb[viz]' (or umap-learn)."
-        ) from e
-    _enable_numba_cache()
-    return umap
-
-
-def _enable_numba_cache() -> None:
-    """Let numba keep umap's compiled code on disk (umap-learn compiles it anew per process)."""
-    global _CACHED
-    if _CACHED:
-        return
-    import importlib
-
-    try:
-        from numba.core.dispatcher import Dispatcher
-    except ImportError:  # pragma: no cover - numba moved the class
-        _CACHED = True
-        return
-    enabled = 0
-    for name in _UMAP_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for fn in vars(module).values():
-            if isinstance(fn, Dispatcher) and type(fn._cache).__name__ == "NullCache":
-                try:
-                    fn.enable_caching()
-                    enabled += 1
-                except Exception as e:  # a function numba cannot cache is only compiled anew
-                    log.debug("numba cannot cache %s: %s", getattr(fn, "__name__", fn), e)
-    log.debug("numba on-disk cache enabled for %d umap functions", enabled)
-    _CACHED = True
 
 
 def warm_up() -> float:
@@ -143,14 +77,14 @@ def folder_of(uris: Sequence[str]) -> list[str]:
     return [p[len(common) :].lstrip("/") or "." for p in parents]
 
 
-def projection_path(dst: str, model: str) -> str:
-    """The URL where the projection of ``model``'s embeddings under ``dst`` is saved.
+def projection_path(dst: str, model_tag: str) -> str:
+    """The URL where the projection of the ``model_tag`` embeddings under ``dst`` is saved.
 
     Example:
         >>> projection_path("gs://b/emb", "ViT-B-32/laion2b_s34b_b79k")
         'gs://b/emb/_umap/ViT-B-32_laion2b_s34b_b79k.parquet'
     """
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") or "model"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_tag).strip("._") or "model"
     return f"{str(dst).rstrip('/')}/{UMAP_DIR}/{safe}.parquet"
 
 
@@ -172,7 +106,7 @@ def umap_project(
     init: str = "spectral",
     low_memory: bool = True,
     dst: str | Store | None = None,
-    model: str | None = None,
+    model_tag: str | None = None,
     token: Any = None,
     reuse: bool = True,
     save: bool = True,
@@ -195,7 +129,7 @@ def umap_project(
         init: ``"spectral"`` (umap's default), ``"pca"`` or ``"random"``.
         low_memory: umap's low-memory nearest-neighbour search (slower, much less memory).
         dst: Where to save/reuse the projection when ``data`` is not a URL (the dataset folder).
-        model: Model tag to project when the dataset holds several.
+        model_tag: The model tag (``model`` column) to project when the dataset holds several.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or a
             :class:`~gcsemb.storage.Store` whose access to reuse; default: the access the data
             was read with.
@@ -207,26 +141,19 @@ def umap_project(
     Returns:
         A DataFrame in the dataset's row order: ``uri``, ``x``, ``y``, ``folder`` (the image's
         folder below the common prefix, handy for ``color_by``) and the other metadata columns
-        (without ``embedding``). ``df.attrs["umap"]`` holds the parameters, the seconds taken
-        and whether it was reused.
+        (without ``embedding``). ``df.attrs["umap"]`` holds the parameters, the ``model_tag``,
+        the seconds taken, whether it was reused and where it is saved (``path``).
 
     Raises:
         ImportError: umap-learn is not installed (``pip install 'gcsemb[viz]'``).
-        ValueError: No embeddings, or several models and no ``model``.
+        ValueError: No embeddings, or several models and no ``model_tag``.
 
     Example:
         >>> coords = umap_project("gs://my-bucket/embeddings", n_neighbors=30)  # doctest: +SKIP
         >>> coords.attrs["umap"]["reused"]  # doctest: +SKIP
         False
     """
-    import pandas as pd
-
-    from gcsemb.search import embeddings_of
-
-    if isinstance(data, np.ndarray):
-        frame, matrix, source = pd.DataFrame(index=range(len(data))), np.asarray(data), None
-    else:
-        frame, matrix, source = embeddings_of(data, token=token, model=model)
+    frame, matrix, source = _rows(data, token, model_tag)
     store = open_store(dst, token=token or source) if dst is not None else source
     params = {
         "n_neighbors": int(n_neighbors),
@@ -237,7 +164,7 @@ def umap_project(
         "init": init,
         **{k: v for k, v in sorted(umap_kwargs.items())},
     }
-    tag = str(frame["model"].iloc[0]) if "model" in frame and len(frame) else None
+    tag = model_tag_of(frame)
     uris = frame["uri"].tolist() if "uri" in frame else None
     md5s = frame["md5"].tolist() if "md5" in frame else None
     key = fingerprint(uris, md5s) if uris is not None else None
@@ -245,15 +172,41 @@ def umap_project(
     path = saved.url if saved else None
 
     started = time.perf_counter()
-    xy, reused = None, False
-    if saved and reuse:
-        xy = _load(saved, params, key, uris)
-        reused = xy is not None
+    xy = _load(saved, params, key, uris) if saved and reuse else None
+    reused = xy is not None
     if xy is None:
         xy = _fit(matrix, params, low_memory=low_memory, verbose=verbose)
         if saved and save:
             _save(saved, uris, md5s, xy, params, key)
     seconds = time.perf_counter() - started
+
+    out = _coordinates(frame, xy, uris)
+    out.attrs["umap"] = {
+        **params,
+        "model_tag": tag,
+        "seconds": seconds,
+        "reused": reused,
+        "path": path,
+    }
+    out.attrs["store"] = frame.attrs.get("store")  # thumbnails reuse the dataset's access
+    out.attrs["dataset"] = frame.attrs.get("dataset")  # and fetch only under its source
+    if reused:
+        log.info("reused the UMAP projection saved at %s", path)
+    return out
+
+
+def _rows(data: Any, token: Any, model_tag: str | None) -> tuple[Any, np.ndarray, Store | None]:
+    """``(frame, matrix, dataset)`` of what :func:`umap_project` was given."""
+    if isinstance(data, np.ndarray):
+        import pandas as pd
+
+        return pd.DataFrame(index=range(len(data))), np.asarray(data), None
+    return embeddings_of(data, token=token, model_tag=model_tag)
+
+
+def _coordinates(frame: Any, xy: np.ndarray, uris: list[str] | None) -> Any:
+    """The projection's rows: ``uri``, ``x``, ``y``, ``folder``, then ``frame``'s metadata."""
+    import pandas as pd
 
     out = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=frame.index)
     if uris is not None:
@@ -262,13 +215,7 @@ def umap_project(
     for column in frame.columns:
         if column not in out and column != "embedding":
             out[column] = frame[column]
-    out = out.reset_index(drop=True)
-    out.attrs["umap"] = {**params, "model": tag, "seconds": seconds, "reused": reused, "path": path}
-    out.attrs["store"] = frame.attrs.get("store")  # thumbnails reuse the dataset's access
-    out.attrs["dataset"] = frame.attrs.get("dataset")  # and fetch only under its source
-    if reused:
-        log.info("reused the UMAP projection saved at %s", path)
-    return out
+    return out.reset_index(drop=True)
 
 
 def _fit(matrix: np.ndarray, params: dict[str, Any], *, low_memory: bool, verbose: bool) -> Any:

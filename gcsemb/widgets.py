@@ -5,7 +5,8 @@ show the top matches as thumbnails; each thumbnail's "neighbours" button (or a U
 second box, or "random") shows the images most like it; the UMAP map beside them marks the current
 results (a star on the best). Works in JupyterLab, Jupyter Notebook, VS Code and Colab (gcsemb
 switches on Colab's custom widget manager for you). Everything it does can also be driven from
-Python: :meth:`Explorer.query`, :meth:`Explorer.select`.
+Python: :meth:`Explorer.query`, :meth:`Explorer.select`; what it shows, without widgets, is an
+:class:`gcsemb.explorer.ExplorerState`.
 
 Example:
     >>> from gcsemb.widgets import Explorer
@@ -17,52 +18,18 @@ Example:
 from __future__ import annotations
 
 import html
-import io
-import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from gcsemb.search import embedder_for, embeddings_of, search_image, search_text
-from gcsemb.thumbnails import DEFAULT_SIZE, dataset_scope, thumbnail_bytes
+from gcsemb.explorer import ExplorerState
+from gcsemb.map_picture import MapPicture, marked_png, render_map
+from gcsemb.widget_display import enable_colab_widgets, import_ipywidgets, widget_bundle
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from gcsemb.embedder import Embedder
-
-_COLAB_READY = False
-
-
-def _ipywidgets() -> Any:
-    try:
-        import ipywidgets
-    except ImportError as e:
-        raise ImportError(
-            "The explorer needs ipywidgets: pip install 'gcsemb[notebook]' (or ipywidgets)."
-        ) from e
-    return ipywidgets
-
-
-def enable_colab_widgets() -> bool:
-    """In Colab, switch on the custom widget manager ipywidgets 8 needs (once); else nothing.
-
-    Returns:
-        Whether it ran (only inside Colab).
-    """
-    global _COLAB_READY
-    if "google.colab" not in sys.modules:
-        return False
-    if not _COLAB_READY:
-        try:
-            from google.colab import output
-
-            output.enable_custom_widget_manager()
-            _COLAB_READY = True
-        except Exception:  # an older Colab runtime: widgets may still render
-            return False
-    return True
 
 
 class Explorer:
@@ -70,23 +37,21 @@ class Explorer:
 
     Args:
         data: A dataset URL, the ``(df, matrix)`` pair of :func:`gcsemb.read_embeddings`, or a
-            DataFrame with an ``embedding`` column.
-        embedder: The dataset's model, for text queries (default: recovered from the dataset's
-            model tag, or built from ``model``/``pretrained``, on the first text query).
+            DataFrame with an ``embedding`` column (this argument and the next six, as well as
+            ``device``, are those of :class:`gcsemb.explorer.ExplorerState`).
+        embedder: The dataset's model, for text queries (default: recovered from the dataset).
         model: Architecture, as given to :func:`gcsemb.embed`.
-        pretrained: Weights, as given to :func:`gcsemb.embed` (default: recovered from the
-            dataset; a checkpoint only from the local file it records, if still the same bytes,
-            or from gcsemb's cache; see :func:`gcsemb.search.dataset_weights`).
+        pretrained: Weights, as given to :func:`gcsemb.embed`.
         token: Credentials for ``gs://``.
-        coords: A projection from :func:`gcsemb.umap_project`; None computes it (or reuses
-            the one saved next to the dataset) unless ``umap=False``.
-        umap: Show the UMAP map.
+        coords: A projection from :func:`gcsemb.umap_project`, or None.
+        umap: Show the UMAP map (computed, or reused from beside the dataset, when no coords).
         k: Initial number of results.
         color_by: Column colouring the map (if the projection has it).
-        thumbnail_size: Displayed thumbnail width in pixels.
+        thumbnail_px: Displayed thumbnail width in pixels.
         device: Where text queries are embedded.
 
     Attributes:
+        state: What the explorer shows (:class:`gcsemb.explorer.ExplorerState`).
         results: The current results (``uri``, ``score``, ``md5``), best first.
         selected: Their URIs (highlighted on the map).
         widget: The root widget (displayed when the Explorer is the cell's value).
@@ -109,35 +74,36 @@ class Explorer:
         umap: bool = True,
         k: int = 12,
         color_by: str = "folder",
-        thumbnail_size: int = 112,
+        thumbnail_px: int = 112,
         device: str = "auto",
     ) -> None:
-        import pandas as pd
-
-        widgets = _ipywidgets()
+        w = import_ipywidgets()
         enable_colab_widgets()
-        self._df, self._matrix, self._dst = embeddings_of(data, token=token)
-        if not len(self._df):
-            raise ValueError("The dataset holds no embeddings: run gcsemb.embed(src, dst) first.")
-        self._token = token if token is not None else self._dst  # the dataset's access
-        self._scope = dataset_scope(self._df.attrs)  # thumbnails only from the dataset's source
-        self._device = device
-        self._embedder, self._model, self._pretrained = embedder, model, pretrained
-        self._embedder_checked = False
-        self._size = int(thumbnail_size)
-        self._last: tuple[str, str] | None = None
+        self.state = ExplorerState(
+            data,
+            embedder,
+            model=model,
+            pretrained=pretrained,
+            token=token,
+            coords=coords,
+            umap=umap,
+            device=device,
+        )
+        self._px = int(thumbnail_px)
         self._syncing = False
-        self.results: pd.DataFrame = pd.DataFrame(columns=["uri", "score", "md5"])
-        self.selected: list[str] = []
-        if coords is None and umap:
-            from gcsemb.projection import umap_project
+        self._make_controls(w, k)
+        self._map: MapPicture | None = None
+        if self.state.coords is not None:
+            shown = color_by if color_by in self.state.coords else None
+            self._map = render_map(self.state.coords, shown)
+            self.plot.value = marked_png(self._map, [])
+        else:
+            self.plot.layout.display = "none"
+        self.widget = self._assemble(w)
 
-            coords = umap_project((self._df, self._matrix), dst=self._dst, token=self._token)
-        self.coords = coords
-        self._color_by = color_by if coords is not None and color_by in coords else None
-
-        w = widgets
-        n = len(self._df)
+    def _make_controls(self, w: Any, k: int) -> None:
+        """The text and URI boxes, the ``k`` slider, the button, status line, tiles and map."""
+        n, tag = len(self.state.df), self.state.model_tag
         self.text = w.Text(
             placeholder="describe an image, then Enter (e.g. 'a cat on a sofa')",
             description="Text",
@@ -160,36 +126,32 @@ class Explorer:
         )
         self.random_button = w.Button(description="random image", icon="random")
         self.status = w.HTML(
-            f"<b>{n:,}</b> images ({html.escape(str(self._df['model'].iloc[0]))}). "
+            f"<b>{n:,}</b> images ({html.escape(tag)}). "
             "Search by text, or pick an image to see its neighbours."
-            if "model" in self._df
+            if tag is not None
             else f"<b>{n:,}</b> images."
         )
         self.result_box = w.GridBox(
             layout=w.Layout(
-                grid_template_columns=f"repeat(auto-fill, {self._size + 8}px)",
+                grid_template_columns=f"repeat(auto-fill, {self._px + 8}px)",
                 grid_gap="6px",
                 flex="1 1 420px",
                 align_content="flex-start",
             )
         )
         self.plot = w.Image(format="png", layout=w.Layout(width="520px", flex="0 0 auto"))
-        self._base: np.ndarray | None = None
-        self._pixels: np.ndarray | None = None
-        if coords is not None:
-            self._draw_base()
-            self.plot.value = self._render_plot()
-        else:
-            self.plot.layout.display = "none"
 
+    def _assemble(self, w: Any) -> Any:
+        """Wire the controls to their actions and lay them out: the root widget."""
         self.text.observe(self._on_text, names="value")
         self.uri_box.observe(self._on_uri, names="value")
         self.k_slider.observe(self._on_k, names="value")
         self.random_button.on_click(self._on_random)
-        self.widget = w.VBox(
+        row = w.Layout(flex_flow="row wrap")
+        return w.VBox(
             [
-                w.HBox([self.text, self.k_slider], layout=w.Layout(flex_flow="row wrap")),
-                w.HBox([self.uri_box, self.random_button], layout=w.Layout(flex_flow="row wrap")),
+                w.HBox([self.text, self.k_slider], layout=row),
+                w.HBox([self.uri_box, self.random_button], layout=row),
                 self.status,
                 w.HBox(
                     [self.result_box, self.plot],
@@ -197,6 +159,21 @@ class Explorer:
                 ),
             ]
         )
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """The current results (``uri``, ``score``, ``md5``), best first."""
+        return self.state.results
+
+    @property
+    def selected(self) -> list[str]:
+        """The URIs of the current results (highlighted on the map)."""
+        return self.state.selected
+
+    @property
+    def coords(self) -> pd.DataFrame | None:
+        """The UMAP projection on the map, or None."""
+        return self.state.coords
 
     # ----------------------------------------------------------------- actions (Python API)
 
@@ -208,21 +185,9 @@ class Explorer:
         """
         k = self._set_k(k)
         started = time.perf_counter()
-        if not self._embedder_checked:  # loaded (or checked against the dataset) once
-            self._embedder = embedder_for(
-                str(self._df["model"].iloc[0]),
-                embedder=self._embedder,
-                model=self._model,
-                pretrained=self._pretrained,
-                token=self._token,
-                device=self._device,
-                dataset=self._df.attrs.get("dataset"),  # a checkpoint it records, if unchanged
-            )
-            self._embedder_checked = True
-        results = search_text((self._df, self._matrix), text, k=k, embedder=self._embedder)
-        self._last = ("text", text)
+        results = self.state.query(text, k)
         self._sync(self.text, text)
-        self._show(results, f"Top {len(results)} for <i>{html.escape(text)}</i>", started)
+        self._show(f"Top {len(results)} for <i>{html.escape(text)}</i>", started)
         return results
 
     def select(self, uri: str, k: int | None = None) -> pd.DataFrame:
@@ -233,13 +198,10 @@ class Explorer:
         """
         k = self._set_k(k)
         started = time.perf_counter()
-        if uri not in set(self._df["uri"]):
-            raise KeyError(f"{uri} is not in this dataset: pick one of its uris (df.uri).")
-        results = search_image((self._df, self._matrix), uri, k=k)
-        self._last = ("image", uri)
+        results = self.state.select(uri, k)
         self._sync(self.uri_box, uri)
         name = html.escape(uri.rsplit("/", 1)[-1])
-        self._show(results, f"Top {len(results)} neighbours of <i>{name}</i>", started)
+        self._show(f"Top {len(results)} neighbours of <i>{name}</i>", started)
         return results
 
     def show(self) -> None:
@@ -263,25 +225,18 @@ class Explorer:
         finally:
             self._syncing = False
 
-    def _show(self, results: pd.DataFrame, heading: str, started: float) -> None:
-        self.results = results
-        self.selected = list(results["uri"])
-        md5s = list(results["md5"]) if "md5" in results else None
-        jpegs = thumbnail_bytes(
-            self.selected, md5s, size=DEFAULT_SIZE, token=self._token, scope=self._scope
-        )
-        self.result_box.children = [
-            self._tile(uri, float(score), jpeg)
-            for uri, score, jpeg in zip(results["uri"], results["score"], jpegs, strict=True)
-        ]
-        if self._base is not None:
-            self.plot.value = self._render_plot()
+    def _show(self, heading: str, started: float) -> None:
+        results = self.state.results
+        tiles = zip(results["uri"], results["score"], self.state.thumbnails(), strict=True)
+        self.result_box.children = [self._tile(u, float(s), jpeg) for u, s, jpeg in tiles]
+        if self._map is not None:
+            self.plot.value = marked_png(self._map, self.state.map_rows())
         seconds = time.perf_counter() - started
         self.status.value = f"{heading} ({seconds:.2f} s). Click <b>neighbours</b> under an image."
 
     def _tile(self, uri: str, score: float, jpeg: bytes | None) -> Any:
-        w = _ipywidgets()
-        size = f"{self._size}px"
+        w = import_ipywidgets()
+        size = f"{self._px}px"
         image = w.Image(
             value=jpeg or b"",
             format="jpeg",
@@ -299,53 +254,13 @@ class Explorer:
             layout=w.Layout(width=size, height="26px"),
         )
         button.on_click(lambda _button, uri=uri: self._safely(self.select, uri))
-        tile = w.VBox([image, label, button], layout=w.Layout(width=f"{self._size + 4}px"))
+        tile = w.VBox([image, label, button], layout=w.Layout(width=f"{self._px + 4}px"))
         tile.uri = uri
         return tile
 
-    def _draw_base(self) -> None:
-        """Render the map once; highlights are then painted onto a copy of its pixels."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        from gcsemb.viz import frame_limits, plot_projection
-
-        fig = Figure(figsize=(6.4, 5.0), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        plot_projection(self.coords, ax, color_by=self._color_by, max_categories=10)
-        fig.canvas.draw()
-        self._base = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-        raw = self.coords[["x", "y"]].to_numpy(float)
-        xy = ax.transData.transform(np.clip(raw, *frame_limits(raw)))  # as plotted
-        height = self._base.shape[0]
-        self._pixels = np.column_stack([xy[:, 0], height - xy[:, 1]])
-        self._where = {u: i for i, u in enumerate(self.coords["uri"])}
-
-    def _render_plot(self) -> bytes:
-        from PIL import Image, ImageDraw
-
-        image = Image.fromarray(self._base)
-        draw = ImageDraw.Draw(image)
-        rows = [self._where[u] for u in self.selected if u in self._where]
-        for i in rows[1:][::-1]:  # black rings: no category colour is black
-            x, y = self._pixels[i]
-            draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline=(0, 0, 0), width=2)
-        if rows:  # the best match (or the picked image): a yellow star
-            x, y = self._pixels[rows[0]]
-            angles = np.pi / 2 + np.arange(10) * np.pi / 5
-            radii = np.where(np.arange(10) % 2 == 0, 11.0, 4.5)
-            star = [
-                (x + r * np.cos(a), y - r * np.sin(a)) for r, a in zip(radii, angles, strict=True)
-            ]
-            draw.polygon(star, fill=(255, 200, 0), outline=(0, 0, 0), width=1)
-        out = io.BytesIO()
-        image.save(out, "PNG", optimize=False)
-        return out.getvalue()
-
     # -------------------------------------------------------------------------- callbacks
 
-    def _safely(self, action: Any, *args: Any) -> None:
+    def _safely(self, action: Callable[..., Any], *args: Any) -> None:
         """Run a UI action; an error shows in the status line instead of vanishing."""
         try:
             action(*args)
@@ -364,40 +279,23 @@ class Explorer:
             self._safely(self.select, change["new"].strip())
 
     def _on_k(self, change: dict[str, Any]) -> None:
-        if self._syncing or self._last is None:
+        if self._syncing or self.state.last is None:
             return
-        kind, value = self._last
+        kind, value = self.state.last
         self._safely(self.query if kind == "text" else self.select, value)
 
     def _on_random(self, _button: Any) -> None:
-        uri = str(self._df["uri"].sample(1).iloc[0])
-        self._safely(self.select, uri)
+        self._safely(self.select, self.state.random_uri())
 
     # ------------------------------------------------------------------------ display
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        widget = self.widget
-        if callable(getattr(widget, "_repr_mimebundle_", None)):  # ipywidgets 8
-            return widget._repr_mimebundle_(**kwargs)
-        if not callable(getattr(widget, "_ipython_display_", None)):
-            return None  # a closed widget: IPython shows repr(self)
-        # ipywidgets 7 (Colab ships 7.7.1): a widget displays itself through _ipython_display_
-        # and has no mimebundle. Return the bundle it would display, so that an Explorer ending
-        # a cell renders as the cell's result, as it does under ipywidgets 8.
-        text = repr(widget)
-        bundle = {"text/plain": text if len(text) <= 110 else text[:110] + "…"}
-        if widget._view_name is not None:
-            bundle["application/vnd.jupyter.widget-view+json"] = {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": widget._model_id,
-            }
-            widget._handle_displayed()
-        return bundle
+        return widget_bundle(self.widget, **kwargs)
 
     def __repr__(self) -> str:
-        model = self._df["model"].iloc[0] if "model" in self._df else "?"
+        state = self.state
+        last = f" for {state.last[1]!r}" if state.last else ""
         return (
-            f"Explorer({len(self._df):,} images, model={model!r}, "
-            f"showing {len(self.selected)}{' for ' + repr(self._last[1]) if self._last else ''})"
+            f"Explorer({len(state.df):,} images, model_tag={state.model_tag or '?'!r}, "
+            f"showing {len(state.selected)}{last})"
         )

@@ -33,9 +33,10 @@ from servers import StubServer  # noqa: E402
 from gcsemb.dataset import read_embeddings  # noqa: E402
 from gcsemb.embedder import TINY_MODEL, load_embedder, save_random_checkpoint  # noqa: E402
 from gcsemb.errors import GcsembError  # noqa: E402
+from gcsemb.fetch_scope import dataset_scope  # noqa: E402
 from gcsemb.pipeline import embed  # noqa: E402
 from gcsemb.search import search_image, search_text  # noqa: E402
-from gcsemb.thumbnails import dataset_scope, thumbnail_bytes  # noqa: E402
+from gcsemb.thumbnails import thumbnail_bytes  # noqa: E402
 from gcsemb.viz import image_grid, plot_projection  # noqa: E402
 
 GCSEMB = str(Path(sys.executable).parent / "gcsemb")
@@ -349,7 +350,7 @@ def test_dollar_signs_in_folders_and_queries_draw_as_text(tmp_path):
 
 def test_weights_a_dataset_may_name(tmp_path, fresh_cache):
     """Random weights and open_clip's own tags need nothing passed; nothing else is taken."""
-    from gcsemb.search import dataset_weights
+    from gcsemb.dataset_embedder import dataset_weights
 
     assert dataset_weights("ViT-B-32/random-seed0") is None
     assert dataset_weights("ViT-B-32/laion2b_s34b_b79k") == "laion2b_s34b_b79k"

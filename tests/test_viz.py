@@ -265,7 +265,7 @@ def test_thumbnails_are_fetched_once_then_read_from_disk(dataset, monkeypatch):
 
     uris = [*dataset.df.uri[:6], dataset.dst.replace("/emb", "/photos/broken/truncated.jpg")]
     md5s = [*dataset.df.md5[:6], None]
-    first = thumbnails.thumbnail_bytes(uris, md5s, size=64)
+    first = thumbnails.thumbnail_bytes(uris, md5s, size_px=64)
     assert all(first[:6]) and first[6] is None
     assert max(Image.open(io.BytesIO(first[0])).size) == 64
 
@@ -273,7 +273,7 @@ def test_thumbnails_are_fetched_once_then_read_from_disk(dataset, monkeypatch):
         raise AssertionError("fetched again")
 
     monkeypatch.setattr(thumbnails, "_fetch", no_network)
-    assert thumbnails.thumbnail_bytes(uris[:6], md5s[:6], size=64) == first[:6]
+    assert thumbnails.thumbnail_bytes(uris[:6], md5s[:6], size_px=64) == first[:6]
 
 
 # ---------------------------------------------------------------------------------- widget
@@ -321,13 +321,151 @@ def test_explorer_reacts_to_a_query_and_to_picking_an_image(dataset):
 
 
 def test_explorer_in_colab_enables_the_custom_widget_manager(monkeypatch, dataset):
-    from gcsemb import widgets
+    from gcsemb import widget_display, widgets
 
     calls = []
     output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append(1))
     colab = types.ModuleType("google.colab")
     colab.output = output
     monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.setattr(widgets, "_COLAB_READY", False)
+    monkeypatch.setattr(widget_display, "_COLAB_READY", False)
     widgets.Explorer((dataset.df, dataset.matrix), umap=False)
     assert calls == [1]
+
+
+# ------------------------------------------------- computed apart from drawing, no widgets
+
+TAG = "tiny-clip/random-seed0"
+
+
+def _rows(tmp_path, n=12):
+    """n local JPEGs under tmp_path/photos, as a dataset's rows (plus one outside the source)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    uris = []
+    for i in range(n):
+        path = photos / f"{i}.jpg"
+        Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(path, "JPEG")
+        uris.append(f"file://{path}")
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (40, 30), "blue").save(outside, "JPEG")
+    uris.append(f"file://{outside}")
+    matrix = np.random.default_rng(0).standard_normal((len(uris), 8)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    df = pd.DataFrame({"uri": uris, "md5": [f"m{i}" for i in range(len(uris))], "model": TAG})
+    df.attrs["dataset"] = {"source": str(photos)}
+    return df, matrix
+
+
+def test_explorer_state_searches_without_widgets(tmp_path, monkeypatch):
+    from gcsemb import explorer
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not importable: not needed
+    df, matrix = _rows(tmp_path)
+    fake = types.SimpleNamespace(name=TAG, embed_texts=lambda texts: matrix[[3]])
+    loads = []
+    monkeypatch.setattr(
+        explorer, "embedder_for", lambda *a, **kw: loads.append(1) or kw["embedder"]
+    )
+    coords = pd.DataFrame({"uri": df.uri[::-1].tolist(), "x": 0.0, "y": 0.0})
+    state = explorer.ExplorerState((df, matrix), fake, coords=coords)
+    assert state.selected == [] and state.last is None and len(state.map_rows()) == 0
+
+    hits = state.query("a red square", 4)
+    assert hits.uri[0] == df.uri[3] and hits.score[0] == pytest.approx(1.0, abs=1e-5)
+    assert state.selected == list(hits.uri) and state.last == ("text", "a red square")
+    assert list(coords.uri[state.map_rows()]) == state.selected  # best first, on the map
+    state.query("another", 2)
+    assert loads == [1]  # the model is loaded (or checked) once
+
+    near = state.select(df.uri[12], 3)
+    assert near.uri[0] == df.uri[12] and len(near) == 3 and state.last == ("image", df.uri[12])
+    jpegs = state.thumbnails(size_px=32)
+    assert jpegs[0] is None  # outside the dataset's source: never fetched
+    assert all(j is not None and j.startswith(b"\xff\xd8") for j in jpegs[1:])
+    with pytest.raises(KeyError, match="not in this dataset"):
+        state.select("file:///nowhere.jpg", 3)
+    assert state.random_uri(seed=1) in set(df.uri) and state.model_tag == TAG
+
+
+def test_colab_widgets_are_left_alone_where_google_colab_cannot_be_imported(monkeypatch):
+    from gcsemb import widget_display
+
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "x")  # looks like Colab...
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # ...but google.colab fails to import
+    monkeypatch.setattr(widget_display, "_COLAB_READY", False)
+    assert widget_display.enable_colab_widgets() is False
+    assert widget_display._COLAB_READY is False
+
+
+def test_projection_plot_is_computed_without_drawing():
+    import matplotlib.pyplot as plt
+
+    from gcsemb.plot_content import OTHER_COLOR, projection_plot
+
+    rng = np.random.default_rng(0)
+    n = 400
+    folders = ["$a$"] * 200 + ["b"] * 150 + [f"c{i}" for i in range(50)]
+    coords = pd.DataFrame(
+        {
+            "uri": [f"gs://b/{i}.jpg" for i in range(n)],
+            "x": rng.standard_normal(n),
+            "y": rng.standard_normal(n),
+            "folder": folders,
+            "size": rng.integers(0, 10_000, n),
+        }
+    )
+    coords.loc[7, "x"] = 1e6  # one far outlier
+    figures = plt.get_fignums()
+    plot = projection_plot(
+        coords, color_by="folder", highlight=["gs://b/9.jpg", "gs://x/no.jpg", "gs://b/2.jpg"]
+    )
+    assert plt.get_fignums() == figures  # computed, nothing drawn
+    labels = [e.label for e in plot.legend]
+    assert labels[:2] == [r"\$a\$ (200)", "b (150)"] and labels[-1] == "42 others (42)"
+    grey = (plot.colors == matplotlib.colors.to_rgba(OTHER_COLOR)).all(axis=1)
+    assert grey.sum() == 42 and grey[plot.order[:42]].all()  # the others drawn first, under
+    assert plot.pinned.tolist().count(True) == 1 and plot.pinned[7]
+    assert plot.xy[7, 0] <= plot.xlim[1] and plot.highlight.tolist() == [9, 2]
+    assert plot.title == "UMAP of 400 images, coloured by folder" and plot.values is None
+    numeric = projection_plot(coords, color_by="size")
+    assert numeric.values is not None and numeric.legend == ()
+    with pytest.raises(KeyError, match="No column"):
+        projection_plot(coords, color_by="nope")
+
+
+def test_thumbnail_plan_never_overlaps():
+    from gcsemb.layout import plan_thumbnails
+
+    rng = np.random.default_rng(1)
+    xy = np.concatenate([rng.normal(c, 0.3, (300, 2)) for c in ((0, 0), (5, 5), (0, 6))])
+    box = (600.0, 450.0)
+    plan = plan_thumbnails(xy, 20, box)
+    assert 3 <= len(plan.rows) <= 20 and len(set(plan.rows.tolist())) == len(plan.rows)
+    span = xy.max(axis=0) - xy.min(axis=0)
+    side = plan.points / np.asarray(box) * span  # a thumbnail's width and height in data units
+    for i in range(len(plan.spots)):
+        for j in range(i):
+            gap = np.abs(plan.spots[i] - plan.spots[j])
+            assert (gap >= side * 0.999).any()  # apart along x or y
+    assert (plan.moved == (np.abs(plan.spots - xy[plan.rows]).max(axis=1) > 1e-5)).all()
+    assert plan_thumbnails(xy, 5, box, thumbnail_points=40).points == 40
+
+
+def test_grid_content_and_embedding_matrix():
+    from gcsemb.grid import grid_content
+    from gcsemb.search import embedding_matrix
+
+    pairs = pd.DataFrame(
+        {"uri_a": ["gs://b/x/1.jpg"], "uri_b": ["gs://b/y/$2$.jpg"], "score": [0.99]}
+    )
+    grid = grid_content(pairs)
+    assert grid.uris == ("gs://b/x/1.jpg", "gs://b/y/$2$.jpg") and grid.attrs is not None
+    assert (
+        grid.labels[1] == "pair 1 · 0.990\ny/\\$2\\$.jpg" and grid.title == "1 near-duplicate pairs"
+    )
+    listed = grid_content([f"gs://b/{i}.jpg" for i in range(7)], max_images=6)
+    assert (listed.ncols, listed.nrows, listed.attrs) == (5, 2, None)
+    assert embedding_matrix(pd.DataFrame({"embedding": []})).shape == (0, 0)
+    stacked = embedding_matrix(pd.DataFrame({"embedding": [[1, 0], [0, 1.5]]}))
+    assert stacked.dtype == np.float32 and stacked.tolist() == [[1, 0], [0, 1.5]]

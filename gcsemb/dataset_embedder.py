@@ -1,0 +1,246 @@
+"""The embedder of a dataset's model, recovered from what is safe to trust in the dataset.
+
+Text and new images are embedded with the model that embedded the dataset (its tag is in the
+``model`` column, ``"<architecture>/<weights>"``). :func:`embedder_for` loads it, or checks the one
+passed, and :func:`dataset_weights` says which weights to load, from only what cannot run or fetch
+anything a dataset's author chose:
+
+- an open_clip weights tag of the dataset's architecture (``laion2b_s34b_b79k``), or random weights;
+- a checkpoint (``name#hash``): the local file the dataset records, when its sha256 is still the
+  recorded one, or a file with that sha256 already in gcsemb's cache (a line on stderr says which).
+  A ``gs://`` or ``https://`` checkpoint location written in a dataset is never fetched: pass it as
+  ``pretrained=`` (CLI ``--pretrained``) if you trust it.
+
+Anything else in a dataset's model tag (a URL, a path) is refused before any request is made.
+
+Example:
+    >>> from gcsemb.dataset_embedder import dataset_weights
+    >>> dataset_weights("ViT-B-32/random-seed0") is None
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gcsemb.errors import GcsembError
+
+if TYPE_CHECKING:
+    from gcsemb.embedder import Embedder
+
+
+def embedder_for(
+    tag: str,
+    *,
+    embedder: Embedder | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    token: Any = None,
+    device: str = "auto",
+    dataset: Mapping[str, Any] | None = None,
+) -> Embedder:
+    """The embedder of the model tagged ``tag`` (``"<arch>/<weights>"``), checked to match.
+
+    Args:
+        tag: The dataset's ``model`` column value, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
+        embedder: Use this one (it is only checked against ``tag``).
+        model: open_clip architecture or config JSON (default: the tag's architecture, when
+            open_clip or gcsemb ships it).
+        pretrained: Weights tag or checkpoint path/URL, as given to :func:`gcsemb.embed`
+            (default: recovered from ``tag`` and ``dataset`` by :func:`dataset_weights`).
+        token: Credentials for a ``gs://`` checkpoint passed as ``pretrained``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        dataset: What the dataset records about how it was made (``df.attrs["dataset"]``):
+            the checkpoint's location and sha256.
+
+    Raises:
+        GcsembError: The weights cannot be recovered safely, or the loaded model is another one.
+
+    Example:
+        >>> e = embedder_for("ViT-B-32/laion2b_s34b_b79k")  # doctest: +SKIP
+    """
+    if embedder is None:
+        if model is None:
+            model = _architecture_path(_dataset_architecture(tag))
+        if pretrained is None:
+            pretrained = dataset_weights(tag, dataset)
+        from gcsemb.embedder import load_embedder
+
+        embedder = load_embedder(model, pretrained, device=device, token=token)
+    if not _comparable(tag, embedder.name):
+        raise GcsembError(
+            f"The dataset was embedded with {tag} but the model loaded is {embedder.name}: "
+            "their embeddings are not comparable. Pass the model and pretrained weights the "
+            "dataset was embedded with (CLI: --model/--pretrained as given to gcsemb embed)."
+        )
+    return embedder
+
+
+_CHECKPOINT_WEIGHTS = re.compile(r"(?P<name>[^/\\#]+)#(?P<hash>[0-9a-f]{8})")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def dataset_weights(tag: str, dataset: Mapping[str, Any] | None = None) -> str | None:
+    """The ``pretrained=`` to load a dataset's weights with, from what is safe to trust in it.
+
+    A dataset may come from anyone, so its model tag never names what gets fetched:
+
+    - ``random-seed0``: random weights (None);
+    - an open_clip weights tag of the tag's architecture (``open_clip.get_pretrained_cfg``):
+      that tag, which open_clip resolves from its own registry;
+    - a checkpoint ``name#hash8``: the local file the dataset records (``dataset["checkpoint"]``)
+      if its sha256 is the recorded ``checkpoint_sha256``, else a file with that sha256 already
+      in gcsemb's cache (its hash record); a note on stderr says which file is used. A ``gs://``
+      or ``http(s)://`` location is never fetched on a dataset's word.
+
+    Args:
+        tag: The dataset's model tag, ``"<arch>/<weights>"``.
+        dataset: ``df.attrs["dataset"]`` (the checkpoint's recorded location and sha256).
+
+    Returns:
+        A weights tag, a verified local checkpoint path, or None (random weights).
+
+    Raises:
+        GcsembError: Anything else (a URL or a path as weights, a checkpoint that is missing,
+            changed, or only remote); the message says what to pass as ``pretrained=``.
+
+    Example:
+        >>> dataset_weights("ViT-B-32/random-seed0") is None
+        True
+    """
+    arch, _, weights = tag.partition("/")
+    if weights == "random-seed0":
+        return None
+    found = _CHECKPOINT_WEIGHTS.fullmatch(weights)
+    if found:
+        return str(_recorded_checkpoint(found["name"], found["hash"], dict(dataset or {})))
+    if _NAME.fullmatch(weights) and _registry_tag(arch, weights):
+        return weights
+    raise GcsembError(
+        f"The dataset's model tag {tag!r} names the weights {weights!r}, which are neither an "
+        f"open_clip weights tag of {arch}, random weights, nor a checkpoint (name#hash): "
+        "gcsemb loads no weights a dataset names. If you know which weights it was embedded "
+        "with, pass them: pretrained=... (CLI: --pretrained)."
+    )
+
+
+def _dataset_architecture(tag: str) -> str:
+    """The tag's architecture, if open_clip or gcsemb ships it (never a path from a dataset)."""
+    arch = tag.partition("/")[0]
+    bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    if _NAME.fullmatch(arch) and not arch.endswith(".json"):
+        import open_clip
+
+        if arch in open_clip.list_models() or bundled.is_file():
+            return arch
+    raise GcsembError(
+        f"The dataset's model tag {tag!r} names the architecture {arch!r}, which neither "
+        "open_clip nor gcsemb ships: pass the one it was embedded with, model=... (CLI: --model)."
+    )
+
+
+def _registry_tag(arch: str, weights: str) -> bool:
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(arch, weights))
+
+
+def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
+    """The local checkpoint with the dataset's recorded sha256: its own file, or one cached."""
+    from gcsemb.checkpoints import _content_hash
+
+    sha = str(info.get("checkpoint_sha256") or "").lower()
+    where = str(info.get("checkpoint") or "")
+    what = f"the checkpoint {name} (sha256 {hash8}...)"
+    again = f"pretrained='/path/to/{name}' (CLI: --pretrained PATH), or an embedder="
+    if not re.fullmatch(r"[0-9a-f]{64}", sha) or not sha.startswith(hash8):
+        raise GcsembError(
+            f"The dataset was embedded with {what} but does not record where that file is. "
+            f"Pass it again: {again}."
+        )
+    problem = ""
+    local = where.removeprefix("file://") if where.startswith("file://") else where
+    if local and "://" not in local:
+        path = Path(local)
+        if not path.is_absolute():
+            problem = f"{where} is not an absolute path"
+        elif not path.is_file():
+            problem = f"{where} no longer exists"
+        else:
+            actual = _content_hash(path)
+            if actual == sha:
+                _announce(f"the checkpoint the dataset records, {path}", sha)
+                return path
+            problem = (
+                f"the file at {where} has another content hash: its sha256 differs "
+                f"(now {actual[:8]}..., recorded {sha[:8]}...), so it was changed or replaced"
+            )
+    cached = _cached_checkpoint(sha, name)
+    if cached is not None:
+        _announce(f"{cached} from gcsemb's cache for {where or name}", sha)
+        return cached
+    if "://" in local:
+        raise GcsembError(
+            f"The dataset was embedded with {what} from {where} (sha256 {sha}). gcsemb does not "
+            "fetch a location written in a dataset, and no file with that sha256 is in its "
+            f"cache. If you trust it, pass it: pretrained='{where}' (CLI: --pretrained {where})."
+        )
+    whence = f"from {where}, but {problem}" if where else "but does not record where it is"
+    raise GcsembError(
+        f"The dataset was embedded with {what} {whence}, and no file with that sha256 is in "
+        f"gcsemb's cache. Pass the checkpoint it was embedded with: {again}."
+    )
+
+
+def _cached_checkpoint(sha: str, name: str) -> Path | None:
+    """A file gcsemb has hashed before (its hash record) whose content is still ``sha``."""
+    from gcsemb.checkpoints import _content_hash, cache_dir
+
+    try:
+        known = json.loads((cache_dir() / "checkpoint-hashes.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(known, dict):
+        return None
+    paths = [p for p, e in known.items() if isinstance(e, dict) and e.get("sha256") == sha]
+    paths.sort(key=lambda p: (Path(p).name != name, p))  # the same file name first
+    for candidate in map(Path, paths):
+        try:
+            if candidate.is_file() and _content_hash(candidate) == sha:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def _announce(what: str, sha: str) -> None:
+    """Say once per process which file stands in for a dataset's checkpoint (stderr)."""
+    if (what, sha) not in _ANNOUNCED:
+        _ANNOUNCED.add((what, sha))
+        print(f"gcsemb: using {what} (sha256 {sha[:12]}... matches)", file=sys.stderr)
+
+
+def _comparable(tag: str, name: str) -> bool:
+    """Same model: equal tags, or one checkpoint's bytes (hash) under two file names."""
+    if tag == name:
+        return True
+    (arch_a, _, weights_a), (arch_b, _, weights_b) = tag.partition("/"), name.partition("/")
+    a, b = _CHECKPOINT_WEIGHTS.fullmatch(weights_a), _CHECKPOINT_WEIGHTS.fullmatch(weights_b)
+    return arch_a == arch_b and a is not None and b is not None and a["hash"] == b["hash"]
+
+
+def _architecture_path(arch: str) -> str:
+    """``arch`` if open_clip knows it, else gcsemb's bundled config of that name."""
+    bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    if bundled.is_file():
+        import open_clip
+
+        if arch not in open_clip.list_models():
+            return str(bundled)
+    return arch
