@@ -40,7 +40,7 @@ _EXPORTS = {
     "load_embedder": "gcsemb.embedder",
     "umap_project": "gcsemb.projection",
     "plot_projection": "gcsemb.viz",
-    "image_grid": "gcsemb.viz",
+    "image_grid": "gcsemb.grid",
     "search_text": "gcsemb.search",
     "search_image": "gcsemb.search",
     "near_duplicates": "gcsemb.search",

@@ -97,11 +97,11 @@ def checkpoint_record(pretrained: str | None, *, token: object = None) -> dict[s
         return {}
     if "://" in pretrained:
         path = remote_checkpoint(pretrained, token)  # cached: no second download
-        return {"checkpoint": without_query(pretrained), "checkpoint_sha256": _content_hash(path)}
+        return {"checkpoint": without_query(pretrained), "checkpoint_sha256": content_hash(path)}
     local = local_checkpoint(pretrained)
     if local is None:
         return {}
-    return {"checkpoint": str(local), "checkpoint_sha256": _content_hash(local)}
+    return {"checkpoint": str(local), "checkpoint_sha256": content_hash(local)}
 
 
 def local_checkpoint(pretrained: str) -> Path | None:
@@ -166,7 +166,7 @@ def check_architecture(model: str, names: list[str] | None = None) -> str:
 
 def checkpoint_weights(path: Path) -> str:
     """A checkpoint's weights name: file name and the start of its sha256."""
-    return f"{path.name}#{_content_hash(path)[:8]}"
+    return f"{path.name}#{content_hash(path)[:8]}"
 
 
 def remote_checkpoint(url: str, token: object = None) -> Path:
@@ -217,7 +217,7 @@ def atomic_write(dest: Path, write: Callable[[str], Any], size: int | None = Non
             os.unlink(tmp)
 
 
-def _content_hash(path: Path) -> str:
+def content_hash(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) in memory and in the cache."""
     stat, path = path.stat(), path.resolve()
     key = (str(path), stat.st_size, stat.st_mtime_ns)

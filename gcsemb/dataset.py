@@ -238,10 +238,25 @@ def dataset_info(table: pa.Table) -> dict[str, Any]:
     return info
 
 
+def embedding_matrix(df: Any) -> np.ndarray:
+    """The ``embedding`` column of ``df`` stacked into an ``(n, dim)`` float32 array.
+
+    An empty ``df`` gives a ``(0, 0)`` array.
+
+    Example:
+        >>> import pandas as pd
+        >>> embedding_matrix(pd.DataFrame({"embedding": [[1.0, 0.0], [0.0, 1.0]]})).shape
+        (2, 2)
+    """
+    if not len(df):
+        return np.zeros((0, 0), np.float32)
+    return np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
+
+
 def read_embeddings(
     dst: str | Store,
     *,
-    model: str | None = None,
+    model_tag: str | None = None,
     token: Any = None,
     project: str | None = None,
     requester_pays: bool | str = False,
@@ -252,7 +267,8 @@ def read_embeddings(
     Args:
         dst: The destination folder given to :func:`gcsemb.embed` (a URL or a
             :class:`~gcsemb.storage.Store`).
-        model: Keep rows of this model tag only; required when ``dst`` holds several.
+        model_tag: Keep the rows of this model tag only (the ``model`` column, e.g.
+            ``"ViT-B-32/laion2b_s34b_b79k"``); required when ``dst`` holds several.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
         project: Google Cloud project (requester-pays billing).
         requester_pays: Bill reads to ``project``.
@@ -278,12 +294,14 @@ def read_embeddings(
             f"No embeddings under {store.url}: run `gcsemb embed SRC {store.url}` first."
         )
     models = sorted({m for t in tables for m in t.column("model").unique().to_pylist()})
-    if model is None and len(models) > 1:
-        raise ValueError(f"{store.url} holds several models {models}: pass model=... to pick one.")
-    model = model or models[0]
+    if model_tag is None and len(models) > 1:
+        raise ValueError(
+            f"{store.url} holds several models {models}: pass model_tag=... to pick one."
+        )
+    model_tag = model_tag or models[0]
     import pyarrow.compute as pc
 
-    tables = [t.filter(pc.equal(t.column("model"), model)) for t in tables]
+    tables = [t.filter(pc.equal(t.column("model"), model_tag)) for t in tables]
     info = next((dataset_info(t) for t in reversed(tables) if t.num_rows), {})
     df = _concat(tables).to_pandas()
     # an image changed since an earlier run has two rows: keep its newest version
@@ -291,12 +309,7 @@ def read_embeddings(
     df = df.sort_index().reset_index(drop=True)
     df.attrs["store"] = store
     df.attrs["dataset"] = info
-    matrix = (
-        np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
-        if len(df)
-        else np.zeros((0, 0), np.float32)
-    )
-    return df, matrix
+    return df, embedding_matrix(df)
 
 
 def read_errors(

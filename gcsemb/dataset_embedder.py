@@ -153,7 +153,7 @@ def _registry_tag(arch: str, weights: str) -> bool:
 
 def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
     """The local checkpoint with the dataset's recorded sha256: its own file, or one cached."""
-    from gcsemb.checkpoints import _content_hash
+    from gcsemb.checkpoints import content_hash
 
     sha = str(info.get("checkpoint_sha256") or "").lower()
     where = str(info.get("checkpoint") or "")
@@ -173,7 +173,7 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
         elif not path.is_file():
             problem = f"{where} no longer exists"
         else:
-            actual = _content_hash(path)
+            actual = content_hash(path)
             if actual == sha:
                 _announce(f"the checkpoint the dataset records, {path}", sha)
                 return path
@@ -200,7 +200,7 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
 
 def _cached_checkpoint(sha: str, name: str) -> Path | None:
     """A file gcsemb has hashed before (its hash record) whose content is still ``sha``."""
-    from gcsemb.checkpoints import _content_hash, cache_dir
+    from gcsemb.checkpoints import cache_dir, content_hash
 
     try:
         known = json.loads((cache_dir() / "checkpoint-hashes.json").read_text())
@@ -212,7 +212,7 @@ def _cached_checkpoint(sha: str, name: str) -> Path | None:
     paths.sort(key=lambda p: (Path(p).name != name, p))  # the same file name first
     for candidate in map(Path, paths):
         try:
-            if candidate.is_file() and _content_hash(candidate) == sha:
+            if candidate.is_file() and content_hash(candidate) == sha:
                 return candidate
         except OSError:
             continue

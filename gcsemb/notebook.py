@@ -287,7 +287,7 @@ def setup(
     Returns:
         The session; call ``close()`` when done (stops the demo's emulator).
     """
-    from gcsemb.widgets import enable_colab_widgets
+    from gcsemb.widget_display import enable_colab_widgets
 
     enable_colab_widgets()  # Colab only, once: progress bars and the explorer render there
     if src is not None:

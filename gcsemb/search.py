@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gcsemb.dataset import embedding_matrix
 from gcsemb.dataset_embedder import embedder_for
 from gcsemb.storage import Store
 
@@ -36,21 +37,6 @@ if TYPE_CHECKING:
     from gcsemb.embedder import Embedder
 
 RESULT_COLUMNS = ["uri", "score", "md5"]
-
-
-def embedding_matrix(df: pd.DataFrame) -> np.ndarray:
-    """The ``embedding`` column of ``df`` stacked into an ``(n, dim)`` float32 array.
-
-    An empty ``df`` gives a ``(0, 0)`` array.
-
-    Example:
-        >>> import pandas as pd
-        >>> embedding_matrix(pd.DataFrame({"embedding": [[1.0, 0.0], [0.0, 1.0]]})).shape
-        (2, 2)
-    """
-    if not len(df):
-        return np.zeros((0, 0), np.float32)
-    return np.asarray(np.stack(df["embedding"].to_numpy()), dtype=np.float32)
 
 
 def embeddings_of(
@@ -75,7 +61,7 @@ def embeddings_of(
         from gcsemb.dataset import read_embeddings
 
         source = data if isinstance(data, Store) else str(data)
-        df, matrix = read_embeddings(source, token=token, model=model_tag)
+        df, matrix = read_embeddings(source, token=token, model_tag=model_tag)
         return df, matrix, df.attrs["store"]
     df, matrix = _rows_and_matrix(data)
     if len(df) != len(matrix):

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_store(args.dst, token=args.token)  # credentials resolved once
     coords = umap_project(
         dataset,
-        model=args.model_tag,
+        model_tag=args.model_tag,
         n_neighbors=args.n_neighbors,
         min_dist=args.min_dist,
         seed=None if args.seed < 0 else args.seed,
