@@ -177,7 +177,7 @@ def umap_project(
     if xy is None:
         xy = _fit(matrix, params, low_memory=low_memory, verbose=verbose)
         if saved and save:
-            _save(saved, uris, md5s, xy, params, key)
+            _save(saved, uris, md5s, xy, params=params, key=key)
     seconds = time.perf_counter() - started
 
     out = _coordinates(frame, xy, uris)
@@ -278,6 +278,7 @@ def _save(
     uris: list[str],
     md5s: list[str | None] | None,
     xy: np.ndarray,
+    *,
     params: dict[str, Any],
     key: str,
 ) -> None:

@@ -250,6 +250,7 @@ def list_part(
     part: Part,
     src: Store,
     pattern: str | None,
+    *,
     extensions: frozenset[str] | None,
     limit: int | None,
     max_object_bytes: int | None = None,
@@ -399,6 +400,7 @@ class Embed:
         self,
         model: str,
         pretrained: str | None,
+        *,
         device: str,
         precision: str,
         access: Store,
@@ -517,7 +519,7 @@ def embed_ray(
             **({"include_dashboard": False} if local else {}),
         )
     try:
-        blocks = _list(ray, parts, pattern, run, extensions, limit)
+        blocks = _list(ray, parts, pattern, run, extensions=extensions, limit=limit)
         if blocks:  # else nothing new: no model loaded, no fetch, no shard
             _run(ray, blocks, run, engine, limit=limit, progress=progress)
     finally:
@@ -530,6 +532,7 @@ def _list(
     parts: list[Part],
     pattern: str | None,
     run: Run,
+    *,
     extensions: frozenset[str] | None,
     limit: int | None,
 ) -> list[Any]:
@@ -539,7 +542,10 @@ def _list(
     blocks: list[Any] = []
     try:
         for generator in [
-            lister.remote(p, run.src, pattern, extensions, limit, cap) for p in parts
+            lister.remote(
+                p, run.src, pattern, extensions=extensions, limit=limit, max_object_bytes=cap
+            )
+            for p in parts
         ]:
             refs = list(generator)
             counts = ray.get(refs[-1])

@@ -186,7 +186,15 @@ def search_text(
         raise ValueError("Give a non-empty text to search for, e.g. 'a photo of a cat'.")
     df, matrix, dataset = embeddings_of(data, token=token)
     access = token or dataset
-    embedder = _dataset_embedder(df, "text", embedder, model, pretrained, access, device)
+    embedder = _dataset_embedder(
+        df,
+        "text",
+        embedder=embedder,
+        model=model,
+        pretrained=pretrained,
+        token=access,
+        device=device,
+    )
     return top_k(df, matrix, embedder.embed_texts([query])[0], k)
 
 
@@ -234,17 +242,34 @@ def search_image(
         if len(hit):
             return top_k(df, matrix, matrix[hit[0]], k, first=uri)
         # the model first: weights the dataset names but gcsemb refuses cost no read
-        embedder = _dataset_embedder(df, "image", embedder, model, pretrained, access, device)
+        embedder = _dataset_embedder(
+            df,
+            "image",
+            embedder=embedder,
+            model=model,
+            pretrained=pretrained,
+            token=access,
+            device=device,
+        )
         pil = _as_pil(_read_image(uri, access))  # the caller named it: fetched as given
     else:
         pil = _as_pil(image)
-        embedder = _dataset_embedder(df, "image", embedder, model, pretrained, access, device)
+        embedder = _dataset_embedder(
+            df,
+            "image",
+            embedder=embedder,
+            model=model,
+            pretrained=pretrained,
+            token=access,
+            device=device,
+        )
     return top_k(df, matrix, embedder.embed_images([pil])[0], k)
 
 
 def _dataset_embedder(
     df: pd.DataFrame,
     what: str,
+    *,
     embedder: Embedder | None,
     model: str | None,
     pretrained: str | None,

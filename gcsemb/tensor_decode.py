@@ -239,7 +239,7 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return None
 
 
-def read_jpeg_header(data: bytes) -> JpegHeader | str:
+def read_jpeg_header(data: bytes) -> JpegHeader | str:  # noqa: C901 (one branch per marker)
     """Read a JPEG's markers up to the first scan; a reason string when the tensor path refuses it.
 
     Args:
@@ -491,7 +491,7 @@ def decode_batch(
         for i in decoded:
             same.setdefault(key_of[i], []).append(i)
         for key, members in same.items():
-            _resize_into(members, decoded, key, cfg, out, row)
+            _resize_into(members, decoded, key, cfg, out=out, row=row)
             done.extend(members)
         del decoded
     done.sort()
@@ -513,6 +513,7 @@ def _resize_into(
     decoded: dict[int, torch.Tensor],
     key: tuple[int, int, int],
     cfg: Preprocess,
+    *,
     out: torch.Tensor,
     row: dict[int, int],
 ) -> None:
