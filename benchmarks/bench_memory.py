@@ -224,6 +224,12 @@ try:  # after the measurement: which files failed, and why
     ]
 except Exception as e:
     got["errors"] = [["?", "?", f"read_errors: {type(e).__name__}: {e}"]]
+try:  # the settings the run recorded in its shards: the overrides did reach it
+    import glob, pyarrow.parquet as pq
+    shard = sorted(glob.glob(sys.argv[4] + "/*.parquet"))[0]
+    got["config"] = json.loads(pq.read_schema(shard).metadata[b"gcsemb.config"])
+except Exception:
+    got["config"] = None
 print("GCSEMB-BENCH " + json.dumps(got), file=sys.stderr)
 sys.exit(rc)
 """
@@ -346,6 +352,7 @@ def bench_e2e(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     defaults = EmbedConfig()
     mib = 2**20
     cases: list[tuple[str, dict, list[str], Path | None]] = [  # label, overrides, flags, tree
+        ("the 40 photos alone (photos/), defaults", {}, [], None),
         ("defaults", {}, [], None),
         (
             f"max_bytes_in_flight {args.small_mib} MiB",
@@ -386,7 +393,12 @@ def bench_e2e(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         f"{base['ru_maxrss_kib'] / 1024:>13.0f}{base['vmhwm_kib'] / 1024:>10.0f}"
     )
     for label, overrides, flags, tree in cases:
-        got = run_cli(folder, overrides, flags, model, tree)
+        src = folder / "photos" if label.startswith("the 40 photos") else folder
+        got = run_cli(src, overrides, flags, model, tree)
+        recorded = got.get("config") or {}
+        for name, value in overrides.items():
+            if recorded.get(name) != value:
+                raise RuntimeError(f"{label}: the run recorded {name}={recorded.get(name)}")
         summary = got["summary"]
         reasons = "; ".join(
             f"{name}: {stage}: {error[:70]}" for name, stage, error in got["errors"]
