@@ -198,7 +198,7 @@ class _Estimate:
         )
         elapsed = time.perf_counter() - self.started
         made = summary.embedded + summary.duplicates + summary.failed
-        if self.printed or bar.total is None or made < 2 or elapsed < 2:
+        if bar.disable or self.printed or bar.total is None or made < 2 or elapsed < 2:
             return
         self.printed = True
         rate = made / elapsed
