@@ -8,8 +8,9 @@
     ``ThreadPoolExecutor`` and by a ``ProcessPoolExecutor`` (``forkserver``; the bytes are
     pickled to the workers and the arrays back, as a process-based decode stage would) with 1 and
     2 workers, or ``--workers``. It prints images/s, the parent's CPU per image, the scaling from
-    one worker and which pool wins here (issue 15: on hosts with many cores, choose by
-    measurement).
+    one worker, the share of its time one decode worker holds the GIL (a pure-Python probe
+    thread's slowdown beside it: the bound on how far threads can scale) and which pool wins
+    here (issue 15: on hosts with many cores, choose by measurement, e.g. ``--workers 1 8 16``).
 
 Run: ``nice .venv/bin/python benchmarks/bench_decode.py [runs] [--quick] [--workers 1 2 4]``
 (about a minute on 2 cores; the first run also makes the 12 MP photos, shared with
@@ -27,7 +28,6 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -114,22 +114,13 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def pool_rate(
-    make: Callable[[], Executor], datas: list[bytes], repeats: int
-) -> tuple[float, float]:
-    """Best images/s of ``pool.map(work, datas)`` over ``repeats`` passes (after a warm-up pass
-    that also starts the workers), and this process's CPU seconds per image."""
-    with make() as pool:
-        list(pool.map(work, datas))  # warm-up: workers started and initialised
-        best, cpu = float("inf"), 0.0
-        for _ in range(repeats):
-            c, start = cpu_seconds(), time.perf_counter()
-            out = list(pool.map(work, datas))
-            wall = time.perf_counter() - start
-            if wall < best:
-                best, cpu = wall, cpu_seconds() - c
-        assert all(a.shape == (3, MIN_SIDE, MIN_SIDE) for a in out)
-    return len(datas) / best, cpu / len(datas)
+def timed_pass(pool: Executor, datas: list[bytes]) -> tuple[float, float]:
+    """Seconds of one ``pool.map(work, datas)`` pass, and this process's CPU seconds in it."""
+    c, start = cpu_seconds(), time.perf_counter()
+    out = list(pool.map(work, datas))
+    wall = time.perf_counter() - start
+    assert all(a.shape == (3, MIN_SIDE, MIN_SIDE) for a in out)
+    return wall, cpu_seconds() - c
 
 
 def bench_pools(args: argparse.Namespace) -> None:
@@ -146,23 +137,28 @@ def bench_pools(args: argparse.Namespace) -> None:
     print(
         f"\n(2) {len(datas)} decodes of {len(distinct)} 12 MP JPEGs ({megabytes:.1f} MB each): "
         f"decode_image(min_side={MIN_SIDE}) + open_clip preprocess -> float32 3x{MIN_SIDE}x"
-        f"{MIN_SIDE}; best of {args.repeats} passes; load average {load_average()}\n"
+        f"{MIN_SIDE}; best of {args.repeats} interleaved passes per pool; load average "
+        f"{load_average()}\n"
     )
     print(f"{'pool':<9}{'workers':>8}{'images/s':>10}{'vs 1 worker':>12}{'parent CPU ms/img':>19}")
-    rates: dict[tuple[str, int], float] = {}
+    pools: dict[tuple[str, int], Executor] = {}
+    for n in args.workers:  # all pools started and warm before any pass is timed
+        pools["thread", n] = ThreadPoolExecutor(n)
+        pools["process", n] = ProcessPoolExecutor(n, mp_context=context, initializer=init_worker)
+    for pool in pools.values():
+        list(pool.map(work, datas))
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    for _ in range(args.repeats):  # interleaved rounds: drifting load hits every pool alike
+        for key, pool in pools.items():
+            wall, cpu = timed_pass(pool, datas)
+            if key not in best or wall < best[key][0]:
+                best[key] = (wall, cpu)
+    for pool in pools.values():
+        pool.shutdown()
+    rates = {key: len(datas) / wall for key, (wall, _) in best.items()}
     for kind in ("thread", "process"):
         for n in args.workers:
-            if kind == "thread":
-
-                def make(n: int = n) -> Executor:
-                    return ThreadPoolExecutor(n)
-            else:
-
-                def make(n: int = n) -> Executor:
-                    return ProcessPoolExecutor(n, mp_context=context, initializer=init_worker)
-
-            rate, cpu = pool_rate(make, datas, args.repeats)
-            rates[kind, n] = rate
+            rate, cpu = rates[kind, n], best[kind, n][1] / len(datas)
             scale = rate / rates[kind, args.workers[0]]
             print(f"{kind:<9}{n:>8}{rate:>10.1f}{scale:>11.2f}x{cpu * 1e3:>19.1f}", flush=True)
     print()
@@ -172,25 +168,86 @@ def bench_pools(args: argparse.Namespace) -> None:
             "processes" if ratio > 1.05 else "threads" if ratio < 0.95 else "neither (within 5%)"
         )
         print(f"{n} worker(s): processes / threads = {ratio:.2f} -> {winner}")
-    top = args.workers[-1]
-    thread_scale = rates["thread", top] / rates["thread", args.workers[0]]
+    top, low = args.workers[-1], args.workers[0]
+    thread_scale = rates["thread", top] / rates["thread", low]
+    process_scale = rates["process", top] / rates["process", low]
     ratio = rates["process", top] / rates["thread", top]
+    held = gil_share(distinct, args.gil_seconds)
     cores = os.cpu_count() or 1
     print(
-        f"\nAt {top} workers on {cores} cores threads scale {thread_scale:.2f}x from "
-        f"{args.workers[0]}: PIL releases the GIL while its C code decodes the JPEG and resizes "
-        "(ImagingSectionEnter), and torch does while it normalises, so threads decode in "
-        "parallel; only the Python glue between those calls holds the GIL. Processes pay for "
-        f"pickling {megabytes:.1f} MB in and {3 * MIN_SIDE * MIN_SIDE * 4 / 1e6:.1f} MB out per "
-        "image (the parent's CPU column) and gain only that glue's share. "
+        f"\nGIL held by one decode worker: {held:.0%} of its time (a pure-Python probe thread "
+        "runs that much slower beside it); by Amdahl's law threads could then scale to about "
+        f"{1 / max(held, 0.01):.0f} workers before the GIL limits them."
+    )
+    if top > low and process_scale < 1.3 * top / low / 2:
+        why = (
+            f"Neither pool scaled from {low} to {top} workers ({thread_scale:.2f}x threads, "
+            f"{process_scale:.2f}x processes): other work held a core (load average "
+            f"{load_average()}), so only the same-size comparisons count. "
+        )
+    elif thread_scale >= 0.9 * process_scale:
+        why = (
+            f"Threads scale as well as processes ({thread_scale:.2f}x against "
+            f"{process_scale:.2f}x from {low} to {top}): PIL releases the GIL while its C code "
+            "decodes and resizes (ImagingSectionEnter) and torch while it normalises, so only "
+            "the Python glue between those calls holds it. "
+        )
+    else:
+        why = (
+            f"Processes scale better ({process_scale:.2f}x against {thread_scale:.2f}x from "
+            f"{low} to {top}): the GIL-held share limits threads at this core count. "
+        )
+    print(
+        f"\n{why}Processes pay for pickling {megabytes:.1f} MB in and "
+        f"{3 * MIN_SIDE * MIN_SIDE * 4 / 1e6:.1f} MB out per image (the parent's CPU column) and "
+        "for their own copies of the libraries. "
         + (
-            "Threads win here."
+            f"Threads win here ({cores} cores)."
             if ratio < 0.95
-            else "Processes win here: the GIL-held share matters at this core count."
+            else f"Processes win here ({cores} cores)."
             if ratio > 1.05
-            else "The two are even here."
+            else f"The two are even here ({cores} cores)."
         )
     )
+
+
+def gil_share(datas: list[bytes], seconds: float) -> float:
+    """The share of its time a decode worker holds the GIL, estimated with a probe thread.
+
+    A pure-Python counting loop needs the GIL all the time: its rate beside one thread running
+    :func:`work` in a loop, over its rate alone, is the share of the time the GIL was free. On a
+    busy machine the probe also loses CPU time to other work, which inflates the estimate.
+    """
+    import threading
+
+    def probe_rate(busy: bool) -> float:
+        stop, done = threading.Event(), threading.Event()
+
+        def worker() -> None:
+            i = 0
+            while not done.is_set():
+                work(datas[i % len(datas)])
+                i += 1
+
+        background = threading.Thread(target=worker) if busy else None
+        if background is not None:
+            background.start()
+            time.sleep(0.2)  # let it get going
+        count, start = 0, time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(1000):
+                count += 1
+        rate = count / (time.perf_counter() - start)
+        stop.set()
+        done.set()
+        if background is not None:
+            background.join()
+        return rate
+
+    alone = max(probe_rate(False) for _ in range(2))
+    beside = max(probe_rate(True) for _ in range(2))  # other work only ever slows the probe
+    return max(0.0, 1 - beside / alone)
 
 
 def load_average() -> str:
@@ -215,8 +272,9 @@ def main() -> None:
     args.runs = args.runs or (5 if args.quick else 30)
     args.workers = sorted(args.workers or [1, 2])
     args.photos = 24  # the same photos as bench_pipeline.py --quick's (e)
-    args.images = 16 if args.quick else 48
-    args.repeats = 1 if args.quick else 3
+    args.images = max(16 if args.quick else 48, 8 * args.workers[-1])
+    args.repeats = 2 if args.quick else 5
+    args.gil_seconds = 1.0 if args.quick else 3.0
     print(
         f"Pillow {PIL.__version__}, Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load_average()}\n"

@@ -1,6 +1,6 @@
 """End-to-end pipeline benchmark: throughput, stage reports, CPU decode efficiency, memory, re-runs.
 
-Run: ``nice .venv/bin/python benchmarks/bench_pipeline.py`` (about 6 minutes on 2 idle CPU cores;
+Run: ``nice .venv/bin/python benchmarks/bench_pipeline.py`` (about 8 minutes on 2 idle CPU cores;
 the first run also makes the 12 MP photos, about a minute, cached under ``--cache``), ``--quick``
 for a smoke run, ``--only ef`` for some sections, ``--baseline REV`` to run (e) and (f) with the
 ``gcsemb`` package of an older git revision too. Everything is offline: fake-gcs-server,
