@@ -2,10 +2,10 @@
 
 ::
 
-    planned items ─ Batcher(fetch_batch) ─ ParallelMapper(fetch: io_workers groups, every
-    object of a group in flight at once) ─ Unbatcher ─ ParallelMapper(decode + preprocess:
-    decode_workers threads; with GPU decode, JPEGs pass through for the device) ─
-    Batcher(batch_size) ─ Prefetcher ─ Loader  →  the main thread (model, writer)
+    planned items in groups (fetch_batch objects, 32 MiB at most) ─ ParallelMapper(fetch:
+    io_workers groups, every object of a group in flight at once) ─ Unbatcher ─
+    ParallelMapper(decode + preprocess: decode_workers threads; with GPU decode, JPEGs pass
+    through for the device) ─ Batcher(batch_size) ─ Prefetcher ─ Loader → the main thread
 
 Queues between the stages are bounded, and two byte budgets bound memory: fetched bytes until
 they are decoded (``max_bytes_in_flight``) and decoded pixels (``decode_memory``). torchdata is
@@ -28,7 +28,7 @@ from gcsemb.config import EmbedConfig, default_batch_size
 from gcsemb.decode import PixelBudget
 from gcsemb.extras import require
 from gcsemb.report import StageClock
-from gcsemb.stages import Item, decode, defer_jpeg, fetch
+from gcsemb.stages import Item, decode, defer_jpeg, fetch, fetch_groups
 from gcsemb.storage import Store
 
 if TYPE_CHECKING:
@@ -105,8 +105,7 @@ def build(items: Iterator[Item], stages: Stages, cfg: EmbedConfig) -> Any:
         hint="pip install 'torchdata>=0.11' (see the README if it no longer installs)",
     )
 
-    node: Any = nodes.IterableWrapper(items)
-    node = nodes.Batcher(node, cfg.fetch_batch, drop_last=False)
+    node: Any = nodes.IterableWrapper(fetch_groups(items, cfg.fetch_batch))
     node = nodes.ParallelMapper(
         node, stages.fetch, num_workers=cfg.io_workers, method="thread", in_order=True
     )

@@ -131,15 +131,20 @@ def hint(bound: str | None, stages: dict[str, StageStats], device: str, decode: 
             "faster (see notebook 02)"
         )
     if bound == "decode":
+        if decode == "gpu":
+            return (
+                f"decode bounds this run: the GPU decodes about {rate:.0f} of these images/s "
+                "(images it cannot take go to the CPU, one at a time)"
+            )
         cores = stages["decode"].workers
         more = (
             "on a GPU try --decode gpu"
-            if device.startswith("cuda") and decode != "gpu"
+            if device.startswith("cuda")
             else "more CPU cores (or a GPU with --decode gpu) decode faster"
         )
         return (
-            f"decode bounds this run: {cores} cores decode about {rate:.0f} of these images/s; "
-            f"{more}"
+            f"decode bounds this run: {cores} core{'s' if cores > 1 else ''} decode about "
+            f"{rate:.0f} of these images/s; {more}"
         )
     if bound == "fetch":
         mbps = stages["fetch"].bytes_per_second / 2**20

@@ -141,8 +141,45 @@ def plan(
         yield item
 
 
+GROUP_BYTES = 32 << 20
+"""A fetch group holds at most this many bytes (and ``fetch_batch`` objects): groups of large
+photos stay small, so the first images reach the decoders early and memory stays even."""
+
+
+def fetch_groups(
+    items: Iterable[Item], size: int, max_bytes: int = GROUP_BYTES
+) -> Iterator[list[Item]]:
+    """Items in groups of at most ``size`` objects and ``max_bytes`` bytes (one may be bigger)."""
+    group: list[Item] = []
+    nbytes = 0
+    for it in items:
+        if group and (len(group) >= size or nbytes + it.obj.size > max_bytes):
+            yield group
+            group, nbytes = [], 0
+        group.append(it)
+        nbytes += it.obj.size if it.twin is None and it.failure is None else 0
+    if group:
+        yield group
+
+
 def _md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _intact(data: bytes, obj: ObjectInfo) -> bool:
+    """Whether the bytes match the listing's checksum (objects listed with none pass).
+
+    CRC32C where listed (in hardware: 0.3 ms for a 12 MP photo), else MD5 (5 ms).
+    """
+    if obj.crc32c:
+        try:
+            import google_crc32c
+        except ImportError:  # a dependency of gcsfs's google-cloud-storage, normally present
+            google_crc32c = None
+        if google_crc32c is not None:
+            crc = google_crc32c.value(data).to_bytes(4, "big")
+            return base64.b64encode(crc).decode() == obj.crc32c
+    return obj.md5 is None or _md5(data) == obj.md5
 
 
 def fetch(store: Store, items: list[Item], budget: PixelBudget | None = None) -> list[Item]:
@@ -166,13 +203,13 @@ def fetch(store: Store, items: list[Item], budget: PixelBudget | None = None) ->
                 it.fatal = err
             it.failure = Failure("fetch", str(err), environmental=True)
             continue
-        md5 = _md5(got)
-        if it.md5 is not None and md5 != it.md5:
+        if not _intact(got, it.obj):
             it.failure = Failure(
-                "fetch", "corrupted download: md5 does not match the listing", environmental=True
+                "fetch", "corrupted download: the checksum does not match the listing", True
             )
             continue
-        it.md5, it.data = md5, got
+        it.md5 = it.md5 or _md5(got)  # local files and composite objects have none listed
+        it.data = got
     return items
 
 

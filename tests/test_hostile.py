@@ -200,3 +200,19 @@ def test_a_corrupt_or_foreign_file_in_dst_is_skipped_with_a_warning(gcs, photos,
     assert len(df) == len(matrix) == 13
     assert "part-20990101-000000-broken-00000.parquet" in caplog.text
     assert "other-tool.parquet" in caplog.text and "not a gcsemb shard" in caplog.text
+
+
+@pytest.mark.parametrize("checksum", ["crc32c", "md5"])
+def test_a_download_that_does_not_match_the_listing_is_recorded(tmp_path, checksum):
+    from gcsemb.stages import Item, fetch
+    from gcsemb.storage import ObjectInfo
+
+    (tmp_path / "a.jpg").write_bytes(b"the bytes that arrived")
+    store = open_store(str(tmp_path))
+    listed = {checksum: "AAAAAA==" if checksum == "crc32c" else "1B2M2Y8AsgTpgAmY7PhCfg=="}
+    good = ObjectInfo(store.uri(str(tmp_path / "a.jpg")), 22)
+    bad = ObjectInfo(store.uri(str(tmp_path / "a.jpg")), 22, **listed)
+    items = fetch(store, [Item(good), Item(bad)])
+    assert items[0].data == b"the bytes that arrived" and items[0].md5  # computed, none listed
+    assert items[1].data is None and "checksum does not match" in items[1].failure.error
+    assert items[1].failure.environmental  # the next run fetches it again
