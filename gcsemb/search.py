@@ -236,34 +236,30 @@ def search_image(
     access = token or dataset
     if isinstance(image, np.ndarray) and image.ndim == 1:
         return top_k(df, matrix, image / (np.linalg.norm(image) or 1.0), k)
+
+    def load() -> Embedder:
+        return _dataset_embedder(
+            df,
+            "image",
+            embedder=embedder,
+            model=model,
+            pretrained=pretrained,
+            token=access,
+            device=device,
+        )
+
     if isinstance(image, str | os.PathLike):
         uri = str(image)
         hit = np.flatnonzero(df["uri"].to_numpy() == uri) if len(df) else []
         if len(hit):
             return top_k(df, matrix, matrix[hit[0]], k, first=uri)
         # the model first: weights the dataset names but gcsemb refuses cost no read
-        embedder = _dataset_embedder(
-            df,
-            "image",
-            embedder=embedder,
-            model=model,
-            pretrained=pretrained,
-            token=access,
-            device=device,
-        )
+        chosen = load()
         pil = _as_pil(_read_image(uri, access))  # the caller named it: fetched as given
     else:
         pil = _as_pil(image)
-        embedder = _dataset_embedder(
-            df,
-            "image",
-            embedder=embedder,
-            model=model,
-            pretrained=pretrained,
-            token=access,
-            device=device,
-        )
-    return top_k(df, matrix, embedder.embed_images([pil])[0], k)
+        chosen = load()
+    return top_k(df, matrix, chosen.embed_images([pil])[0], k)
 
 
 def _dataset_embedder(
