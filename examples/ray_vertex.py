@@ -60,8 +60,8 @@ def local() -> None:
 
     import gcsemb
     from gcsemb.demo import demo_checkpoint, upload_samples
-    from gcsemb.emulator import Emulator
     from gcsemb.embedder import TINY_MODEL
+    from gcsemb.emulator import Emulator
 
     with Emulator(buckets=["my-bucket"]) as gcs:
         upload_samples(gcs.filesystem(), "my-bucket", 40)
