@@ -53,6 +53,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench_pipeline import torch_threads  # benchmarks/ is on sys.path when run as a script
+
 GOAL = 5000.0  # images/s, issue 15
 SIZE = (640, 480)
 BUCKET = "gcsemb-bench-gpu"
@@ -183,20 +185,6 @@ def rate(fn: Callable[[], int], min_seconds: float, device: Any, warmup: int = 2
         done += fn()
     synchronize(device)
     return done / (time.perf_counter() - start)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (None: leave as is)."""
-    import torch
-
-    saved = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 # ------------------------------------------------------------------------------------ sections

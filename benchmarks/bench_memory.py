@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+from bench_pipeline import baseline_tree  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 MB = 1e6
@@ -416,24 +417,6 @@ def bench_e2e(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         f"(this process: {parent:.0f} MiB); VmHWM: the high-water mark of the child's own "
         "address space after exec. MB here are MiB."
     )
-
-
-def baseline_tree(rev: str) -> Path:
-    """The ``gcsemb`` package of git revision ``rev``, extracted into a temporary folder."""
-    import tarfile
-
-    out = Path(tempfile.mkdtemp(prefix="gcsemb-baseline-"))
-    tar = out / "gcsemb.tar"
-    subprocess.run(
-        ["git", "archive", "--format=tar", "-o", str(tar), rev, "gcsemb"], cwd=REPO, check=True
-    )
-    with tarfile.open(tar) as archive:
-        if hasattr(tarfile, "data_filter"):
-            archive.extractall(out, filter="data")
-        else:  # pragma: no cover (Python < 3.11.4)
-            archive.extractall(out)  # noqa: S202 (our own repository's archive)
-    tar.unlink()
-    return out
 
 
 def main() -> None:
