@@ -210,6 +210,9 @@ def fetch(store: Store, items: list[Item], budget: PixelBudget | None = None) ->
             continue
         it.md5 = it.md5 or _md5(got)  # local files and composite objects have none listed
         it.data = got
+    for it in todo:
+        if it.data is None:  # failed: nothing will be decoded, give its bytes back now
+            release(it, budget)
     return items
 
 

@@ -216,3 +216,20 @@ def test_a_download_that_does_not_match_the_listing_is_recorded(tmp_path, checks
     assert items[0].data == b"the bytes that arrived" and items[0].md5  # computed, none listed
     assert items[1].data is None and "checksum does not match" in items[1].failure.error
     assert items[1].failure.environmental  # the next run fetches it again
+
+
+def test_failed_fetches_give_their_memory_budget_back(tmp_path):
+    # every failed fetch must free what it held, or a run with many failures would stall
+    from gcsemb.decode import PixelBudget
+    from gcsemb.stages import Item, fetch
+    from gcsemb.storage import ObjectInfo
+
+    (tmp_path / "ok.jpg").write_bytes(b"x" * 100)
+    store = open_store(str(tmp_path))
+    budget = PixelBudget(1000)
+    missing = [ObjectInfo(store.uri(str(tmp_path / f"gone{i}.jpg")), 400) for i in range(5)]
+    for obj in missing:  # 5 x 400 bytes against a 1000-byte budget: each must come back
+        (item,) = fetch(store, [Item(obj)], budget)
+        assert item.failure is not None and item.failure.stage == "fetch"
+    (ok,) = fetch(store, [Item(ObjectInfo(store.uri(str(tmp_path / "ok.jpg")), 100))], budget)
+    assert ok.data == b"x" * 100 and budget.in_use == 100  # only the fetched bytes are held
