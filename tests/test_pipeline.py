@@ -277,3 +277,39 @@ def test_every_object_name_is_fetched_literally(gcs, bucket, tiny_ckpt):
     got = np.stack([by_uri[f"gs://{bucket}/odd/{name}"] for name in ODD_NAMES])
     assert list((got @ want.T).argmax(axis=1)) == list(range(len(ODD_NAMES)))
     np.testing.assert_allclose(np.einsum("ij,ij->i", got, want), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("frozen_by_the_user", [False, True])
+def test_a_run_hands_the_garbage_collector_back_as_it_found_it(
+    tmp_path, tiny_ckpt, frozen_by_the_user
+):
+    """Objects older than a run sit out its collections (a full one walks the whole kernel while
+    holding the GIL); afterwards they are collectable again, and a user's own freeze stands."""
+    import gc
+
+    from gcsemb.samples import sample_images
+
+    src = tmp_path / "src"
+    for name, data in sample_images(4):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    during: list[int] = []
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            during.append(gc.get_freeze_count())
+
+    if frozen_by_the_user:
+        gc.freeze()
+    before = gc.get_freeze_count()
+    gc.callbacks.append(watch)
+    try:
+        summary = run(str(src), str(tmp_path / "dst"), tiny_ckpt)
+        gc.collect()  # a collection after the run sees the older objects again
+    finally:
+        gc.callbacks.remove(watch)
+        after = gc.get_freeze_count()
+        gc.unfreeze()
+    assert summary.embedded + summary.duplicates == 4
+    assert max(during[:-1]) >= max(before, 1)  # collections during the run skipped them
+    assert during[-1] == after == before
