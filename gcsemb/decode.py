@@ -550,6 +550,9 @@ def decode_image(  # noqa: C901 (every failure PIL can raise, named in one place
     formats = allowed_formats(name)
     try:
         im = Image.open(io.BytesIO(data), formats=formats)
+        # The whole file to the decoder at once: one GIL release per image instead of one per
+        # 64 KiB block, each of which can wait up to 5 ms for the GIL held by another thread.
+        im.decodermaxblock = max(im.decodermaxblock, len(data))
         fmt = im.format or fmt
         width, height = im.size
         if width <= 0 or height <= 0:
