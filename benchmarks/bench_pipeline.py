@@ -1,7 +1,7 @@
 """End-to-end pipeline benchmark: throughput, stage reports, CPU decode efficiency, memory, re-runs.
 
-Run: ``nice .venv/bin/python benchmarks/bench_pipeline.py`` (about 8 minutes on 2 idle CPU cores;
-the first run also makes the 12 MP photos, about a minute, cached under ``--cache``), ``--quick``
+Run: ``nice .venv/bin/python benchmarks/bench_pipeline.py`` (about 12 minutes on 2 idle CPU cores;
+the first run also makes the 12 MP photos, about two minutes, cached under ``--cache``), ``--quick``
 for a smoke run, ``--only ef`` for some sections, ``--baseline REV`` to run (e) and (f) with the
 ``gcsemb`` package of an older git revision too. Everything is offline: fake-gcs-server,
 scikit-image's photographs (varied so every copy has its own bytes), seeded random weights.
@@ -905,7 +905,9 @@ def main() -> None:
     parser.add_argument(
         "--only", default="abcdef", help="sections to run, e.g. 'ef' (default: all of abcdef)"
     )
-    parser.add_argument("--photos", type=int, help="12 MP photos in (e) (default 120, quick 24)")
+    parser.add_argument(
+        "--photos", type=int, help="12 MP photos in (e) (default 360: runs of 6 s, quick 24)"
+    )
     parser.add_argument("--small", type=int, help="640x480 photos in (f) (default 1200, quick 200)")
     parser.add_argument(
         "--baseline",
@@ -943,7 +945,7 @@ def main() -> None:
     args.rerun_copies = 1 if quick else 4
     args.repeats = 1 if quick else 3
     args.decode_repeats = 1 if quick else 3
-    args.photos = args.photos or (24 if quick else 120)
+    args.photos = args.photos or (24 if quick else 360)
     args.small = args.small or (200 if quick else 1200)
     args.baseline_tree = baseline_tree(args.baseline) if args.baseline else None
     fast_io = {"fetch_batch": 64, "io_workers": 8}

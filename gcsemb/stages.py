@@ -149,13 +149,23 @@ photos stay small, so the first images reach the decoders early and memory stays
 def fetch_groups(
     items: Iterable[Item], size: int, max_bytes: int = GROUP_BYTES
 ) -> Iterator[list[Item]]:
-    """Items in groups of at most ``size`` objects and ``max_bytes`` bytes (one may be bigger)."""
+    """Items in groups of at most ``size`` objects and ``max_bytes`` bytes (one may be bigger).
+
+    The first groups hold 1, 2, 4, ... objects: decoding starts once the first object is in,
+    not a whole group of photos later (32 MiB at a time would keep the decoders idle for the
+    first 0.1-0.2 s of every run).
+
+    Example:
+        >>> objects = [ObjectInfo(f"gs://b/{i}.jpg", size=10) for i in range(40)]
+        >>> [len(group) for group in fetch_groups(map(Item, objects), 8)]
+        [1, 2, 4, 8, 8, 8, 8, 1]
+    """
     group: list[Item] = []
-    nbytes = 0
+    nbytes, limit = 0, 1
     for it in items:
-        if group and (len(group) >= size or nbytes + it.obj.size > max_bytes):
+        if group and (len(group) >= min(size, limit) or nbytes + it.obj.size > max_bytes):
             yield group
-            group, nbytes = [], 0
+            group, nbytes, limit = [], 0, limit * 2
         group.append(it)
         nbytes += it.obj.size if it.twin is None and it.failure is None else 0
     if group:

@@ -313,3 +313,19 @@ def test_a_run_hands_the_garbage_collector_back_as_it_found_it(
     assert summary.embedded + summary.duplicates == 4
     assert max(during[:-1]) >= max(before, 1)  # collections during the run skipped them
     assert during[-1] == after == before
+
+
+@pytest.mark.parametrize(
+    ("fetch_batch", "sizes", "groups"),
+    [
+        (32, [10] * 40, [1, 2, 4, 8, 16, 9]),  # decoding starts after one object, not 32
+        (4, [10] * 12, [1, 2, 4, 4, 1]),
+        (32, [20 * 2**20] * 4, [1, 1, 1, 1]),  # 32 MiB per group at most, big ones alone
+    ],
+)
+def test_the_first_fetch_groups_are_small_so_decoding_starts_at_once(fetch_batch, sizes, groups):
+    from gcsemb.stages import Item, fetch_groups
+    from gcsemb.storage import ObjectInfo
+
+    items = [Item(ObjectInfo(f"gs://b/{i}.jpg", size)) for i, size in enumerate(sizes)]
+    assert [len(group) for group in fetch_groups(items, fetch_batch)] == groups
