@@ -127,6 +127,11 @@ _TRANSPOSE = {  # EXIF orientation -> the operation making it upright, as ImageO
 }
 _TRIM_BYTES = 64 * 2**20  # after an image this big, freed memory goes back to the OS
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform == "linux" else None
+# Bytes PIL hands its decoder per call (its default: 64 KiB). Each call releases the GIL and must
+# take it back, waiting up to 5 ms when another thread holds it: a 12 MP JPEG in 64 KiB blocks
+# waited 54 times. A whole photo per call; a huge file in blocks of this size, so that the copy
+# PIL reads each block into stays small beside the file itself.
+_DECODER_BLOCK = 16 * 2**20
 _STRIP_PIXELS = 1 << 20  # conversions work on strips this big: float32 temporaries of 4 MB
 # Only images above 16 Mpx (a 4096x4096; phones take 12 MP) are reduced for min_side: smaller
 # ones come back at full size, as before, their RGB copy costing at most 64 MiB.
@@ -550,9 +555,7 @@ def decode_image(  # noqa: C901 (every failure PIL can raise, named in one place
     formats = allowed_formats(name)
     try:
         im = Image.open(io.BytesIO(data), formats=formats)
-        # The whole file to the decoder at once: one GIL release per image instead of one per
-        # 64 KiB block, each of which can wait up to 5 ms for the GIL held by another thread.
-        im.decodermaxblock = max(im.decodermaxblock, len(data))
+        im.decodermaxblock = max(im.decodermaxblock, min(len(data), _DECODER_BLOCK))
         fmt = im.format or fmt
         width, height = im.size
         if width <= 0 or height <= 0:
