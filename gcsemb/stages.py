@@ -163,9 +163,9 @@ def fetch_groups(
     group: list[Item] = []
     nbytes, limit = 0, 1
     for it in items:
-        if group and (len(group) >= min(size, limit) or nbytes + it.obj.size > max_bytes):
+        if group and (len(group) >= limit or nbytes + it.obj.size > max_bytes):
             yield group
-            group, nbytes, limit = [], 0, limit * 2
+            group, nbytes, limit = [], 0, min(size, limit * 2)
         group.append(it)
         nbytes += it.obj.size if it.twin is None and it.failure is None else 0
     if group:
