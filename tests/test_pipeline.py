@@ -296,23 +296,23 @@ def test_a_run_hands_the_garbage_collector_back_as_it_found_it(
     during: list[int] = []
 
     def watch(phase: str, info: dict) -> None:
-        if phase == "start":
+        if phase == "start" and not any(during):  # (counting the frozen objects walks them all)
             during.append(gc.get_freeze_count())
 
     if frozen_by_the_user:
         gc.freeze()
-    before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100, 1000, 1000)  # young collections while the run lasts, for certain
     gc.callbacks.append(watch)
     try:
         summary = run(str(src), str(tmp_path / "dst"), tiny_ckpt)
-        gc.collect()  # a collection after the run sees the older objects again
     finally:
         gc.callbacks.remove(watch)
+        gc.set_threshold(*thresholds)
         after = gc.get_freeze_count()
         gc.unfreeze()
     assert summary.embedded + summary.duplicates == 4
-    assert max(during[:-1]) >= max(before, 1)  # collections during the run skipped them
-    assert during[-1] == after  # the collection after the run
+    assert max(during) > 0  # collections during the run skipped the older objects
     assert (after > 0) == frozen_by_the_user  # ours undone, the user's kept
 
 
