@@ -124,7 +124,7 @@ def check(
     if first is None:
         report.checks.append(Check("read", store.url, None, "no image to read"))
     else:
-        (data,) = cat_many(store, [store.fs._strip_protocol(first.uri)])
+        (data,) = cat_many(store, [store.fs._strip_protocol(first.uri)], [first.size])
         if isinstance(data, BaseException):
             detail = str(explain(data, first.uri, store))
             report.checks.append(Check("read", first.uri, False, detail))

@@ -42,6 +42,7 @@ class GridContent:
         title: The grid's title.
         attrs: The results' ``df.attrs`` (their dataset's access and source), or None for a
             list of URIs the caller named.
+        sizes: Their size in bytes, when the rows say (no image is read beyond it).
     """
 
     uris: tuple[str, ...]
@@ -51,6 +52,7 @@ class GridContent:
     nrows: int
     title: str
     attrs: Mapping[str, Any] | None
+    sizes: tuple[Any, ...] | None = None
 
 
 def grid_content(
@@ -66,6 +68,7 @@ def grid_content(
     import pandas as pd
 
     frame = isinstance(results, pd.DataFrame)
+    sizes = None
     pairs = frame and {"uri_a", "uri_b"} <= set(results.columns)
     if pairs:
         rows = results.head(max_images // 2)
@@ -77,6 +80,7 @@ def grid_content(
         uris = list(rows["uri"])
         scores = list(rows["score"]) if "score" in rows else [None] * len(rows)
         md5s = tuple(rows["md5"]) if "md5" in rows else None
+        sizes = tuple(rows["size"]) if "size" in rows else None
     else:
         uris = [str(u) for u in results][:max_images]
         scores, md5s = [None] * len(uris), None
@@ -95,6 +99,7 @@ def grid_content(
         nrows=max(1, math.ceil(len(uris) / ncols)),
         title=plain_text(heading),
         attrs=results.attrs if frame else None,
+        sizes=sizes,
     )
 
 
@@ -181,7 +186,9 @@ def fetch_grid(
     if grid.attrs is None:  # a list: the caller named these URIs
         jpegs = thumbnail_bytes(grid.uris, size_px=thumbnail_px, token=token)
     else:
-        jpegs = row_thumbnails(grid.uris, grid.md5s, grid.attrs, size_px=thumbnail_px, token=token)
+        jpegs = row_thumbnails(
+            grid.uris, grid.md5s, grid.attrs, size_px=thumbnail_px, token=token, sizes=grid.sizes
+        )
     return [as_image(j) for j in jpegs]
 
 

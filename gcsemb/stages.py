@@ -198,14 +198,16 @@ def fetch(store: Store, items: list[Item], budget: PixelBudget | None = None) ->
     An object the identity may not read (403: a per-object ACL, a CMEK key it may not use) or
     one gone since the listing becomes a failure and the run goes on; only credentials that
     Google rejects (401) stop the run. With a ``budget``, the group's bytes are taken from it
-    before downloading (each item holds its part until :func:`decode` frees it).
+    before downloading (each item holds its part until :func:`decode` frees it). No object is
+    read beyond its listed size: one that grew since it was listed fails (the next run retries).
     """
     todo = [it for it in items if it.twin is None and it.failure is None]
     if budget is not None and todo:
         budget.acquire(sum(it.obj.size for it in todo))
         for it in todo:
             it.held = it.obj.size
-    results = cat_many(store, [store.fs._strip_protocol(it.obj.uri) for it in todo])
+    paths = [store.fs._strip_protocol(it.obj.uri) for it in todo]
+    results = cat_many(store, paths, [it.obj.size for it in todo])  # no more than listed
     for it, got in zip(todo, results, strict=True):
         if isinstance(got, BaseException):
             err = explain(got, it.obj.uri, store, "read")

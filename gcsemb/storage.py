@@ -36,6 +36,7 @@ from gcsemb.errors import (
     GcsembError,
     NotFound,
 )
+from gcsemb.local_files import read_regular, regular_files
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
@@ -403,42 +404,75 @@ def explain(exc: BaseException, uri: str, store: Store, action: str = "read") ->
     return GcsembError(f"Could not {action} {uri} as {who}: {type(exc).__name__}: {text}")
 
 
-def cat_many(store: Store, paths: list[str]) -> list[bytes | BaseException]:
+def cat_many(
+    store: Store, paths: list[str], limits: list[int | None] | None = None
+) -> list[bytes | BaseException]:
     """Fetch objects by their exact names, concurrently; a failure comes back in its place.
 
     Names are taken literally: ``photo[1].jpg`` or ``what?.jpg`` are never glob patterns (as
     they would be for ``fs.cat``). On gcsfs every object is one request, all gathered on its
-    event loop; other filesystems read in a few threads.
+    event loop; other filesystems read in a few threads. Local files are read only when they are
+    regular files (never a pipe or a device, even behind a link).
 
     Args:
         store: Where the objects are.
         paths: Paths inside ``store.fs`` (``bucket/name`` for GCS).
+        limits: The most bytes each object may hold (its listed size), or None per path (or in
+            all) for no limit. One byte more is asked for (a ranged read); an object holding
+            more fails with a :class:`GcsembError` instead of being read to its end.
 
     Returns:
         One entry per path, in order: the bytes, or the exception its read raised.
+
+    Example:
+        >>> cat_many(open_store("/etc"), ["/etc/hostname"], [4])  # doctest: +SKIP
+        [GcsembError('file:///etc/hostname holds more than the 4 bytes listed ...')]
     """
     if not paths:
         return []
     fs = store.fs
+    limits = list(limits) if limits is not None else [None] * len(paths)
     if getattr(fs, "async_impl", False):
         import asyncio
 
         from fsspec.asyn import sync
 
+        async def fetch(path: str, limit: int | None) -> bytes:
+            if limit is not None and limit <= 0:
+                return b""  # nothing to read (a ranged read of an empty object is refused)
+            end = None if limit is None else limit + 1
+            return _within(store, path, limit, await fs._cat_file(path, start=0, end=end))
+
         async def gather() -> list[Any]:
-            return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+            jobs = (fetch(p, n) for p, n in zip(paths, limits, strict=True))
+            return await asyncio.gather(*jobs, return_exceptions=True)
 
         return sync(fs.loop, gather)
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(path: str) -> bytes | BaseException:
+    local = "file" in protocols(fs)
+
+    def one(path: str, limit: int | None) -> bytes | BaseException:
         try:
-            return fs.cat_file(path)
+            if local:
+                return _within(store, path, limit, read_regular(path, limit))
+            end = None if limit is None else limit + 1
+            return _within(store, path, limit, fs.cat_file(path, start=0, end=end))
         except Exception as e:
             return e
 
     with ThreadPoolExecutor(min(8, len(paths))) as pool:
-        return list(pool.map(one, paths))
+        return list(pool.map(one, paths, limits))
+
+
+def _within(store: Store, path: str, limit: int | None, data: bytes) -> bytes:
+    """``data``, unless the object held more than ``limit`` bytes (then an error)."""
+    if limit is not None and len(data) > limit:
+        raise GcsembError(
+            f"{store.uri(path)} holds more than the {limit:,} bytes listed (it changed since, or "
+            "its record is wrong): not read further"
+        )
+    return data
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -493,7 +527,15 @@ def _gcs_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
 
 
 def _fsspec_objects(fs: Any, path: str) -> Iterator[ObjectInfo]:
-    """Files under ``path`` on any fsspec filesystem, folder by folder (streamed)."""
+    """Files under ``path`` on any fsspec filesystem, folder by folder (streamed).
+
+    Local folders list regular files only, links followed, at any depth
+    (:func:`gcsemb.local_files.regular_files`).
+    """
+    if "file" in protocols(fs):
+        for info in regular_files(path):
+            yield object_from_info(fs, info)
+        return
     if fs.isfile(path):
         yield object_from_info(fs, fs.info(path))
         return

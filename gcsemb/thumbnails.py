@@ -11,7 +11,10 @@ replaced in the bucket gets a fresh thumbnail; the next plot of the same images 
 A dataset may come from anyone, and its ``uri`` column names what would be fetched. So
 :func:`row_thumbnails` fetches the rows of a dataset only under the source it was embedded from
 (:mod:`gcsemb.fetch_scope`); the others are left blank, with one log line saying why. URIs you pass
-yourself (a list, to :func:`thumbnails`) are fetched as given.
+yourself (a list, to :func:`thumbnails`) are fetched as given. Every read is capped (ranged): at
+the row's ``size`` when known, and at :data:`MAX_SOURCE_BYTES`; one fetch holds at most 512 MiB of
+caps. An image is decoded only in the formats its name implies, as in a run (a PCX file named
+``.jpg`` gets no thumbnail).
 
 Example:
     >>> from gcsemb.thumbnails import thumbnails
@@ -39,7 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE_PX = 128
 """Longest side of a thumbnail, in pixels."""
 
-_FETCH_BATCH = 256  # objects per concurrent fetch; bounds the memory of full-size images
+_FETCH_BATCH = 256  # objects per concurrent fetch
+_GROUP_BYTES = 512 << 20  # the most bytes a concurrent fetch may bring in (sum of read caps)
+MAX_SOURCE_BYTES = 64 << 20
+"""The most bytes read of one image for its thumbnail: a larger image stays blank."""
 
 
 def cache_root() -> Path:
@@ -60,8 +66,17 @@ def thumbnail_path(uri: str, md5: str | None, size_px: int = DEFAULT_SIZE_PX) ->
     return cache_root() / key[:2] / f"{key}.jpg"
 
 
-def make_thumbnail(data: bytes, size_px: int = DEFAULT_SIZE_PX) -> bytes | None:
+def make_thumbnail(
+    data: bytes, size_px: int = DEFAULT_SIZE_PX, name: str | None = None
+) -> bytes | None:
     """JPEG bytes of a thumbnail (longest side ``size_px``) of image bytes; None if undecodable.
+
+    Args:
+        data: The image file's bytes.
+        size_px: Longest side of the thumbnail, in pixels.
+        name: The image's name or URI: as in a run, its extension picks the decoders that may
+            run (:func:`gcsemb.decode.allowed_formats`; a PCX file named ``.jpg`` stays
+            undecoded). None allows every format but EPS.
 
     Example:
         >>> buf = io.BytesIO()
@@ -71,7 +86,7 @@ def make_thumbnail(data: bytes, size_px: int = DEFAULT_SIZE_PX) -> bytes | None:
     """
     from gcsemb.decode import decode_image
 
-    decoded = decode_image(data, min_side=size_px)
+    decoded = decode_image(data, min_side=size_px, name=name)
     if not decoded.ok:
         return None
     image = decoded.image
@@ -90,8 +105,12 @@ def thumbnail_bytes(
     cache: bool = True,
     workers: int = 4,
     scope: FetchScope | None = None,
+    sizes: Sequence[Any] | None = None,
 ) -> list[bytes | None]:
     """JPEG thumbnails of many images: from the disk cache, else fetched concurrently.
+
+    Each image is read no further than its size (``sizes``) and :data:`MAX_SOURCE_BYTES`, with
+    ranged reads, and decoded only in the formats its name implies (as a run decodes it).
 
     Args:
         uris: Image URIs (``gs://...``, ``file://...``, local paths, any fsspec URL).
@@ -104,6 +123,9 @@ def thumbnail_bytes(
         workers: Threads decoding images.
         scope: Fetch only the URIs it allows (:func:`dataset_scope` of the rows' dataset); the
             others get None and one warning. None: every URI (the caller named them).
+        sizes: Their size in bytes (the dataset's ``size`` column): an image holding more is
+            not read further and gets no thumbnail. None (or a missing value): up to
+            :data:`MAX_SOURCE_BYTES`.
 
     Returns:
         One entry per URI, in order: JPEG bytes, or None where the image could not be fetched
@@ -114,19 +136,23 @@ def thumbnail_bytes(
     """
     uris = [str(u) for u in uris]
     md5s = list(md5s) if md5s is not None else [None] * len(uris)
-    if len(md5s) != len(uris):
-        raise ValueError(f"{len(uris)} uris but {len(md5s)} md5s: pass one md5 per uri (or none).")
+    caps = [_cap(n) for n in sizes] if sizes is not None else [MAX_SOURCE_BYTES] * len(uris)
+    if not len(md5s) == len(caps) == len(uris):
+        raise ValueError(
+            f"{len(uris)} uris but {len(md5s)} md5s and {len(caps)} sizes: pass one per uri."
+        )
     out: list[bytes | None] = [None] * len(uris)
     skip = _refused(uris, scope)
     missing: dict[str, list[int]] = {}
     for i, (uri, md5) in enumerate(zip(uris, md5s, strict=True)):
         if uri not in skip:
             out[i] = _cached(thumbnail_path(uri, md5, size_px)) if cache else None
-            if out[i] is None:
+            if out[i] is None and caps[i] is not None:
                 missing.setdefault(uri, []).append(i)
     if missing:
+        todo = {uri: caps[rows[0]] for uri, rows in missing.items()}
         with ThreadPoolExecutor(workers) as pool:
-            for uri, thumb in _fetch_thumbnails(list(missing), size_px, token, pool):
+            for uri, thumb in _fetch_thumbnails(todo, size_px, token, pool):
                 for i in missing[uri]:
                     out[i] = thumb
                 if cache:
@@ -141,6 +167,7 @@ def row_thumbnails(
     *,
     size_px: int = DEFAULT_SIZE_PX,
     token: Any = None,
+    sizes: Sequence[Any] | None = None,
 ) -> list[bytes | None]:
     """:func:`thumbnail_bytes` of a dataset's rows: with its access, and only under its source.
 
@@ -151,13 +178,14 @@ def row_thumbnails(
             projection): the dataset's access and source.
         size_px: Longest side of the thumbnails, in pixels.
         token: Credentials to use instead of the dataset's access.
+        sizes: Their ``size`` values, or None: no image is read beyond its row's size.
 
     Example:
         >>> jpegs = row_thumbnails(hits["uri"], hits["md5"], hits.attrs)  # doctest: +SKIP
     """
     access = attrs.get("store") if token is None else token
     scope = dataset_scope(attrs)  # a dataset's rows fetch only from its source
-    return thumbnail_bytes(uris, md5s, size_px=size_px, token=access, scope=scope)
+    return thumbnail_bytes(uris, md5s, size_px=size_px, token=access, scope=scope, sizes=sizes)
 
 
 def as_image(jpeg: bytes | None) -> Image.Image | None:
@@ -216,18 +244,34 @@ def _cached(path: Path) -> bytes | None:
         return None
 
 
+def _cap(size: Any) -> int | None:
+    """The most bytes to read of an image of this claimed size; None: more than allowed."""
+    try:
+        claimed = int(size)
+    except (TypeError, ValueError, OverflowError):  # None, NaN: no size known
+        return MAX_SOURCE_BYTES
+    return max(claimed, 0) if claimed <= MAX_SOURCE_BYTES else None
+
+
 def _fetch_thumbnails(
-    uris: list[str], size_px: int, token: Any, pool: ThreadPoolExecutor
+    caps: dict[str, int], size_px: int, token: Any, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[str, bytes]]:
-    """``(uri, thumbnail)`` of each URI that could be fetched and decoded, batch by batch."""
+    """``(uri, thumbnail)`` of each URI that could be fetched and decoded, group by group.
+
+    A group holds at most ``_FETCH_BATCH`` images and ``_GROUP_BYTES`` of read caps, so the
+    bytes in memory at once stay bounded whatever the images hold.
+    """
     by_fs: dict[str, list[str]] = {}
-    for uri in uris:
+    for uri in caps:
         by_fs.setdefault(uri.split("://", 1)[0] if "://" in uri else "file", []).append(uri)
     for group in by_fs.values():
-        for start in range(0, len(group), _FETCH_BATCH):
-            chunk = group[start : start + _FETCH_BATCH]
-            fetched = _fetch(chunk, token)
-            thumbs = pool.map(lambda data: make_thumbnail(data, size_px) if data else None, fetched)
+        for chunk in _chunks(group, caps):
+            fetched = _fetch(chunk, [caps[u] for u in chunk], token)
+            thumbs = pool.map(
+                lambda uri, data: make_thumbnail(data, size_px, uri) if data else None,
+                chunk,
+                fetched,
+            )
             for uri, thumb in zip(chunk, thumbs, strict=True):
                 if thumb is None:
                     log.debug("no thumbnail for %s", uri)
@@ -235,13 +279,28 @@ def _fetch_thumbnails(
                     yield uri, thumb
 
 
-def _fetch(uris: list[str], token: Any) -> list[bytes | None]:
+def _chunks(uris: list[str], caps: dict[str, int]) -> Iterator[list[str]]:
+    """``uris`` in groups of at most ``_FETCH_BATCH`` and ``_GROUP_BYTES`` of read caps."""
+    chunk: list[str] = []
+    nbytes = 0
+    for uri in uris:
+        if chunk and (len(chunk) >= _FETCH_BATCH or nbytes + caps[uri] > _GROUP_BYTES):
+            yield chunk
+            chunk, nbytes = [], 0
+        chunk.append(uri)
+        nbytes += caps[uri]
+    if chunk:
+        yield chunk
+
+
+def _fetch(uris: list[str], caps: list[int], token: Any) -> list[bytes | None]:
     """The bytes of each URI (None on failure), all requests of the batch in flight at once."""
     from gcsemb.storage import cat_many, open_store
 
     try:
         store = open_store(uris[0], token=token)
-        got = cat_many(store, [store.fs._strip_protocol(u) for u in uris])
+        paths = [store.fs._strip_protocol(u) for u in uris]
+        got = cat_many(store, paths, list(caps))
     except Exception as e:  # e.g. credentials refused for the whole batch
         log.warning("cannot fetch thumbnails from %s: %s", uris[0], e)
         return [None] * len(uris)

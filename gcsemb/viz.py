@@ -157,7 +157,9 @@ def fetch_thumbnails(
         return []
     uris = frame["uri"].to_numpy()[rows]
     md5s = frame["md5"].to_numpy()[rows] if "md5" in frame else None
-    return [as_image(j) for j in row_thumbnails(uris, md5s, frame.attrs, token=token)]
+    sizes = frame["size"].to_numpy()[rows] if "size" in frame else None  # read no further
+    jpegs = row_thumbnails(uris, md5s, frame.attrs, token=token, sizes=sizes)
+    return [as_image(j) for j in jpegs]
 
 
 def draw_projection(ax: Axes, plot: ProjectionPlot, legend: bool = True) -> None:
