@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 _VERSION_KEYS = ("md5Hash", "crc32c", "generation", "etag", "ETag", "size", "mtime", "updated")
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str | int, ...], str] = {}
+MEMO_NAME = "checkpoint-hashes.json"
+_MEMO_KEYS = ("size", "mtime_ns", "ctime_ns", "ino", "dev")
 
 
 def cache_dir() -> Path:
@@ -218,25 +220,61 @@ def atomic_write(dest: Path, write: Callable[[str], Any], size: int | None = Non
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) in memory and in the cache."""
+    """sha256 of a file, remembered in memory and in the cache's hash memo.
+
+    A remembered hash is used only while the file's size, mtime, ctime, inode and device are
+    all unchanged: a file replaced by one of the same size, its mtime set back, has another
+    ctime (which no user can set), so it is hashed again.
+    """
     stat, path = path.stat(), path.resolve()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+    key = (str(path), *version)
     if key in _HASHES:
         return _HASHES[key]
-    sidecar = cache_dir() / "checkpoint-hashes.json"
-    try:
-        known = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
+    known = hash_memo()
     entry = known.get(key[0], {})
-    if [entry.get("size"), entry.get("mtime_ns")] != list(key[1:]) or "sha256" not in entry:
+    if [entry.get(k) for k in _MEMO_KEYS] != version or "sha256" not in entry:
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-        entry = known[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": digest.hexdigest()}
+        entry = {**dict(zip(_MEMO_KEYS, version, strict=True)), "sha256": digest.hexdigest()}
+        known[key[0]] = entry
+        sidecar = cache_dir() / MEMO_NAME
         with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing
             atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=1)))
     _HASHES[key] = entry["sha256"]
     return entry["sha256"]
+
+
+def hash_memo() -> dict[str, Any]:
+    """The cache's memo of hashed checkpoints: ``{path: {size, ..., sha256}}`` (``{}`` if none).
+
+    Only files the user named as weights (and copies in the cache) are ever hashed, so its
+    paths are the checkpoints this machine's user passed to gcsemb.
+    """
+    try:
+        known = json.loads((cache_dir() / MEMO_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: v for k, v in known.items() if isinstance(v, dict)}
+
+
+def trusted_checkpoint(path: Path) -> bool:
+    """Whether gcsemb may read ``path`` on a dataset's word: in its cache, or passed before.
+
+    A path a dataset records is read (hashed, loaded) only when it lies in gcsemb's cache or
+    is in the hash memo (:func:`hash_memo`: the user passed it as weights on this machine);
+    links are resolved first, so a link that now points elsewhere is not trusted.
+
+    Example:
+        >>> trusted_checkpoint(Path("/etc/shadow"))
+        False
+    """
+    try:
+        real = path.resolve()
+        return real.is_relative_to(cache_dir().resolve()) or str(real) in hash_memo()
+    except (OSError, RuntimeError):  # a loop of links, a name too long
+        return False

@@ -7,7 +7,9 @@ anything a dataset's author chose:
 
 - an open_clip weights tag of the dataset's architecture (``laion2b_s34b_b79k``), or random weights;
 - a checkpoint (``name#hash``): the local file the dataset records, when its sha256 is still the
-  recorded one, or a file with that sha256 already in gcsemb's cache (a line on stderr says which).
+  recorded one and the file is one gcsemb may read (in its cache, or passed by the user as weights
+  on this machine before: a dataset naming ``/etc/shadow`` gets nothing opened), or a file with
+  that sha256 already in gcsemb's cache (a line on stderr says which).
   A ``gs://`` or ``https://`` checkpoint location written in a dataset is never fetched: pass it as
   ``pretrained=`` (CLI ``--pretrained``) if you trust it.
 
@@ -21,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Mapping
@@ -66,7 +67,7 @@ def embedder_for(
     """
     if embedder is None:
         if model is None:
-            model = _architecture_path(_dataset_architecture(tag))
+            model = _dataset_model(tag, dataset)
         if pretrained is None:
             pretrained = dataset_weights(tag, dataset)
         from gcsemb.embedder import load_embedder
@@ -83,7 +84,7 @@ def embedder_for(
 
 _CHECKPOINT_WEIGHTS = re.compile(r"(?P<name>[^/\\#]+)#(?P<hash>[0-9a-f]{8})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
-_ANNOUNCED: set[tuple[str, str]] = set()
+_ANNOUNCED: set[str] = set()
 
 
 def dataset_weights(tag: str, dataset: Mapping[str, Any] | None = None) -> str | None:
@@ -130,18 +131,35 @@ def dataset_weights(tag: str, dataset: Mapping[str, Any] | None = None) -> str |
     )
 
 
-def _dataset_architecture(tag: str) -> str:
-    """The tag's architecture, if open_clip or gcsemb ships it (never a path from a dataset)."""
+def _dataset_model(tag: str, dataset: Mapping[str, Any] | None) -> str:
+    """The tag's architecture if open_clip or gcsemb ships it, else the config the dataset records.
+
+    Never a path from a dataset: a recorded model-config JSON is checked as data
+    (:func:`gcsemb.model_config.check_model_config`) and written into gcsemb's cache.
+    """
     arch = tag.partition("/")[0]
     bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    recorded = str((dataset or {}).get("architecture") or "")
+    problem = ""
     if _NAME.fullmatch(arch) and not arch.endswith(".json"):
         import open_clip
 
         if arch in open_clip.list_models() or bundled.is_file():
-            return arch
+            return _architecture_path(arch)
+        if recorded:
+            from gcsemb.model_config import recorded_architecture
+
+            try:
+                path = recorded_architecture(arch, recorded)
+            except GcsembError as e:
+                problem = f" The dataset records its config, but {e}."
+            else:
+                _say(f"using the architecture {arch} that the dataset records (its model config)")
+                return str(path)
     raise GcsembError(
         f"The dataset's model tag {tag!r} names the architecture {arch!r}, which neither "
-        "open_clip nor gcsemb ships: pass the one it was embedded with, model=... (CLI: --model)."
+        f"open_clip nor gcsemb ships.{problem} Pass the one it was embedded with, model=... "
+        "(CLI: --model)."
     )
 
 
@@ -152,8 +170,13 @@ def _registry_tag(arch: str, weights: str) -> bool:
 
 
 def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
-    """The local checkpoint with the dataset's recorded sha256: its own file, or one cached."""
-    from gcsemb.checkpoints import content_hash
+    """The local checkpoint with the dataset's recorded sha256: its own file, or one cached.
+
+    The recorded file is read only when it is in gcsemb's cache or the user passed it as
+    weights on this machine before (:func:`gcsemb.checkpoints.trusted_checkpoint`): a dataset
+    naming ``/etc/shadow`` gets nothing opened, hashed or remembered.
+    """
+    from gcsemb.checkpoints import content_hash, trusted_checkpoint
 
     sha = str(info.get("checkpoint_sha256") or "").lower()
     where = str(info.get("checkpoint") or "")
@@ -170,6 +193,11 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
         path = Path(local)
         if not path.is_absolute():
             problem = f"{where} is not an absolute path"
+        elif not trusted_checkpoint(path):
+            problem = (
+                f"{where} is neither in gcsemb's cache nor a checkpoint you passed on this "
+                "machine, so gcsemb does not read it on a dataset's word"
+            )
         elif not path.is_file():
             problem = f"{where} no longer exists"
         else:
@@ -200,15 +228,9 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
 
 def _cached_checkpoint(sha: str, name: str) -> Path | None:
     """A file gcsemb has hashed before (its hash record) whose content is still ``sha``."""
-    from gcsemb.checkpoints import cache_dir, content_hash
+    from gcsemb.checkpoints import content_hash, hash_memo
 
-    try:
-        known = json.loads((cache_dir() / "checkpoint-hashes.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(known, dict):
-        return None
-    paths = [p for p, e in known.items() if isinstance(e, dict) and e.get("sha256") == sha]
+    paths = [p for p, e in hash_memo().items() if e.get("sha256") == sha]
     paths.sort(key=lambda p: (Path(p).name != name, p))  # the same file name first
     for candidate in map(Path, paths):
         try:
@@ -221,9 +243,14 @@ def _cached_checkpoint(sha: str, name: str) -> Path | None:
 
 def _announce(what: str, sha: str) -> None:
     """Say once per process which file stands in for a dataset's checkpoint (stderr)."""
-    if (what, sha) not in _ANNOUNCED:
-        _ANNOUNCED.add((what, sha))
-        print(f"gcsemb: using {what} (sha256 {sha[:12]}... matches)", file=sys.stderr)
+    _say(f"using {what} (sha256 {sha[:12]}... matches)")
+
+
+def _say(line: str) -> None:
+    """One line on stderr, once per process."""
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        print(f"gcsemb: {line}", file=sys.stderr)
 
 
 def _comparable(tag: str, name: str) -> bool:

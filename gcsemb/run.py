@@ -27,6 +27,7 @@ from gcsemb.checkpoints import checkpoint_record, model_tag
 from gcsemb.config import EmbedConfig
 from gcsemb.dataset import done_index, failed_index
 from gcsemb.errors import BadURL
+from gcsemb.model_config import architecture_record
 from gcsemb.report import EmbedSummary
 from gcsemb.storage import Store, explain, open_store, protocols
 from gcsemb.writer import run_id, spill_dir, upload_spill
@@ -86,7 +87,9 @@ def run_metadata(src: Store, cfg: EmbedConfig) -> dict[str, str]:
     """What every shard of a run records about how it was made (parquet metadata).
 
     The source URL (thumbnails and searches fetch only under it), the checkpoint's location and
-    sha256 when the weights are a file (never a signed URL's query), the settings, the version.
+    sha256 when the weights are a file (never a signed URL's query), the model-config JSON when
+    the architecture is one (:func:`gcsemb.model_config.architecture_record`), the settings, the
+    version.
     """
     import os
 
@@ -96,6 +99,7 @@ def run_metadata(src: Store, cfg: EmbedConfig) -> dict[str, str]:
     return {
         "source": source,
         **checkpoint_record(cfg.pretrained, token=src),
+        **architecture_record(cfg.model),  # a config JSON: a search needs no --model
         "config": json.dumps(asdict(cfg), sort_keys=True),
         "version": __version__,
     }

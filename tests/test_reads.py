@@ -46,7 +46,7 @@ def _image(fmt: str = "JPEG", color: str = "red", mode: str = "RGB") -> bytes:
     return out.getvalue()
 
 
-def _dataset(dst: str, rows: list[dict], meta: dict[str, str], fs=None) -> None:
+def _dataset(dst: str, rows: list[dict], meta: dict[str, str], fs=None, model: str = MODEL) -> None:
     """One shard in gcsemb's own schema, holding what a dataset's author chose to write."""
     dim = 4
     vectors = np.eye(dim, dtype=np.float32)[np.arange(len(rows)) % dim]
@@ -60,12 +60,12 @@ def _dataset(dst: str, rows: list[dict], meta: dict[str, str], fs=None) -> None:
             "updated": when,
             "width": 48,
             "height": 32,
-            "model": MODEL,
+            "model": model,
             "embedding": vectors[i].tolist(),
         }
         for i, r in enumerate(rows)
     ]
-    table = pa.Table.from_pylist(full, schema=schema(MODEL, dim, meta))
+    table = pa.Table.from_pylist(full, schema=schema(model, dim, meta))
     buf = io.BytesIO()
     pq.write_table(table, buf)
     if fs is None:
