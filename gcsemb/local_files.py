@@ -44,6 +44,20 @@ def kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def followed_type(path: str) -> str:
+    """``"file"`` (regular), ``"directory"`` or ``"other"``: what a local path is, links followed.
+
+    Example:
+        >>> followed_type("/dev/null")
+        'other'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # a broken link, a loop of links
+        return "other"
+    return "file" if stat.S_ISREG(mode) else "directory" if stat.S_ISDIR(mode) else "other"
+
+
 def read_regular(path: str, limit: int | None = None) -> bytes:
     """The bytes of the regular file at ``path`` (links followed), at most ``limit + 1`` of them.
 

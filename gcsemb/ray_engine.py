@@ -46,6 +46,7 @@ from gcsemb import errors
 from gcsemb.config import RayEngine, default_batch_size
 from gcsemb.errors import GcsembError
 from gcsemb.extras import require
+from gcsemb.local_files import followed_type
 from gcsemb.run import Run, run_metadata
 from gcsemb.stages import DEDUPE_WINDOW, Counts, Failure, Item, decode, fetch, plan
 from gcsemb.storage import (
@@ -221,11 +222,16 @@ def fan_out(
     folders, top = [], []
     for info in entries:
         name = info["name"].rstrip("/")
-        if info.get("type") == "directory":
+        kind = info.get("type")
+        if not gcs and kind == "other":  # a local link, pipe or device: what it leads to
+            kind = followed_type(name)
+        if kind == "directory":
             folders.append(name)
-        elif (exts and os.path.splitext(name)[1].lower() not in exts) or (
-            regex and not regex.match(name)
-        ):
+        elif (
+            kind != "file"
+            or (exts and os.path.splitext(name)[1].lower() not in exts)
+            or (regex and not regex.match(name))
+        ):  # a pipe, a device, a broken link: never read
             continue
         elif gcs:
             bucket, _, key = name.partition("/")

@@ -319,3 +319,13 @@ def test_1100_nested_folders_list_every_image(tmp_path):
         assert listed == expected
     finally:
         _remove_tree(tmp_path / "deep")  # else pytest's own cleanup fails on it, at any later run
+
+
+def test_the_ray_listing_skips_what_is_no_regular_file(tmp_path):
+    from gcsemb.ray_engine import fan_out
+
+    photos = _odd_folder(tmp_path)
+    parts, _ = fan_out(open_store(str(photos)), None, {})
+    top = sorted(Path(o.uri).name for part in parts if part.url is None for o in part.objects)
+    assert top == ["a.jpg", "linked.jpg"]  # no zero.jpg, pipe.jpg or gone.jpg
+    assert [Path(part.url).name for part in parts if part.url is not None] == ["sub"]
