@@ -79,18 +79,20 @@ def read_regular(path: str, limit: int | None = None) -> bytes:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with open(fd, "rb", buffering=0, closefd=True) as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(f"{path} is {kind(mode)}, not a regular file: not read")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is {kind(st.st_mode)}, not a regular file: not read")
         if limit is None:
             return f.read()
         chunks, left = [], limit + 1
+        ask = min(limit, st.st_size) + 1  # no buffer larger than the file (a cap may be large)
         while left > 0:  # FileIO.read may return less than asked (a big file, a signal)
-            chunk = f.read(left)
+            chunk = f.read(min(ask, left))
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
+            ask = left  # the file grew while read: up to the limit
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
