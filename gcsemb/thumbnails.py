@@ -147,7 +147,9 @@ def thumbnail_bytes(
     for i, (uri, md5) in enumerate(zip(uris, md5s, strict=True)):
         if uri not in skip:
             out[i] = _cached(thumbnail_path(uri, md5, size_px)) if cache else None
-            if out[i] is None and caps[i] is not None:
+            if out[i] is None and caps[i] is None:
+                log.debug("no thumbnail for %s: larger than %d bytes", uri, MAX_SOURCE_BYTES)
+            elif out[i] is None:
                 missing.setdefault(uri, []).append(i)
     if missing:
         todo = {uri: caps[rows[0]] for uri, rows in missing.items()}
