@@ -3,7 +3,8 @@
 Accepted ``token`` values:
 
 - ``None`` (default): application default credentials, found the way Google's libraries find them
-  (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's ADC file, Colab after ``authenticate_user()``, the
+  (``GOOGLE_APPLICATION_CREDENTIALS``, naming a key file or, as people set it, holding its JSON
+  text; gcloud's ADC file, Colab after ``authenticate_user()``, the
   metadata server on Vertex AI Workbench / GCE). In Colab, missing credentials trigger
   ``authenticate_user()``. Nothing found is an error naming the fixes; only against a storage
   endpoint on this machine (a local emulator) does gcsemb then go anonymous, and says so.
@@ -12,11 +13,13 @@ Accepted ``token`` values:
 - ``"metadata"`` / ``"cloud"``: the VM's service account from the metadata server.
 - ``"colab"``: run Colab's ``authenticate_user()`` first.
 - a path to a JSON key (service account, authorized user, external account), its parsed dict, or
-  its text (a string starting with ``{``, e.g. a notebook secret's value).
+  its text (a string starting with ``{``, a UTF-8 BOM allowed, e.g. a notebook secret's value).
 - a ``google.auth.credentials.Credentials`` object.
 
 No message, repr or log line ever holds key material or a token: a key is named by its source
-("the key passed as JSON text", a file's base name) and the identity by its e-mail.
+("the key passed as JSON text", a file's base name) and the identity by its e-mail. A string that
+is none of the above (a base64-encoded key, a bare PEM private key, a refresh token) is refused
+naming only its form and length; a missing path is echoed only when it ends in ``.json``.
 
 Example:
     >>> ident = resolve("anon")

@@ -165,7 +165,9 @@ class Store:
     A handle pickles without secrets (for Ray workers): it carries *how* to get the credentials
     again (``identity.recipe``: a key file's path, ``"adc"``, ``"metadata"``, ``"anon"``), never a
     private key or an access token. Credentials that cannot travel that way (a key given as a
-    dict or as text, a credentials object) refuse to pickle with a message saying what to pass.
+    dict or as text, a credentials object) refuse to pickle with a message saying what to pass;
+    a local folder's handle holding such credentials pickles, and says so when a ``gs://`` URL
+    is reached from it in the other process.
 
     Attributes:
         url: What this handle points at, e.g. ``gs://my-bucket/photos`` or a local folder.
@@ -380,14 +382,17 @@ def open_store(
         url: ``gs://bucket/prefix``, a local path, or any fsspec URL; a :class:`Store` is returned
             as it is.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`; default: application default
-            credentials); ignored elsewhere. A :class:`Store` here lends its access (credentials,
-            billing, endpoint) to ``url``, as :meth:`Store.at` does.
+            credentials); elsewhere kept unresolved, with ``project``, ``requester_pays`` and
+            ``endpoint``, for a ``gs://`` URL reached from the handle (:meth:`Store.at`). A
+            :class:`Store` here lends its access (credentials, billing, endpoint) to ``url``, as
+            :meth:`Store.at` does.
         project: Google Cloud project (billing for requester-pays buckets).
         requester_pays: Bill reads to ``project`` (or to this project id, if a string).
         endpoint: Another GCS endpoint (an emulator), else ``$STORAGE_EMULATOR_HOST``, else
-            Google. It changes only where requests go: credentials are found the same way, and
-            only when none exist at all *and* the endpoint is on this machine are requests sent
-            anonymously (the identity then says so).
+            Google. Credentials found on this machine (``token=None``) go only to Google and to
+            an endpoint on this machine (:func:`receives_found_credentials`); any other endpoint
+            is reached anonymously unless ``token`` is given (the identity says which). Against
+            an endpoint on this machine with no credentials at all, requests go anonymously too.
 
     Returns:
         The handle, with credentials resolved and a token fetched (so a refused key fails here,
