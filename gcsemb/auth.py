@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -269,8 +270,11 @@ def _default() -> Identity:
 def _from_adc_variable(value: str) -> Identity:
     """``GOOGLE_APPLICATION_CREDENTIALS``: a key file's path, or (as people set it) its JSON."""
     text = json_text(value)
-    if text is not None:
-        return _from_text(text, f"{ADC_ENV} (holding the key's JSON text)")
+    if text is not None:  # one identity per key text, so its token is fetched once
+        key = (f"{ADC_ENV}:{hashlib.sha256(text.encode()).hexdigest()}", 0, 0)
+        if key not in _KEYS:
+            _KEYS[key] = _from_text(text, f"{ADC_ENV} (holding the key's JSON text)")
+        return _KEYS[key]
     if _is_file(value) or _names_a_path(value):
         return _from_key_file(value, f"{ADC_ENV} ({os.path.basename(value)!r})")
     raise _unusable(value, ADC_ENV, "a key file's path, or the key file's JSON text")

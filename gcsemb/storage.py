@@ -465,8 +465,9 @@ def explain(exc: BaseException, uri: str, store: Store, action: str = "read") ->
         target = f"gs://{uri[5:].split('/', 1)[0]}" if listing else uri
         return NotFound(f"{target} does not exist (looked up as {who}). Check the name for typos.")
     if (code == 401 or "Invalid Credentials" in text) and store.identity.anonymous:
+        why = "" if who == ANONYMOUS.description else f" gcsemb is {who}."
         return AccessDenied(
-            f"{uri} is not public: anonymous requests are refused (401). {AUTH_FIXES}"
+            f"{uri} is not public: anonymous requests are refused (401).{why} {AUTH_FIXES}"
         )
     if code == 401 or "Invalid Credentials" in text:
         return AuthError(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")
