@@ -3,7 +3,8 @@
 Accepted ``token`` values:
 
 - ``None`` (default): application default credentials, found the way Google's libraries find them
-  (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's ADC file, Colab after ``authenticate_user()``, the
+  (``GOOGLE_APPLICATION_CREDENTIALS``, naming a key file or, as people set it, holding its JSON
+  text; gcloud's ADC file, Colab after ``authenticate_user()``, the
   metadata server on Vertex AI Workbench / GCE). In Colab, missing credentials trigger
   ``authenticate_user()``. Nothing found is an error naming the fixes; only against a storage
   endpoint on this machine (a local emulator) does gcsemb then go anonymous, and says so.
@@ -12,11 +13,13 @@ Accepted ``token`` values:
 - ``"metadata"`` / ``"cloud"``: the VM's service account from the metadata server.
 - ``"colab"``: run Colab's ``authenticate_user()`` first.
 - a path to a JSON key (service account, authorized user, external account), its parsed dict, or
-  its text (a string starting with ``{``, e.g. a notebook secret's value).
+  its text (a string starting with ``{``, a UTF-8 BOM allowed, e.g. a notebook secret's value).
 - a ``google.auth.credentials.Credentials`` object.
 
 No message, repr or log line ever holds key material or a token: a key is named by its source
-("the key passed as JSON text", a file's base name) and the identity by its e-mail.
+("the key passed as JSON text", a file's base name) and the identity by its e-mail. A string that
+is none of the above (a base64-encoded key, a bare PEM private key, a refresh token) is refused
+naming only its form and length; a missing path is echoed only when it ends in ``.json``.
 
 Example:
     >>> ident = resolve("anon")
@@ -26,8 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,25 +143,64 @@ def _from_info(info: Mapping[str, Any], source: str, recipe: str | None = None) 
 
 
 _KEYS: dict[tuple[str, int, int], Identity] = {}
+BOM = "\ufeff"
+WORKING_FORMS = "a key file's path, the key file's JSON text, 'anon', 'adc', 'metadata' or 'colab'"
 
 
 def _key_file_name(path: str | os.PathLike[str]) -> str:
     return f"the key file {os.path.basename(os.fspath(path))!r}"
 
 
-def _where(path: str | os.PathLike[str]) -> str:
-    """`` (looked for '...')`` when ``path`` looks like a path; nothing for other strings."""
-    text = os.fspath(path)
-    looks_like_path = any(c in text for c in "/\\~") or text.lower().endswith(".json")
-    return f" (looked for {text!r})" if looks_like_path else ""
+def _is_file(text: str | os.PathLike[str]) -> bool:
+    """Whether ``text`` names an existing file; a value no file can have is simply not one."""
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, an unknown ~user
+        return False
+
+
+def _names_a_path(text: str) -> bool:
+    """Whether a missing ``text`` may be echoed: a one-line ``.json`` name, as no secret is."""
+    return len(text) <= 1024 and text.isprintable() and text.lower().endswith(".json")
+
+
+def _form(text: str) -> str:
+    """What an unusable string looks like, in words, with the fix; never a piece of it."""
+    bare = "".join(text.split())
+    if "PRIVATE KEY-----" in text:
+        return (
+            "It looks like a PEM private key on its own: pass the whole JSON key file (it also "
+            "names the account and its token endpoint)"
+        )
+    if bare.startswith("1//"):
+        return (
+            "It looks like a refresh token: run `gcloud auth application-default login`, or pass "
+            "the authorized-user JSON that holds it"
+        )
+    if bare.startswith("ya29."):
+        return (
+            "It looks like an access token: in Python pass "
+            "google.oauth2.credentials.Credentials(token=...)"
+        )
+    if len(bare) >= 64 and re.fullmatch(r"[A-Za-z0-9+/_-]+=*", bare):
+        return "It looks like base64-encoded text: decode it first (base64 -d) and pass the JSON"
+    return "Check for a typo"
+
+
+def _unusable(text: str, where: str, works: str = WORKING_FORMS) -> AuthError:
+    """The error for a string that is no key: named by its form and length only."""
+    return AuthError(
+        f"{where} is a {len(text):,}-character value that names no existing file, is not JSON "
+        f"and is no keyword. {_form(text)}. What works: {works}."
+    )
 
 
 def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> Identity:
     """Credentials from a JSON key; one per file version, so its token is fetched once."""
     source = source or _key_file_name(path)
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise AuthError(f"{source} does not exist{_where(path)}. {AUTH_FIXES}")
+    if not _is_file(p):
+        raise AuthError(f"{source} does not exist (looked for {os.fspath(path)!r}). {AUTH_FIXES}")
     stat = p.stat()
     key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _KEYS:
@@ -166,7 +210,7 @@ def _from_key_file(path: str | os.PathLike[str], source: str | None = None) -> I
 
 def _read_key_file(p: Path, source: str) -> Identity:
     try:
-        info = json.loads(p.read_text())
+        info = json.loads(p.read_text(encoding="utf-8-sig"))  # a BOM, as Notepad saves it
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise AuthError(f"{source} is not a JSON key file. {AUTH_FIXES}") from None
     if not isinstance(info, dict):
@@ -174,8 +218,18 @@ def _read_key_file(p: Path, source: str) -> Identity:
     return _from_info(info, source, recipe=str(p.resolve()))
 
 
-def _from_text(text: str) -> Identity:
-    source = "The key passed as JSON text"
+def json_text(text: str) -> str | None:
+    r"""``text`` without a BOM and outer blanks when it is JSON object text, else None.
+
+    Example:
+        >>> json_text('\ufeff{"type": "service_account"}\n')
+        '{"type": "service_account"}'
+    """
+    bare = text.strip().lstrip(BOM).strip()
+    return bare if bare.startswith("{") else None
+
+
+def _from_text(text: str, source: str = "The key passed as JSON text") -> Identity:
     try:
         info = json.loads(text)
     except json.JSONDecodeError:
@@ -196,21 +250,34 @@ def _colab_login() -> None:
     colab_auth.authenticate_user()
 
 
+ADC_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 _ADC_ENV = ("CLOUDSDK_CONFIG", "HOME", "APPDATA", "GCE_METADATA_HOST", "COLAB_RELEASE_TAG")
 _DEFAULTS: dict[tuple[str | None, ...], Identity] = {}
 
 
 def _default() -> Identity:
     """Application default credentials, found once per environment (then reused)."""
-    env_key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    env_key = os.environ.get(ADC_ENV)
     if env_key:
-        name = os.path.basename(env_key)
-        found = _from_key_file(env_key, f"GOOGLE_APPLICATION_CREDENTIALS ({name!r})")
+        found = _from_adc_variable(env_key)
         return Identity(found.token, found.description, "adc")
     key = tuple(os.environ.get(var) for var in _ADC_ENV)
     if key not in _DEFAULTS:
         _DEFAULTS[key] = _find_default()
     return _DEFAULTS[key]
+
+
+def _from_adc_variable(value: str) -> Identity:
+    """``GOOGLE_APPLICATION_CREDENTIALS``: a key file's path, or (as people set it) its JSON."""
+    text = json_text(value)
+    if text is not None:  # one identity per key text, so its token is fetched once
+        key = (f"{ADC_ENV}:{hashlib.sha256(text.encode()).hexdigest()}", 0, 0)
+        if key not in _KEYS:
+            _KEYS[key] = _from_text(text, f"{ADC_ENV} (holding the key's JSON text)")
+        return _KEYS[key]
+    if _is_file(value) or _names_a_path(value):
+        return _from_key_file(value, f"{ADC_ENV} ({os.path.basename(value)!r})")
+    raise _unusable(value, ADC_ENV, "a key file's path, or the key file's JSON text")
 
 
 def _find_default() -> Identity:
@@ -289,13 +356,13 @@ def _default_or_anonymous(local_endpoint: bool) -> Identity:
     try:
         return _default()
     except AuthError:
-        if not local_endpoint or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        if not local_endpoint or os.environ.get(ADC_ENV):
             raise
         return Identity(ANON, "anonymous (no Google credentials found; local endpoint)", ANON)
 
 
 def _from_string(text: str) -> Identity:
-    """A keyword, a key's JSON text, or a key file's path."""
+    """A keyword, a key's JSON text (a BOM allowed), or a key file's path."""
     kind = KEYWORDS.get(text.strip().lower())
     if kind == ANON:
         return ANONYMOUS
@@ -305,14 +372,12 @@ def _from_string(text: str) -> Identity:
         _colab_login()
     if kind is not None:
         return _default()
-    if text.lstrip().startswith("{"):
-        return _from_text(text)
-    if not _where(text) and not Path(text).expanduser().is_file():
-        raise AuthError(
-            f"The token string ({len(text)} characters) is neither a key file path, nor JSON "
-            f"key text, nor one of {sorted(set(KEYWORDS))}. {AUTH_FIXES}"
-        )
-    return _from_key_file(text)
+    key_text = json_text(text)
+    if key_text is not None:
+        return _from_text(key_text)
+    if _is_file(text) or _names_a_path(text):
+        return _from_key_file(text)
+    raise _unusable(text, "The token")
 
 
 def resolve(token: Any = None, *, local_endpoint: bool = False) -> Identity:
@@ -337,8 +402,10 @@ def resolve(token: Any = None, *, local_endpoint: bool = False) -> Identity:
         return token
     if token is None:
         return _default_or_anonymous(local_endpoint)
-    if isinstance(token, str | os.PathLike):
-        return _from_string(os.fspath(token))
+    if isinstance(token, os.PathLike):  # a path object names a file, never a secret
+        return _from_key_file(token)
+    if isinstance(token, str):
+        return _from_string(token)
     if isinstance(token, Mapping):
         return _from_info(token, "The key dict")
     if hasattr(token, "apply") and hasattr(token, "refresh"):  # google.auth Credentials

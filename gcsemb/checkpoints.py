@@ -87,9 +87,9 @@ def normalize_tag(tag: str) -> str:
 def checkpoint_record(pretrained: str | None, *, token: object = None) -> dict[str, str]:
     """Where a checkpoint's weights came from, for the dataset's metadata; ``{}`` for a tag.
 
-    ``checkpoint`` is the local path (links resolved) or the URL without its query (a signed
-    URL's signature is never stored); ``checkpoint_sha256`` its content hash, which a later
-    search compares before it trusts a file found at that location.
+    ``checkpoint`` is the local path (links resolved) or the URL without its user name,
+    password and query (a signed URL's signature is never stored); ``checkpoint_sha256`` its
+    content hash, which a later search compares before it trusts a file found at that location.
 
     Example:
         >>> checkpoint_record("laion2b_s34b_b79k")
@@ -99,7 +99,7 @@ def checkpoint_record(pretrained: str | None, *, token: object = None) -> dict[s
         return {}
     if "://" in pretrained:
         path = remote_checkpoint(pretrained, token)  # cached: no second download
-        return {"checkpoint": without_query(pretrained), "checkpoint_sha256": content_hash(path)}
+        return {"checkpoint": public_url(pretrained), "checkpoint_sha256": content_hash(path)}
     local = local_checkpoint(pretrained)
     if local is None:
         return {}
@@ -122,19 +122,42 @@ def local_checkpoint(pretrained: str) -> Path | None:
         return None
 
 
-def without_query(url: str) -> str:
-    """``url`` without its query and fragment: a signed URL's signature never names anything.
+def public_url(url: str) -> str:
+    """``url`` without user name, password, query and fragment: what may be recorded or shown.
+
+    A signed URL's signature and a password in the URL never name anything; they stay out of
+    datasets, messages, logs and reprs.
 
     Example:
-        >>> without_query("https://storage.googleapis.com/b/m.bin?X-Goog-Signature=abc#x")
+        >>> public_url("https://me:pw@storage.googleapis.com/b/m.bin?X-Goog-Signature=abc#x")
         'https://storage.googleapis.com/b/m.bin'
     """
     from urllib.parse import urlsplit, urlunsplit
 
     if "://" not in url or url.split("://", 1)[0].lower() in ("gs", "gcs"):
-        return url  # object names may hold '?' and '#'; only web URLs carry a query
+        return url  # object names may hold '?', '#' and '@'; only web URLs carry these
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (e.g. an error message about ``url``) with ``url``'s secret parts left out.
+
+    Example:
+        >>> redact("401 for https://me:pw@h/m.pt?sig=abc", "https://me:pw@h/m.pt?sig=abc")
+        '401 for https://h/m.pt'
+    """
+    from urllib.parse import urlsplit
+
+    text = text.replace(url, public_url(url))
+    if public_url(url) == url:
+        return text
+    parts = urlsplit(url)
+    for secret in (parts.netloc.rpartition("@")[0], parts.query, parts.fragment):
+        if secret:
+            text = text.replace(secret, "...")
+    return text
 
 
 def check_architecture(model: str, names: list[str] | None = None) -> str:
@@ -174,16 +197,20 @@ def checkpoint_weights(path: Path) -> str:
 def remote_checkpoint(url: str, token: object = None) -> Path:
     """Copy a checkpoint at an fsspec URL into the cache once (keyed on its version).
 
-    The cached file is named after the URL's path, never its query (a signed URL's signature).
+    The cached file is named after the URL's path, never its password or query (a signed
+    URL's signature); messages leave those out too, and so keep no cause that holds them.
     """
     from gcsemb.storage import explain, open_store
 
-    name = without_query(url)
+    name = public_url(url)
+    secret = name != url and "://" in url
     try:
         store = open_store(url, token=token)
         fs, path = store.fs, store.path
     except Exception as e:
-        raise ModelLoadError(f"Cannot open the checkpoint {name}: {e}") from e
+        raise ModelLoadError(f"Cannot open the checkpoint {name}: {redact(str(e), url)}") from (
+            None if secret else e
+        )
     try:
         info = fs.info(path)
         version = json.dumps({k: info[k] for k in _VERSION_KEYS if k in info}, default=str)
@@ -193,9 +220,10 @@ def remote_checkpoint(url: str, token: object = None) -> Path:
             log.info("copying %s into %s", name, dest)
             atomic_write(dest, lambda tmp: _copy(fs, path, tmp), info.get("size"))
     except Exception as e:
-        raise ModelLoadError(
-            f"Cannot copy the checkpoint into the cache: {explain(e, name, store)}"
-        ) from e
+        why = redact(str(explain(e, name, store)), url)
+        raise ModelLoadError(f"Cannot copy the checkpoint into the cache: {why}") from (
+            None if secret else e
+        )
     return dest
 
 

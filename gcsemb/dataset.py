@@ -223,12 +223,15 @@ def _microseconds(when: datetime.datetime | None) -> int | None:
 
 
 def dataset_info(table: pa.Table) -> dict[str, Any]:
-    """The ``gcsemb.*`` parquet metadata of a shard as a dict (``config`` parsed from JSON)."""
+    """The ``gcsemb.*`` parquet metadata of a shard as a dict (``config`` parsed from JSON).
+
+    Another tool (or person) may have written any bytes there: what is not UTF-8 is decoded
+    with replacement characters.
+    """
     meta = table.schema.metadata or {}
+    text = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
     info: dict[str, Any] = {
-        k.decode()[len(META_PREFIX) :]: v.decode()
-        for k, v in meta.items()
-        if k.decode(errors="replace").startswith(META_PREFIX)
+        k[len(META_PREFIX) :]: v for k, v in text.items() if k.startswith(META_PREFIX)
     }
     if "config" in info:
         try:

@@ -226,7 +226,7 @@ class Session:
             ("images", self.src.url),
             ("embeddings", self.dst.url),
             ("model", Path(self.model).stem if self.model.endswith(".json") else self.model),
-            ("weights", "random (demo)" if self.demo else self._pretrained),
+            ("weights", "random (demo)" if self.demo else _shown(self._pretrained)),
             ("storage", "local emulator" if self.demo else "Google Cloud Storage"),
             ("identity", self.src.identity.description),
         ]
@@ -241,6 +241,13 @@ class Session:
             for k, v in self._fields()
         )
         return f"<table>{rows}</table>"
+
+
+def _shown(pretrained: str | None) -> str | None:
+    """The weights as a repr shows them: a checkpoint URL without its password or signature."""
+    from gcsemb.checkpoints import public_url
+
+    return public_url(pretrained) if pretrained else pretrained
 
 
 _EMULATOR: Any = None  # the demo's emulator: one per kernel, however often setup() runs

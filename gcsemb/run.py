@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gcsemb.check import write_probe
-from gcsemb.checkpoints import checkpoint_record, model_tag
+from gcsemb.checkpoints import checkpoint_record, model_tag, public_url
 from gcsemb.config import EmbedConfig
 from gcsemb.dataset import done_index, failed_index
 from gcsemb.errors import BadURL
@@ -87,9 +87,9 @@ def run_metadata(src: Store, cfg: EmbedConfig) -> dict[str, str]:
     """What every shard of a run records about how it was made (parquet metadata).
 
     The source URL (thumbnails and searches fetch only under it), the checkpoint's location and
-    sha256 when the weights are a file (never a signed URL's query), the model-config JSON when
-    the architecture is one (:func:`gcsemb.model_config.architecture_record`), the settings, the
-    version.
+    sha256 when the weights are a file (never a URL's password or signed query), the
+    model-config JSON when the architecture is one
+    (:func:`gcsemb.model_config.architecture_record`), the settings, the version.
     """
     import os
 
@@ -100,9 +100,17 @@ def run_metadata(src: Store, cfg: EmbedConfig) -> dict[str, str]:
         "source": source,
         **checkpoint_record(cfg.pretrained, token=src),
         **architecture_record(cfg.model),  # a config JSON: a search needs no --model
-        "config": json.dumps(asdict(cfg), sort_keys=True),
+        "config": json.dumps(public_config(cfg), sort_keys=True),
         "version": __version__,
     }
+
+
+def public_config(cfg: EmbedConfig) -> dict[str, Any]:
+    """The settings as recorded: a checkpoint URL without its password or signature."""
+    fields = asdict(cfg)
+    if fields["pretrained"]:
+        fields["pretrained"] = public_url(fields["pretrained"])
+    return fields
 
 
 @dataclass

@@ -20,12 +20,13 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from gcsemb.auth import Identity, resolve, verify
+from gcsemb.auth import ANONYMOUS, Identity, resolve, verify
+from gcsemb.auth import json_text as auth_json_text
 from gcsemb.errors import (
     AUTH_FIXES,
     READ_ROLE,
@@ -116,6 +117,41 @@ def is_loopback(endpoint: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def receives_found_credentials(endpoint: str | None) -> bool:
+    """Whether credentials gcsemb *found* (not passed) may go to ``endpoint``.
+
+    Google itself (no endpoint, or an ``https://`` host under ``googleapis.com``, such as a
+    Private Service Connect endpoint) and an endpoint on this machine (a local emulator) get
+    them. Any other endpoint, such as one that ``STORAGE_EMULATOR_HOST`` names, gets only
+    credentials passed for it (``token=``, ``--token``), as google-cloud-storage does: a
+    variable set by someone else never sends your token to their server, or in clear over http.
+
+    Example:
+        >>> receives_found_credentials("http://10.0.0.5:4443")
+        False
+        >>> receives_found_credentials("http://127.0.0.1:4443")
+        True
+    """
+    if not endpoint or is_loopback(endpoint):
+        return True
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and (
+        host == "googleapis.com" or host.endswith(".googleapis.com")
+    )
+
+
+def _withheld(endpoint: str) -> Identity:
+    """Anonymous, saying why: credentials found on this machine are not sent to ``endpoint``."""
+    host = urlsplit(endpoint).netloc
+    return Identity(
+        ANONYMOUS.token,
+        f"anonymous (credentials found on this machine are not sent to {host}; pass token=... "
+        "or --token to send some)",
+        ANONYMOUS.recipe,
+    )
+
+
 LOCAL = Identity(None, "local files", "local")
 
 
@@ -130,7 +166,9 @@ class Store:
     A handle pickles without secrets (for Ray workers): it carries *how* to get the credentials
     again (``identity.recipe``: a key file's path, ``"adc"``, ``"metadata"``, ``"anon"``), never a
     private key or an access token. Credentials that cannot travel that way (a key given as a
-    dict or as text, a credentials object) refuse to pickle with a message saying what to pass.
+    dict or as text, a credentials object) refuse to pickle with a message saying what to pass;
+    a local folder's handle holding such credentials pickles, and says so when a ``gs://`` URL
+    is reached from it in the other process.
 
     Attributes:
         url: What this handle points at, e.g. ``gs://my-bucket/photos`` or a local folder.
@@ -138,6 +176,8 @@ class Store:
         project: Google Cloud project (billing for requester-pays buckets).
         requester_pays: Bill reads to ``project`` (or to this project id, if a string).
         endpoint: A storage endpoint other than Google's (an emulator); only the URL changes.
+        gcs_token: For a handle that is not on GCS (a local folder): the credentials it was
+            given, unresolved, which a ``gs://`` URL reached from it (:meth:`at`) gets.
 
     Example:
         >>> store = open_store("gs://my-bucket/photos")  # doctest: +SKIP
@@ -151,6 +191,7 @@ class Store:
     project: str | None = None
     requester_pays: bool | str = False
     endpoint: str | None = None
+    gcs_token: Any = field(default=None, repr=False)
 
     @property
     def gcs(self) -> bool:
@@ -179,31 +220,38 @@ class Store:
         return f"gs://{path}" if self.gcs else self.fs.unstrip_protocol(path)
 
     def at(self, url: str) -> Store:
-        """The same access (credentials, billing, endpoint and filesystem) for another URL.
+        """Exactly this access (credentials, billing, endpoint) for another URL.
+
+        Between two ``gs://`` URLs the filesystem is shared too. From a local folder to a bucket,
+        the credentials, project, requester-pays setting and endpoint given for the folder apply.
 
         Example:
             >>> dst = open_store("gs://b/photos").at("gs://b/embeddings")  # doctest: +SKIP
         """
-        if is_gcs(url) != self.gcs:  # between a bucket and local files: nothing to share
-            return open_store(url, project=self.project, endpoint=self.endpoint)
-        other = replace(self, url=url)
-        if "fs" in self.__dict__:
-            other.__dict__["fs"] = self.__dict__["fs"]
-        return other
+        if self.gcs and is_gcs(url):
+            other = replace(self, url=url)
+            if "fs" in self.__dict__:
+                other.__dict__["fs"] = self.__dict__["fs"]
+            return other
+        if isinstance(self.gcs_token, _Stayed):
+            raise self.gcs_token.error()
+        return open_store(
+            url,
+            token=self.identity if self.gcs else self.gcs_token,
+            project=self.project,
+            requester_pays=self.requester_pays,
+            endpoint=self.endpoint,
+        )
 
     def __repr__(self) -> str:
         return f"Store({self.url!r} as {self.identity.description})"
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        recipe = self.identity.recipe
-        if recipe is None:
-            raise AuthError(
-                f"The credentials of {self.identity.description} cannot be sent to other "
-                "processes (they were given as a key dict, key text or a credentials object, "
-                "which gcsemb never copies). Pass a key file path that exists on every worker, "
-                "or use application default credentials (token=None)."
-            )
-        return (_reopen, (self.url, recipe, self.project, self.requester_pays, self.endpoint))
+        recipe = self.identity.recipe if self.gcs else _recipe(self.gcs_token)
+        if recipe is None and self.gcs:
+            raise _Stayed(self.identity.description).error()
+        access = (self.project, self.requester_pays, self.endpoint)
+        return (_reopen, (self.url, recipe, *access))
 
     def __copy__(self) -> Store:
         return self
@@ -212,12 +260,44 @@ class Store:
         return self
 
 
+class _Stayed:
+    """Credentials of a local handle that stayed in the process that resolved them."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def error(self) -> AuthError:
+        return AuthError(
+            f"The credentials of {self.description} cannot be sent to other processes (they "
+            "were given as a key dict, key text or a credentials object, which gcsemb never "
+            "copies). Pass a key file path that exists on every worker, or use application "
+            "default credentials (token=None)."
+        )
+
+
+def _recipe(token: Any) -> str | _Stayed | None:
+    """How another process gets the credentials ``token`` names, without any secret."""
+    if token is None or isinstance(token, _Stayed):
+        return token
+    if isinstance(token, Identity):
+        return token.recipe if token.recipe is not None else _Stayed(token.description)
+    if isinstance(token, str | os.PathLike) and auth_json_text(os.fspath(token)) is None:
+        return os.fspath(token)  # a keyword or a key file's path
+    return _Stayed("the key given for this folder")
+
+
 def _reopen(
-    url: str, recipe: str, project: str | None, requester_pays: bool | str, endpoint: str | None
+    url: str,
+    recipe: str | _Stayed | None,
+    project: str | None,
+    requester_pays: bool | str,
+    endpoint: str | None,
 ) -> Store:
     """Unpickle a :class:`Store`: resolve its credentials again, from their recipe."""
     if not is_gcs(url):
-        return open_store(url)
+        return open_store(
+            url, token=recipe, project=project, requester_pays=requester_pays, endpoint=endpoint
+        )
     token = None if recipe == "adc" else recipe
     return open_store(
         url, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
@@ -303,14 +383,17 @@ def open_store(
         url: ``gs://bucket/prefix``, a local path, or any fsspec URL; a :class:`Store` is returned
             as it is.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`; default: application default
-            credentials); ignored elsewhere. A :class:`Store` here lends its access (credentials,
-            billing, endpoint) to ``url``, as :meth:`Store.at` does.
+            credentials); elsewhere kept unresolved, with ``project``, ``requester_pays`` and
+            ``endpoint``, for a ``gs://`` URL reached from the handle (:meth:`Store.at`). A
+            :class:`Store` here lends its access (credentials, billing, endpoint) to ``url``, as
+            :meth:`Store.at` does.
         project: Google Cloud project (billing for requester-pays buckets).
         requester_pays: Bill reads to ``project`` (or to this project id, if a string).
         endpoint: Another GCS endpoint (an emulator), else ``$STORAGE_EMULATOR_HOST``, else
-            Google. It changes only where requests go: credentials are found the same way, and
-            only when none exist at all *and* the endpoint is on this machine are requests sent
-            anonymously (the identity then says so).
+            Google. Credentials found on this machine (``token=None``) go only to Google and to
+            an endpoint on this machine (:func:`receives_found_credentials`); any other endpoint
+            is reached anonymously unless ``token`` is given (the identity says which). Against
+            an endpoint on this machine with no credentials at all, requests go anonymously too.
 
     Returns:
         The handle, with credentials resolved and a token fetched (so a refused key fails here,
@@ -333,14 +416,18 @@ def open_store(
     if not is_gcs(url):
         scheme = url.split("://", 1)[0] if "://" in url else "file"
         local = scheme in ("file", "local")
-        return Store(str(url), LOCAL if local else Identity(None, f"{scheme} (no Google account)"))
+        identity = LOCAL if local else Identity(None, f"{scheme} (no Google account)")
+        return Store(str(url), identity, project, requester_pays, endpoint, gcs_token=token)
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if not bucket:
         raise BadURL(f"{url!r} names no bucket: write gs://BUCKET/optional/prefix.")
     endpoint = endpoint or os.environ.get(EMULATOR_ENV) or None
     if endpoint and "://" not in endpoint:
         endpoint = f"http://{endpoint}"  # STORAGE_EMULATOR_HOST may be host:port
-    identity = verify(resolve(token, local_endpoint=is_loopback(endpoint)))
+    if token is None and not receives_found_credentials(endpoint):
+        identity = _withheld(endpoint)
+    else:
+        identity = verify(resolve(token, local_endpoint=is_loopback(endpoint)))
     return Store(url, identity, project, requester_pays, endpoint)
 
 
@@ -379,8 +466,9 @@ def explain(exc: BaseException, uri: str, store: Store, action: str = "read") ->
         target = f"gs://{uri[5:].split('/', 1)[0]}" if listing else uri
         return NotFound(f"{target} does not exist (looked up as {who}). Check the name for typos.")
     if (code == 401 or "Invalid Credentials" in text) and store.identity.anonymous:
+        why = "" if who == ANONYMOUS.description else f" gcsemb is {who}."
         return AccessDenied(
-            f"{uri} is not public: anonymous requests are refused (401). {AUTH_FIXES}"
+            f"{uri} is not public: anonymous requests are refused (401).{why} {AUTH_FIXES}"
         )
     if code == 401 or "Invalid Credentials" in text:
         return AuthError(f"Google rejected the credentials of {who} (401). {AUTH_FIXES}")

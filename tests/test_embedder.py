@@ -312,7 +312,7 @@ def test_a_signed_url_names_nothing_after_its_path(fresh_cache, ckpt: Path, capl
     assert any("copying" in line for line in ours)
     for text in [tag, loaded.name, repr(loaded), *ours, *cached]:
         assert "Signature" not in text and "0123abcdef" not in text and "frag" not in text
-    assert checkpoints.without_query(url) == f"{server.url}/models/tiny.pt"
+    assert checkpoints.public_url(url) == f"{server.url}/models/tiny.pt"
 
 
 @pytest.mark.parametrize(

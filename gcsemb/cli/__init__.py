@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from gcsemb.cli import check, demo, embed, listing, search, umap
-from gcsemb.cli.common import ROLES_TEXT, Command, add_debug, command_options
+from gcsemb.cli.common import ROLES_TEXT, Command, add_debug, command_options, printable
 from gcsemb.errors import GcsembError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -35,12 +35,19 @@ credentials (list, check, embed, umap, search):
                         service account on Vertex AI or Compute Engine)
   --token anon          no credentials, for public buckets
   --token key.json      a service-account (or other) JSON key file
-  --token "$KEY_JSON"   the key's JSON text, e.g. a CI secret held in a variable
+  --token -             the key's JSON text read from stdin, e.g. a CI secret
+                        held in a variable (printf is a shell builtin, so the
+                        key shows in no process listing):
+                          printf %s "$KEY_JSON" | gcsemb list gs://b --token -
+                        Prefer this or a key file over --token "$KEY_JSON",
+                        which every process listing shows.
   --token metadata      the VM's service account, from the metadata server
   --token colab         sign in with Colab's authenticate_user() first
   --token adc           application default credentials only
   STORAGE_EMULATOR_HOST=127.0.0.1:4443 points gcsemb at a GCS emulator (such as
-  fake-gcs-server) instead of Google; without credentials it goes anonymous."""
+  fake-gcs-server) instead of Google; without credentials it goes anonymous.
+  Credentials found on this machine go only to Google and to endpoints on this
+  machine: another endpoint gets only those given with --token."""
 
 EXIT_STATUS = """\
 exit status: 0 on success; 1 on an error, said in one line on stderr (--debug
@@ -87,13 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"gcsemb: error: {error_line(e)}", file=sys.stderr)
+        print(f"gcsemb: error: {printable(error_line(e))}", file=sys.stderr)
         return 1
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: names from a dataset are data."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return printable(super().formatMessage(record))
+
+
 def configure_logging(debug: bool) -> None:
-    """Warnings only, or everything with ``--debug``."""
+    """Warnings only, or everything with ``--debug``; control characters escaped."""
+    root = logging.getLogger()
+    ours = not root.handlers  # a host's own handlers (a test runner's) are left as they are
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    for handler in root.handlers if ours else ():
+        handler.setFormatter(PrintableFormatter(logging.BASIC_FORMAT))
     if not debug:
         # gcsfs logs every failed request with a traceback before raising; we print one line.
         logging.getLogger("gcsfs").setLevel(logging.CRITICAL)

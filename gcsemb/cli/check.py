@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gcsemb.cli.common import Command, add_credentials, credentials
+from gcsemb.cli.common import Command, add_credentials, credentials, printable
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
 
 DESCRIPTION = f"""\
@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from gcsemb.check import check
 
     report = check(args.url, write=not args.no_write, **credentials(args))
-    print(report)
+    lines = [f"identity: {report.identity}", *map(str, report.checks)]
+    print("\n".join(map(printable, lines)))  # an object's name never forges a line
     return 0 if report.ok else 1
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import textwrap
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +21,12 @@ from gcsemb.errors import READ_ROLE, WRITE_ROLE
 WIDTH = 79  # hand-wrapped help text fits an 80-column terminal
 DEBUG_HELP = "show tracebacks and gcsfs logs"
 TOKEN_HELP = (
-    "credentials: a key file, the key's JSON text, 'anon', 'adc', 'metadata' or 'colab' "
-    "(default: application default credentials; see gcsemb --help)"
+    "credentials: a key file, '-' to read the key's JSON from stdin, 'anon', 'adc', "
+    "'metadata' or 'colab' (default: application default credentials; see gcsemb --help)"
+)
+TOKEN_ON_COMMAND_LINE = (
+    "gcsemb: warning: the key's JSON text was given on the command line, where every process "
+    "listing shows it; pass a key file's path, or --token - to read the key from stdin."
 )
 ROLES_TEXT = f"""\
 access: reading a source (list, check, embed) needs {READ_ROLE};
@@ -91,12 +97,33 @@ def command_options() -> argparse.ArgumentParser:
 def add_credentials(parser: argparse.ArgumentParser, *, billing: bool = True) -> None:
     """``--token``; with ``billing`` also ``--project`` and ``--requester-pays``."""
     group = parser.add_argument_group("credentials")
-    group.add_argument("--token", help=TOKEN_HELP)
+    group.add_argument("--token", type=token_value, help=TOKEN_HELP)
     if billing:
         group.add_argument(
             "--project", help="Google Cloud project (billing for requester-pays buckets)"
         )
         group.add_argument("--requester-pays", action="store_true", help="bill reads to --project")
+
+
+def token_value(value: str) -> str:
+    """``--token``: ``-`` reads the key's JSON from stdin, out of every process listing.
+
+    Key text given on the command line still works, with a warning (never echoing it).
+
+    Raises:
+        argparse.ArgumentTypeError: ``-`` and nothing on stdin.
+    """
+    from gcsemb.auth import json_text
+
+    if value == "-":
+        if sys.stdin.isatty():
+            print("gcsemb: paste the key's JSON, then press Ctrl-D", file=sys.stderr)
+        value = sys.stdin.read()
+        if not value.strip():
+            raise argparse.ArgumentTypeError("'-' reads the key from stdin, which was empty")
+    elif json_text(value) is not None:
+        print(TOKEN_ON_COMMAND_LINE, file=sys.stderr)
+    return value
 
 
 def credentials(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,6 +133,27 @@ def credentials(args: argparse.Namespace) -> dict[str, Any]:
         "project": args.project,
         "requester_pays": args.requester_pays,
     }
+
+
+_BIDI = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def printable(text: str) -> str:
+    r"""``text`` safe for a terminal: control characters (and text-direction ones) escaped.
+
+    Object names and a dataset's URIs are data: ``\x1b]0;...\x07`` must not retitle the
+    terminal, nor a newline forge a line of output.
+
+    Example:
+        >>> printable("gs://b/a\x1b[2J.jpg")
+        'gs://b/a\\x1b[2J.jpg'
+    """
+    return "".join(
+        ch.encode("unicode_escape").decode()
+        if unicodedata.category(ch) == "Cc" or ord(ch) in _BIDI
+        else ch
+        for ch in text
+    )
 
 
 def human_size(n: float) -> str:

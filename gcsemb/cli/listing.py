@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, credentials, human_size
+from gcsemb.cli.common import Command, add_credentials, credentials, human_size, printable
 
 DESCRIPTION = """\
 List the image objects under a gs:// prefix, a glob or a local folder, with the
@@ -59,7 +59,7 @@ def row_writer(out: TextIO, fmt: str) -> Callable[[Any], Any]:
 
     def table_row(obj: Any) -> None:
         updated = f"{obj.updated:%Y-%m-%d %H:%M}" if obj.updated else ""
-        out.write(f"{human_size(obj.size):>10}  {updated:<16}  {obj.uri}\n")
+        out.write(f"{human_size(obj.size):>10}  {updated:<16}  {printable(obj.uri)}\n")
 
     return table_row
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, save_figure, use_agg
+from gcsemb.cli.common import Command, add_credentials, printable, save_figure, use_agg
 from gcsemb.errors import GcsembError
 
 DESCRIPTION = """\
@@ -60,7 +60,7 @@ def print_results(results: Any, fmt: str, out: TextIO) -> None:
         return
     out.write(f"{'RANK':>4}  {'SCORE':>6}  URI\n")
     for rank, row in enumerate(results.itertuples(), 1):
-        out.write(f"{rank:>4}  {row.score:6.3f}  {row.uri}\n")
+        out.write(f"{rank:>4}  {row.score:6.3f}  {printable(row.uri)}\n")
 
 
 def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
