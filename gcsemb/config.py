@@ -16,6 +16,11 @@ from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED
 BATCH_SIZE = {"cpu": 32, "cuda": 256}  # default images per forward pass, by device type
 MIB = 1 << 20
 DECODES = ("auto", "cpu", "gpu")
+WRITE_RETRY_SECONDS = 600.0
+"""How long a write to DST (a shard, or the claim that takes DST's lease) is retried, with backoff
+up to a minute, before the run gives up on it (a shard's rows are then kept locally): an outage of
+Cloud Storage or of the network rarely lasts longer, and ten minutes of waiting costs less than
+recomputing a shard's embeddings on a GPU."""
 
 
 def default_batch_size(device_type: str) -> int:
@@ -55,7 +60,8 @@ class EmbedConfig:
         decode_memory: Decoded pixel bytes in flight across all decode threads (see
             :class:`gcsemb.decode.PixelBudget`).
         write_retry_seconds: How long a shard that DST will not take is retried before its rows
-            are kept locally for the next run (see :mod:`gcsemb.writer`).
+            are kept locally for the next run (see :mod:`gcsemb.writer`), and how long taking
+            DST's lease is retried through an outage (see :mod:`gcsemb.lease`).
         retry_failed: Try every recorded failure again (by default only failures with an
             environmental cause are, and failures after a decoder upgrade).
         wait_for_lease: Seconds to wait while another run writes to DST (0: stop at once).
@@ -75,7 +81,7 @@ class EmbedConfig:
     max_object_bytes: int = 256 * MIB
     max_bytes_in_flight: int = 1024 * MIB
     decode_memory: int = 1024 * MIB
-    write_retry_seconds: float = 600.0
+    write_retry_seconds: float = WRITE_RETRY_SECONDS
     retry_failed: bool = False
     wait_for_lease: float = 0.0
 

@@ -24,15 +24,24 @@ timing or on a precondition, so the lease holds on fake-gcs-server, which ignore
 a paused holder that comes back cannot rewrite a claim that was taken over meanwhile, and a taker
 cannot delete a claim that was renewed after it read it.
 
-A claim whose heartbeat is older than ``stale_after`` belongs to a run that died. The next run
-deletes it with a warning that names that run, and takes over. A ``claiming`` claim is stale
-after :data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts
-over.
+A claim not renewed for ``stale_after`` belongs to a run that died. The next run deletes it
+with a warning that names that run, and takes over. A ``claiming`` claim is stale after
+:data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts over.
+How old a claim is never rests on another machine's clock (the times inside a claim are shown,
+never trusted): it is the storage's own time since the claim was last written (on GCS the
+object's ``updated`` time against the ``Date`` of the listing; in a local folder the file's
+modification time against this machine's clock), or how long this run has seen it unchanged
+(``time.monotonic``), whichever is longer. So a contender whose clock runs ahead takes no live
+lease, and a claim dated in the future blocks no one for longer than ``stale_after``. A claim
+written on this very machine (same boot and PID namespace) whose process is gone is taken over
+at once; a same-named host elsewhere (another container) is not.
 
-While held, a daemon thread renews the heartbeat every ``heartbeat`` seconds. If the claim was
-deleted, or another run took over, the lease is lost: :attr:`Lease.lost` is set, a warning is
-logged, and :meth:`Lease.check` raises :class:`LeaseLost`. The writer calls ``check()`` before
-each shard. The lease also counts as lost when the run could not renew it for
+Taking the lease rides through an outage of DST as long as shard writes do (``retry_seconds``).
+While held, a daemon thread renews the heartbeat every ``heartbeat`` seconds (sooner after a
+failure). If the claim was deleted, or another run took over, the lease is lost:
+:attr:`Lease.lost` is set, a warning is logged, and :meth:`Lease.check` raises
+:class:`LeaseLost`. The writer calls :meth:`Lease.confirm` (a fresh look at DST) before each
+shard. The lease also counts as lost when the run could not renew it for
 ``stale_after - 2 * heartbeat``, because another run may take it over soon after. Should two
 runs ever both hold it (a paused run that comes back on a storage without preconditions), the
 one that took it last keeps it and the other loses it at its next heartbeat.
@@ -59,12 +68,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
-from gcsemb.errors import GcsembError
+from gcsemb.config import WRITE_RETRY_SECONDS
+from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
 from gcsemb.storage import Store, explain, protocols
 
 logger = logging.getLogger(__name__)
@@ -79,15 +90,17 @@ STALE_AFTER = 150.0
 That is 10 missed heartbeats. A live run never goes that long: the renewal runs in its own
 thread, so a slow GPU batch or a long shard write does not delay it. It is short because the
 common dead holder is a notebook whose runtime disconnected: its user reconnects, runs again, and
-waits at most this long (a holder on this very machine whose process is gone is taken over at
-once). A holder that could not renew for 2 of these 2.5 minutes stops writing by itself
-(:meth:`Lease.check`)."""
+waits at most this long (a holder on this very machine, in this PID namespace, whose process is
+gone is taken over at once). A holder that could not renew for 2 of these 2.5 minutes stops
+writing by itself (:meth:`Lease.check`)."""
 CLAIM_STALE_AFTER = 60.0
 """Seconds after which a claim that never became ``held`` counts as abandoned. Claiming takes
 two or three requests. A run that takes longer than half of this starts over, so a live
 contender's claim is never mistaken for an abandoned one."""
 POLL = 2.0
 """Seconds between looks at a busy lease while ``acquire(wait=...)`` waits."""
+RETRY_DELAY = 2.0
+"""Seconds before the first new try of a failed claim or renewal (claims back off up to 60 s)."""
 RESOLVE_POLL = 0.05
 """Seconds between looks while runs that started at the same moment sort out who goes first."""
 WAIT_HINT = "wait_for_lease=SECONDS (CLI: --wait SECONDS)"
@@ -120,12 +133,16 @@ class Holder:
         run: The run id of the claimant (its shard names start with it).
         host: The machine it runs on.
         pid: Its process id on that machine.
-        since: When it claimed the lease (seconds since the epoch, its clock).
-        heartbeat: When it last renewed the lease (seconds since the epoch, its clock).
+        since: When it claimed the lease (seconds since the epoch, its clock: shown only).
+        heartbeat: When it last renewed the lease (seconds since the epoch, its clock: shown
+            only).
         state: ``"claiming"`` while it acquires, ``"held"`` once it holds the lease.
         version: Its gcsemb version.
         uri: Where the claim is, e.g. ``gs://bucket/emb/_lease/RUN.TAG.json``.
         generation: The GCS generation of the claim, if any.
+        age: Seconds since the claim last changed when it was read: by the storage's clock, or
+            as long as the reader has seen it unchanged, whichever is longer.
+        boot: Its machine's boot id and PID namespace (Linux), where its pid means a process.
     """
 
     run: str
@@ -137,6 +154,8 @@ class Holder:
     version: str
     uri: str
     generation: int | None = None
+    age: float = 0.0
+    boot: str | None = None
 
     @property
     def rank(self) -> tuple[float, str]:
@@ -148,6 +167,14 @@ class Holder:
         return f"run {self.run} on host {self.host} (pid {self.pid})"
 
 
+@dataclass(frozen=True)
+class _Outage:
+    """Tries at the lease that failed in a row: since when, and the wait before the next."""
+
+    since: float = field(default_factory=time.monotonic)
+    delay: float = RETRY_DELAY
+
+
 class Lease:
     """The right to write one destination, held by one run at a time.
 
@@ -157,7 +184,10 @@ class Lease:
         stale_after: Take over a lease whose heartbeat is older than this (seconds).
         heartbeat: Renew the held lease this often (seconds).
         poll: Look at a busy lease this often while waiting (seconds).
-        clock: Wall-clock time in seconds since the epoch. Tests move it.
+        clock: Wall-clock time in seconds since the epoch: the times a claim shows, and the
+            ages of claims in a local folder (this machine's files). Tests move it.
+        retry_seconds: How long taking the lease is retried while DST fails (as long as a shard
+            write, by default); a refusal (403, 401, no bucket) is never retried.
 
     Attributes:
         held: Whether this run holds the lease.
@@ -185,6 +215,7 @@ class Lease:
         heartbeat: float = HEARTBEAT,
         poll: float = POLL,
         clock: Callable[[], float] = time.time,
+        retry_seconds: float = WRITE_RETRY_SECONDS,
     ) -> None:
         if not 0 < 2 * heartbeat < stale_after:
             raise ValueError(
@@ -193,19 +224,20 @@ class Lease:
             )
         self.store, self.run = store, run
         self.stale_after, self.heartbeat = stale_after, heartbeat
-        self.poll, self.clock = poll, clock
+        self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
         self.folder = f"{store.path.rstrip('/')}/{LEASE_DIR}"
         self.path = f"{self.folder}/{run}.{uuid.uuid4().hex[:8]}.json"
         self.uri = _where(store, self.path)
         self.dst = store.url
-        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), _boot_id()
         self.held = self.lost = False
         self.lost_to: Holder | None = None
         self.took_over_from: Holder | None = None
         self._reason = ""
         self._since = 0.0
         self._generation: int | None = None  # of our claim on GCS; None: not written
-        self._renewed = 0.0  # clock time of the last renewal that reached DST
+        self._renewed = 0.0  # time.monotonic() of the last renewal that reached DST
+        self._seen: dict[tuple[Any, ...], float] = {}  # claim version -> monotonic first seen
         self._io = threading.RLock()  # one storage sequence at a time (renewal, release)
         self._state = threading.Lock()  # the flags; never held during a request
         self._stop = threading.Event()
@@ -225,24 +257,31 @@ class Lease:
         Raises:
             DestinationBusy: Another live run still holds the lease. The message names it.
             AccessDenied: This identity may not write, list or delete in DST.
+            GcsembError: DST failed (or was too slow) for ``retry_seconds``.
         """
         if self.held:
             return self
         deadline = time.monotonic() + max(0.0, wait)
         told: set[str] = set()
-        slow = 0
+        outage: _Outage | None = None  # tries that failed in a row
         while True:
-            won, holder = self._attempt()
+            try:
+                won, holder = self._attempt()
+            except (AccessDenied, AuthError, NotFound):
+                raise  # refused: another try changes nothing
+            except GcsembError as e:
+                outage = self._wait_out(outage or _Outage(), e)
+                continue
             if won:
                 break
-            if holder is None:  # claiming took too long to be trusted: try again, a few times
-                slow += 1
-                if slow >= 3:
-                    raise GcsembError(
-                        f"Could not take the lease of {self.dst}: the storage is too slow (three "
-                        f"tries took over {_duration(CLAIM_STALE_AFTER / 2)} each). Try again."
-                    )
+            if holder is None:  # claiming took too long to be trusted: try again
+                slow = GcsembError(
+                    f"Could not take the lease of {self.dst}: the storage is too slow (a try "
+                    f"took over {_duration(CLAIM_STALE_AFTER / 2)}). Try again."
+                )
+                outage = self._wait_out(outage or _Outage(), slow)
                 continue
+            outage = None
             left = deadline - time.monotonic()
             if left <= 0:
                 if holder.state == CLAIMING:  # it may itself lose: name whoever wins
@@ -259,6 +298,19 @@ class Lease:
         )
         self._thread.start()
         return self
+
+    def _wait_out(self, outage: _Outage, error: GcsembError) -> _Outage:
+        """Wait before the next try at the lease; raise ``error`` after ``retry_seconds``."""
+        if time.monotonic() + outage.delay - outage.since > self.retry_seconds:
+            raise error
+        logger.warning(
+            "Could not take the lease of %s (%s); trying again in %.0f s.",
+            self.dst,
+            error,
+            outage.delay,
+        )
+        time.sleep(outage.delay)
+        return replace(outage, delay=min(outage.delay * 2, 60.0))
 
     def release(self) -> None:
         """Give the lease back: stop renewing it and delete this run's claim.
@@ -314,6 +366,23 @@ class Lease:
         if self.lost:
             raise LeaseLost(self._lost_message(), self.lost_to)
 
+    def confirm(self) -> None:
+        """Look at DST now: raise :class:`LeaseLost` unless this run still holds the lease.
+
+        The writer calls it before each shard, so that no shard is written after the claim was
+        deleted or taken over, however recently. It renews the lease on the way. When DST cannot
+        be reached, the heartbeat's verdict stands (:meth:`check`).
+
+        Raises:
+            LeaseLost: The claim is gone, another run took over, or the lease could not be
+                renewed for so long that another run may take it over.
+        """
+        try:
+            self.beat()
+        except GcsembError as e:  # an outage: the heartbeat thread keeps trying
+            logger.debug("Could not look at the lease of %s: %s", self.dst, e)
+        self.check()
+
     def beat(self) -> None:
         """Renew the lease now, or notice that it was lost. The heartbeat thread calls this.
 
@@ -334,13 +403,13 @@ class Lease:
                 holder = next((c for c in others if c.state == HELD), None)
                 self._lose(holder, "its claim was deleted (taken over, or deleted by hand)")
             else:
-                now = self.clock()
+                started = time.monotonic()
                 try:
-                    self._generation = self._put(HELD, now, self._generation)
+                    self._generation = self._put(HELD, self.clock(), self._generation)
                 except FileExistsError:  # GCS: the claim changed or went since we read it
                     self._lose(None, "its claim was deleted (taken over, or deleted by hand)")
                     return
-                self._renewed = now
+                self._renewed = started
 
     # --- the steps -------------------------------------------------------------------------
 
@@ -387,7 +456,7 @@ class Lease:
                 if time.monotonic() - started > CLAIM_STALE_AFTER / 2:
                     self._withdraw()
                     return False, None
-                self._renewed = self.clock()
+                self._renewed = time.monotonic()
                 return True, None
             time.sleep(RESOLVE_POLL)  # later claims withdraw once they see ours
 
@@ -416,11 +485,10 @@ class Lease:
                 live.append(claim)
                 continue
             if claim.state == HELD:
-                age = self.clock() - claim.heartbeat
                 why = (
                     "its process is gone"
-                    if age <= self.stale_after
-                    else f"its last heartbeat was {_duration(age)} ago (more than "
+                    if claim.age <= self.stale_after
+                    else f"its last heartbeat was {_duration(claim.age)} ago (more than "
                     f"{_duration(self.stale_after)})"
                 )
                 logger.warning(
@@ -433,12 +501,20 @@ class Lease:
         return live
 
     def _stale(self, claim: Holder) -> bool:
-        if claim.host == self.host and claim.pid != self.pid and not _alive(claim.pid):
-            return True  # a run on this machine that was killed (kill -9, a kernel restart)
-        limit = self.stale_after
-        if claim.state == CLAIMING:
-            limit = min(limit, CLAIM_STALE_AFTER)
-        return self.clock() - claim.heartbeat > limit
+        return claim.age > self._limit(claim) or self._gone(claim)
+
+    def _limit(self, claim: Holder) -> float:
+        """How old ``claim`` may grow before its run counts as dead."""
+        return self.stale_after if claim.state == HELD else min(self.stale_after, CLAIM_STALE_AFTER)
+
+    def _gone(self, claim: Holder) -> bool:
+        """Whether ``claim`` is of a run on this machine whose process ended (kill -9, a restart).
+
+        Only where the claim names this boot and PID namespace: the same host name with another
+        boot id, or in another container, may be a live run elsewhere.
+        """
+        same = self.boot is not None and claim.boot == self.boot and claim.host == self.host
+        return same and claim.pid != self.pid and not _alive(claim.pid)
 
     @property
     def _grace(self) -> float:
@@ -456,33 +532,37 @@ class Lease:
 
     def _expire(self) -> None:
         """Count the lease lost once it has gone unrenewed so long that others may take it."""
-        if self.held and not self.lost and self.clock() - self._renewed > self._grace:
+        if self.held and not self.lost and time.monotonic() - self._renewed > self._grace:
             self._lose(None, f"it could not be renewed for {_duration(self._grace)}")
 
     def _beat_forever(self) -> None:
-        while not self._stop.wait(self.heartbeat):
+        """Renew every ``heartbeat`` seconds; after a failure, sooner, until the grace is over."""
+        pause = self.heartbeat
+        while not self._stop.wait(pause):
+            pause = self.heartbeat
             try:
                 self.beat()
             except Exception as e:  # the thread must go on; check() reports
                 logger.warning("Could not renew the lease of %s: %s", self.dst, e)
+                pause = min(self.heartbeat, RETRY_DELAY)
             self._expire()
 
     # --- messages --------------------------------------------------------------------------
 
     def _busy_message(self, holder: Holder) -> str:
-        now = self.clock()
         doing = "has been claiming" if holder.state == CLAIMING else "has held"
-        due = holder.heartbeat + self.stale_after
+        left = max(0.0, self._limit(holder) - holder.age)
+        due = self.clock() + left
         text = (
             f"{self.dst} is being written by {holder.describe()}, another gcsemb run: it "
             f"{doing} the lease since {_utc(holder.since)}, last heartbeat "
-            f"{_duration(now - holder.heartbeat)} ago (gcsemb {holder.version}). "
+            f"{_duration(holder.age)} ago (gcsemb {holder.version}). "
             f"Wait for it to finish: pass {WAIT_HINT} to wait up to that long. If that run has "
             f"stopped, its lease is taken over automatically once its heartbeat is older than "
-            f"{_duration(self.stale_after)} (at {_utc(due)}, in {_duration(due - now)}); if you "
+            f"{_duration(self._limit(holder))} (at {_utc(due)}, in {_duration(left)}); if you "
             f"are sure it died, delete {holder.uri}."
         )
-        if holder.host == self.host and holder.pid == self.pid:
+        if holder.host == self.host and holder.pid == self.pid and holder.boot == self.boot:
             text += (
                 f" That run is in this very process (pid {self.pid}): unless it is still going "
                 "on here, it ended without releasing its lease. Call release() on its Lease, or "
@@ -510,6 +590,7 @@ class Lease:
             "heartbeat": _iso(heartbeat),
             "state": state,
             "gcsemb": __version__,
+            "boot": self.boot,
         }
         return json.dumps(doc, indent=1).encode()
 
@@ -561,21 +642,32 @@ class Lease:
             raise explain(e, uri, self.store, "delete") from e
 
     def _read_claims(self) -> list[Holder]:
-        """Every claim in ``DST/_lease/`` (this run's too), read fresh."""
+        """Every claim in ``DST/_lease/`` (this run's too), read fresh, with its age.
+
+        The age is the storage's time since the claim was written (a local folder: this
+        machine's clock against the file's time), or how long this run has seen the claim
+        unchanged, whichever is longer: no claim looks younger than it is for long, whatever
+        clock or dates its writer had.
+        """
         from gcsemb.storage import cat_many
 
         try:
-            entries = _list(self.store, self.folder)
+            entries, now = _list(self.store, self.folder)
         except Exception as e:
             raise explain(e, _where(self.store, self.folder), self.store, "index") from e
+        now = self.clock() if now is None else now
         datas = cat_many(self.store, [path for path, _, _ in entries])
-        claims = []
-        for (path, generation, mtime), data in zip(entries, datas, strict=True):
+        claims, seen, looked = [], {}, time.monotonic()
+        for (path, generation, written), data in zip(entries, datas, strict=True):
             if isinstance(data, FileNotFoundError):
                 continue  # withdrawn or released since the listing
             if isinstance(data, BaseException):
                 raise explain(data, _where(self.store, path), self.store, "index") from data
-            claims.append(_parse(data, _where(self.store, path), generation, mtime))
+            claim = _parse(data, _where(self.store, path), generation, written)
+            version = (claim.uri, claim.generation, claim.heartbeat, claim.state)
+            seen[version] = self._seen.get(version, looked)
+            claims.append(replace(claim, age=max(now - written, looked - seen[version])))
+        self._seen = seen
         return claims
 
 
@@ -630,22 +722,27 @@ def _put(store: Store, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def _list(store: Store, folder: str) -> list[tuple[str, int | None, float]]:
-    """The claims in ``folder``: (path, GCS generation, modification time), never cached."""
+def _list(store: Store, folder: str) -> tuple[list[tuple[str, int | None, float]], float | None]:
+    """The claims in ``folder`` and the storage's time now, never cached.
+
+    Returns:
+        (path, GCS generation, time of the last write) per claim, and on GCS the server's time
+        (the listing's ``Date``, or the newest write if later: its second is cut off), else None.
+    """
     fs = store.fs
     if store.gcs:
         bucket, _, key = folder.partition("/")
-        found, token = [], None
+        found, token, now = [], None, 0.0
         while True:
-            page = fs.call(
+            headers, body = fs.call(
                 "GET",
                 "b/{}/o",
                 bucket,
                 prefix=f"{key}/",
                 fields="items(name,generation,updated),nextPageToken",
                 pageToken=token,
-                json_out=True,
             )
+            page, now = json.loads(body), max(now, _date(headers))
             for item in page.get("items", []):
                 if _is_claim(item["name"]):
                     found.append(
@@ -653,16 +750,17 @@ def _list(store: Store, folder: str) -> list[tuple[str, int | None, float]]:
                     )
             token = page.get("nextPageToken")
             if not token:
-                return found
+                return found, max([now, *(written for _, _, written in found)])
     try:
         infos = fs.ls(folder, detail=True, refresh=True)
     except FileNotFoundError:
-        return []
-    return [
+        return [], None
+    claims = [
         (info["name"], None, _mtime(info))
         for info in infos
         if info.get("type") == "file" and _is_claim(info["name"])
     ]
+    return claims, None
 
 
 def _where(store: Store, path: str) -> str:
@@ -672,14 +770,37 @@ def _where(store: Store, path: str) -> str:
 
 
 def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine."""
+    """Whether a process with this id runs on this machine (in this PID namespace)."""
+    if pid <= 0:  # 0 and negative ids name process groups, never one process
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none, or an id no process can have
         return False
     except OSError:  # e.g. another user's process: it exists
         return True
     return True
+
+
+def _boot_id() -> str | None:
+    """This kernel's boot id and this process's PID namespace, where a pid names one process.
+
+    None where unknown (not Linux): then no claim is ever taken for a process that is gone.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _date(headers: Any) -> float:
+    """The server's time, from a response's ``Date`` header (0 without one)."""
+    try:
+        return parsedate_to_datetime(headers.get("Date", "")).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return 0.0
 
 
 def _is_claim(name: str) -> bool:
@@ -691,6 +812,7 @@ def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holde
     """A claim from its JSON. An unreadable one blocks until its file is ``stale_after`` old."""
     try:
         doc = json.loads(data)
+        boot = doc.get("boot")
         return Holder(
             run=str(doc["run"]),
             host=str(doc["host"]),
@@ -701,8 +823,9 @@ def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holde
             version=str(doc.get("gcsemb", "?")),
             uri=uri,
             generation=generation,
+            boot=boot if isinstance(boot, str) else None,
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return Holder("(unreadable claim)", "?", 0, mtime, mtime, HELD, "?", uri, generation)
 
 

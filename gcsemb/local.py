@@ -134,6 +134,7 @@ class _Loop:
             seconds_per_shard=cfg.seconds_per_shard,
             metadata=run_metadata(self.run.src, cfg),
             retry_seconds=cfg.write_retry_seconds,
+            lease=self.run.lease,  # looked at before each shard: none after a takeover
         )
         bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
         estimate = _Estimate(bar, self.counts)

@@ -174,8 +174,8 @@ class Run:
         from gcsemb.lease import Lease
 
         check_writable(self.dst)
-        if self.lease is None:
-            self.lease = Lease(self.dst, self.id)
+        if self.lease is None:  # rides through an outage as long as a shard write does
+            self.lease = Lease(self.dst, self.id, retry_seconds=self.config.write_retry_seconds)
             self.lease.acquire(wait=self.config.wait_for_lease)
         self.read_index()  # a run that finished meanwhile wrote rows this one must skip
 
@@ -204,7 +204,8 @@ def prepare(
         BadURL: DST lies inside SRC.
         AuthError: No usable credentials.
         ModelLoadError: An unknown architecture or unreadable checkpoint (before any work).
-        DestinationUnwritable: Rows kept by an earlier run still cannot be uploaded.
+        DestinationUnwritable: Rows kept by an earlier run still cannot be uploaded (DST's
+            lease is given back: the next run is not kept waiting by this one).
     """
     src_store, dst_store = open_stores(
         src, dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
@@ -213,7 +214,11 @@ def prepare(
     summary.model = model_tag(config.model, config.pretrained, token=src_store)
     run = Run(src_store, dst_store, config, summary)
     if any(spill_dir(dst_store).rglob("*.parquet")):
-        run.begin_writing()  # rows waiting from an earlier run go first, under the lease
-        uploaded = upload_spill(dst_store)
+        try:
+            run.begin_writing()  # rows waiting from an earlier run go first, under the lease
+            uploaded = upload_spill(dst_store)
+        except BaseException:
+            run.finish()  # the caller gets no Run to finish: give the lease back here
+            raise
         log.warning("uploaded %d rows an earlier run kept locally for %s", uploaded, dst_store.url)
     return run

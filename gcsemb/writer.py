@@ -2,10 +2,14 @@
 
 A shard appears whole or not at all (:func:`write_parquet`). When DST stops taking writes, the
 :class:`ShardWriter` retries with backoff for minutes, far beyond gcsfs's own half-minute of
-retries. If DST stays unwritable (or refuses outright: a permission revoked mid-run), the rows
-go to a local *spill* folder under the cache instead, and the run stops with one message saying
-how many rows are kept and where. The next run to the same DST uploads them first
+retries. Before each shard it looks at DST's lease (:meth:`gcsemb.lease.Lease.confirm`): no
+shard is written once another run took DST over or the claim was deleted. If DST stays
+unwritable (or refuses outright: a permission revoked mid-run), if the lease is lost, or if the
+run is interrupted (Ctrl-C) while a shard is being written, the rows go to a local *spill*
+folder under the cache instead, and the run stops with one message saying how many rows are
+kept and where. The next run to the same DST (same URL at the same endpoint) uploads them first
 (:func:`upload_spill`), before it embeds anything, so a row is lost only if someone deletes it.
+A spilled file that cannot be read is moved aside with a warning; its images are embedded again.
 
 Example:
     >>> writer = ShardWriter(dst_store, "ViT-B-32/laion2b_s34b_b79k", 512)  # doctest: +SKIP
@@ -23,23 +27,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gcsemb.checkpoints import cache_dir
+from gcsemb.config import WRITE_RETRY_SECONDS
 from gcsemb.dataset import ERROR_SCHEMA, ERRORS_DIR, schema
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
+from gcsemb.lease import LeaseLost
 from gcsemb.storage import ObjectInfo, Store, explain, protocols
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from gcsemb.lease import Lease
 
-RETRY_SECONDS = 600.0
-"""How long a shard write is retried (with backoff up to a minute) before its rows are spilled:
-an outage of Cloud Storage or of the network rarely lasts longer, and ten minutes of waiting
-costs less than recomputing a shard's embeddings on a GPU."""
+log = logging.getLogger(__name__)
 
 
 class DestinationUnwritable(GcsembError):
@@ -60,8 +64,15 @@ def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
 
 
 def spill_dir(dst: Store) -> Path:
-    """The local folder where rows that ``dst`` would not take wait for the next run."""
-    key = hashlib.sha1(dst.uri(dst.path.rstrip("/")).encode()).hexdigest()[:16]
+    """The local folder where rows that ``dst`` would not take wait for the next run.
+
+    One per destination URL and endpoint: ``gs://b/emb`` on an emulator is not ``gs://b/emb``
+    on Google.
+    """
+    where = dst.uri(dst.path.rstrip("/"))
+    if dst.endpoint:
+        where += f" at {dst.endpoint}"
+    key = hashlib.sha1(where.encode()).hexdigest()[:16]
     return cache_dir() / "spill" / key
 
 
@@ -84,6 +95,7 @@ class ShardWriter:
         seconds_per_shard: Flush at least this often, so an interrupted run loses little.
         metadata: More parquet metadata for every shard (the source, the weights, the config).
         retry_seconds: How long a failing write is retried before its rows are spilled.
+        lease: DST's lease, looked at before each shard; once it is lost, rows are spilled.
     """
 
     store: Store
@@ -92,7 +104,8 @@ class ShardWriter:
     rows_per_shard: int = 5000
     seconds_per_shard: float = 60.0
     metadata: dict[str, str] = field(default_factory=dict)
-    retry_seconds: float = RETRY_SECONDS
+    retry_seconds: float = WRITE_RETRY_SECONDS
+    lease: Lease | None = None
     run: str = field(default_factory=run_id)
     shards: int = 0
     error_shards: int = 0
@@ -166,6 +179,9 @@ class ShardWriter:
         Raises:
             DestinationUnwritable: DST took no write for ``retry_seconds`` (or refused it); the
                 pending rows are in the local spill folder and the message says where.
+            LeaseLost: Another run took DST over; the pending rows are in the spill folder.
+            KeyboardInterrupt: Ctrl-C while writing: the pending rows are in the spill folder
+                (a warning says where), then the interrupt goes on.
         """
         pending: list[tuple[str, pa.Table]] = []
         if self._rows:
@@ -180,18 +196,35 @@ class ShardWriter:
         for i, (name, table) in enumerate(pending):
             try:
                 self._write(name, table)
-            except GcsembError as e:
-                rows = sum(t.num_rows for n, t in pending[i:] if not n.startswith(ERRORS_DIR))
-                raise self._spill(pending[i:], rows, e) from e
+            except BaseException as e:  # Ctrl-C too: every row is kept, then the error goes on
+                kept = self._spill(pending[i:])
+                if isinstance(e, LeaseLost):
+                    raise LeaseLost(f"{e} {kept}", e.holder) from e
+                if isinstance(e, GcsembError):
+                    raise DestinationUnwritable(
+                        f"Could not write to {self.store.url} ({e}). {kept}"
+                    ) from e
+                log.warning("Stopped (%r) while writing to %s. %s", e, self.store.url, kept)
+                raise
             if not name.startswith(ERRORS_DIR):
                 self.written_rows += table.num_rows
         self._last_flush = time.monotonic()
 
     def _write(self, name: str, table: pa.Table) -> None:
-        """Write one shard, retrying with backoff for ``retry_seconds``."""
+        """Write one shard, retrying with backoff for ``retry_seconds``, while the lease holds.
+
+        Raises:
+            LeaseLost: Another run took DST over (looked at before the first try, and between
+                tries through the heartbeat's verdict).
+            GcsembError: DST refused the write, or failed for ``retry_seconds``.
+        """
         path = f"{self.store.path.rstrip('/')}/{name}"
         deadline, delay = time.monotonic() + self.retry_seconds, 2.0
+        if self.lease is not None:
+            self.lease.confirm()
         while True:
+            if self.lease is not None:
+                self.lease.check()
             try:
                 write_parquet(self.store.fs, path, table)
                 return
@@ -204,17 +237,17 @@ class ShardWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 60.0)
 
-    def _spill(
-        self, pending: list[tuple[str, pa.Table]], rows: int, error: GcsembError
-    ) -> DestinationUnwritable:
+    def _spill(self, pending: list[tuple[str, pa.Table]]) -> str:
+        """Keep ``pending`` shards in the spill folder; say so in a sentence."""
         folder = spill_dir(self.store)
         for name, table in pending:
             write_parquet_local(folder / name, table)
         (folder / "destination.txt").write_text(self.store.url)
-        return DestinationUnwritable(
-            f"Could not write to {self.store.url} ({error}). {rows} embedded rows of this run are "
-            f"kept in {folder}; the next `gcsemb embed` to {self.store.url} uploads them first, "
-            f"before embedding anything ({self.written_rows} rows were written before this)."
+        rows = sum(t.num_rows for n, t in pending if not n.startswith(ERRORS_DIR))
+        return (
+            f"{rows} embedded rows of this run are kept in {folder}; the next `gcsemb embed` to "
+            f"{self.store.url} uploads them first, before embedding anything "
+            f"({self.written_rows} rows were written before this)."
         )
 
 
@@ -240,7 +273,9 @@ def upload_spill(dst: Store) -> int:
     rows = 0
     for local in files:
         name = local.relative_to(folder).as_posix()
-        table = pq.read_table(local)
+        table = _read_spilled(local)
+        if table is None:
+            continue
         try:
             write_parquet(dst.fs, f"{dst.path.rstrip('/')}/{name}", table)
         except Exception as e:
@@ -253,6 +288,28 @@ def upload_spill(dst: Store) -> int:
     if files:
         log.info("uploaded %d rows kept by an earlier run from %s", rows, folder)
     return rows
+
+
+def _read_spilled(local: Path) -> pa.Table | None:
+    """A spilled file's rows; None, with a warning naming it, when it cannot be read.
+
+    A damaged file is moved aside (``NAME.damaged``), so it never stops a run again. Its rows
+    never reached DST, so this run embeds those images again.
+    """
+    try:
+        return pq.read_table(local)
+    except Exception as e:
+        aside = local.with_name(f"{local.name}.damaged")
+        os.replace(local, aside)
+        log.warning(
+            "Could not read %s, rows an earlier run kept locally (%s: %s). Moved it aside to %s; "
+            "its images are embedded again, as they are not in DST.",
+            local,
+            type(e).__name__,
+            str(e)[:200],
+            aside,
+        )
+        return None
 
 
 def _table(rows: list[dict[str, Any]], sch: pa.Schema) -> pa.Table:

@@ -2,7 +2,8 @@
 
 A loopback proxy in front of the emulator stands in for Google: it lists, reads and writes only
 for the bearer token that the loopback OAuth endpoint grants to our service-account key, and it
-injects 403/429/503 answers and dropped connections on any kind of request.
+injects 403/429/503 answers and dropped connections on any kind of request. The last section
+shows that no embedded row is lost to an outage, a lost lease or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy, StubServer
@@ -24,7 +30,10 @@ from gcsemb.dataset import read_embeddings, read_errors
 from gcsemb.demo import upload_samples
 from gcsemb.embedder import TINY_MODEL
 from gcsemb.errors import AccessDenied, AuthError, BadURL, ModelLoadError, NotFound
+from gcsemb.lease import DestinationBusy, LeaseLost
 from gcsemb.pipeline import embed
+from gcsemb.storage import open_store
+from gcsemb.writer import DestinationUnwritable, spill_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,3 +326,155 @@ def test_errors_readme_notebooks_and_ray_docs_name_the_same_roles():
     # objectCreator appears only where the docs explain what it lacks
     assert set(named) - {"roles/storage.objectCreator"} == {READ_ROLE, WRITE_ROLE}, named
     assert {"README.md", "ray_vertex.py", "02_embed_on_gpu.ipynb"} <= named[WRITE_ROLE]
+
+
+# ------------------------------------------------------------------------ outages, leases, Ctrl-C
+
+ROWS = 13  # the photos fixture: 12 photos and 1 exact copy embedded, 3 broken files failed
+
+
+def _shard_upload(method: str, path: str, body: bytes) -> bool:
+    return method == "POST" and "/upload/" in path and b"part-" in body
+
+
+def _rows(gcs, bucket, dst="emb") -> pd.DataFrame:
+    """Every row of every shard in DST, as written (no de-duplication by gcsemb)."""
+    fs = gcs.filesystem()
+    tables = [
+        pq.read_table(io.BytesIO(fs.cat_file(p)))
+        for p in sorted(fs.glob(f"{bucket}/{dst}/part-*.parquet"))
+    ]
+    return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=["uri"])
+
+
+def _kept(bucket) -> list[Path]:
+    """The row files kept locally for gs://BUCKET/emb at the endpoint in use now."""
+    return sorted(spill_dir(open_store(f"gs://{bucket}/emb")).glob("part-*.parquet"))
+
+
+@pytest.mark.slow
+def test_an_upload_outage_right_after_the_write_check_loses_no_row(
+    gcs, photos, tiny_ckpt, monkeypatch, caplog
+):
+    # the write check passes; then every upload, the lease's claim first, answers 503 for 40 s:
+    # longer than gcsfs's own half-minute of retries
+    outage: dict[str, float] = {}
+
+    def fault(n, method, path, body):
+        if method != "POST" or "/upload/" not in path or b"gcsemb checks that it" in body:
+            return None  # the write check's probe passes
+        return 503 if time.monotonic() - outage.setdefault("start", time.monotonic()) < 40 else None
+
+    with private(gcs, monkeypatch, fault=fault) as proxy:
+        summary = run(photos, None, tiny_ckpt)
+    rows = _rows(gcs, photos)
+    assert summary.embedded + summary.duplicates == len(rows) == ROWS and rows["uri"].is_unique
+    assert any("_lease" in p for _, p, code in proxy.faults)  # the claim itself was refused
+    assert "Could not take the lease" in caplog.text and "trying again" in caplog.text
+
+
+def test_ctrl_c_while_a_shard_write_is_retried_keeps_every_row(
+    gcs, photos, tiny_ckpt, monkeypatch, caplog
+):
+    down = threading.Event()
+    down.set()
+
+    def fault(n, method, path, body):
+        if down.is_set() and _shard_upload(method, path, body):
+            if not proxy.faults:  # the user presses Ctrl-C while gcsemb retries the shard
+                os.kill(os.getpid(), signal.SIGINT)
+            return 503
+        return None
+
+    with private(gcs, monkeypatch, fault=fault) as proxy:
+        with pytest.raises(KeyboardInterrupt):
+            run(photos, None, tiny_ckpt)
+        kept = _kept(photos)
+        assert _rows(gcs, photos).empty  # nothing reached DST...
+        assert sum(pq.read_metadata(p).num_rows for p in kept) == ROWS  # ...all kept here
+        assert str(kept[0].parent) in caplog.text  # and the warning said where
+        down.clear()
+        again = run(photos, None, tiny_ckpt)  # the same DST, once it takes writes again
+    rows = _rows(gcs, photos)
+    assert len(rows) == ROWS and rows["uri"].is_unique  # every row exactly once
+    assert again.embedded == 0 and not _kept(photos)  # uploaded, not embedded again
+
+
+def test_no_shard_is_written_after_the_claim_is_deleted(gcs, photos, tiny_ckpt, monkeypatch):
+    fs = gcs.filesystem()
+    late: list[str] = []  # shard uploads sent after the claim went
+    deleted = threading.Event()
+
+    def fault(n, method, path, body):
+        if _shard_upload(method, path, body):
+            if deleted.is_set():
+                late.append(path)
+            else:  # while the first shard is written, the claim is deleted (by hand, or taken)
+                for claim in fs.ls(f"{photos}/emb/_lease", refresh=True):
+                    fs.rm_file(claim)
+                deleted.set()
+        return None
+
+    with private(gcs, monkeypatch, fault=fault):
+        with pytest.raises(LeaseLost) as lost:
+            run(photos, None, tiny_ckpt, rows_per_shard=4, batch_size=2)
+        kept = list(spill_dir(open_store(f"gs://{photos}/emb")).rglob("*.parquet"))
+        assert deleted.is_set() and late == []  # the run stopped writing at once
+        assert len(_rows(gcs, photos)) == 4  # the shard that was on its way when it went
+        assert "its claim was deleted" in str(lost.value) and "are kept in" in str(lost.value)
+        assert kept  # what was pending (here the failures of that batch) is kept locally
+        run(photos, None, tiny_ckpt)  # once the other run is done: the rest, nothing twice
+    rows = _rows(gcs, photos)
+    assert len(rows) == ROWS and rows["uri"].is_unique
+
+
+def _refuse_shards(armed: threading.Event):
+    def fault(n, method, path, body):
+        return 403 if armed.is_set() and _shard_upload(method, path, body) else None
+
+    return fault
+
+
+def test_a_damaged_spill_file_does_not_lock_dst(gcs, photos, tiny_ckpt, monkeypatch, caplog):
+    refuse = threading.Event()
+    refuse.set()
+    with private(gcs, monkeypatch, fault=_refuse_shards(refuse)):
+        with pytest.raises(DestinationUnwritable):  # the identity may not write shards
+            run(photos, None, tiny_ckpt, rows_per_shard=4, batch_size=2)
+        (damaged,) = _kept(photos)
+        damaged.write_bytes(damaged.read_bytes()[:100])  # a disk that filled up, a bad sector
+        refuse.clear()
+        with caplog.at_level(logging.WARNING, logger="gcsemb.writer"):
+            again = run(photos, None, tiny_ckpt)
+        assert not _kept(photos) and damaged.with_name(f"{damaged.name}.damaged").exists()
+        assert run(photos, None, tiny_ckpt).embedded == 0  # not busy: nothing left to do
+    assert str(damaged) in caplog.text and "Moved it aside" in caplog.text
+    rows = _rows(gcs, photos)
+    assert len(rows) == ROWS and rows["uri"].is_unique  # its images were embedded again
+    assert again.embedded + again.duplicates == ROWS
+
+
+def test_a_run_whose_preamble_fails_gives_the_lease_back(gcs, photos, tiny_ckpt, monkeypatch):
+    refuse = threading.Event()
+    refuse.set()
+    with private(gcs, monkeypatch, fault=_refuse_shards(refuse)):
+        with pytest.raises(DestinationUnwritable):
+            run(photos, None, tiny_ckpt, rows_per_shard=4, batch_size=2)
+        with pytest.raises(DestinationUnwritable, match="still refuses them"):
+            run(photos, None, tiny_ckpt)  # the kept rows cannot be uploaded yet
+        refuse.clear()
+        try:
+            run(photos, None, tiny_ckpt)  # the next run is not kept waiting by the last one
+        except DestinationBusy as e:
+            pytest.fail(f"a failed run kept DST's lease: {e}")
+    rows = _rows(gcs, photos)
+    assert len(rows) == ROWS and rows["uri"].is_unique
+
+
+def test_an_emulator_dst_and_google_dst_of_one_url_spill_apart(gcs, key_file, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    google = open_store("gs://same-name/emb", token=key_file)
+    emulated = open_store("gs://same-name/emb", token=key_file, endpoint=gcs.url)
+    again = open_store("gs://same-name/emb/", token=key_file, endpoint=gcs.url)
+    assert google.endpoint is None and emulated.endpoint == gcs.url
+    assert spill_dir(google) != spill_dir(emulated) == spill_dir(again)

@@ -114,19 +114,23 @@ def test_rows_dst_refuses_are_kept_and_uploaded_first_by_the_next_run(
     gcs, photos, tiny_ckpt, monkeypatch
 ):
     # the write check passes, then the identity loses its write permission mid-run
+    refused = [True]
+
     def fault(n, method, path, body):
-        if method == "POST" and "/upload/" in path and b"part-" in body:  # shards only
+        if refused[0] and method == "POST" and "/upload/" in path and b"part-" in body:  # shards
             return 403
         return None
 
-    with front(gcs, monkeypatch, fault), pytest.raises(DestinationUnwritable) as err:
-        run(photos, tiny_ckpt, rows_per_shard=4)
-    message = str(err.value)
-    kept = spill_dir(open_store(f"gs://{photos}/emb"))
-    assert "embedded rows of this run are kept in" in message and str(kept) in message
-    assert "uploads them first" in message
-    assert list(kept.rglob("*.parquet")) and _raw_rows(gcs, photos).empty
-    again = run(photos, tiny_ckpt)  # permission restored
+    with front(gcs, monkeypatch, fault):  # one endpoint: rows are kept per URL and endpoint
+        with pytest.raises(DestinationUnwritable) as err:
+            run(photos, tiny_ckpt, rows_per_shard=4)
+        message = str(err.value)
+        kept = spill_dir(open_store(f"gs://{photos}/emb"))
+        assert "embedded rows of this run are kept in" in message and str(kept) in message
+        assert "uploads them first" in message
+        assert list(kept.rglob("*.parquet")) and _raw_rows(gcs, photos).empty
+        refused[0] = False
+        again = run(photos, tiny_ckpt)  # permission restored
     rows = _raw_rows(gcs, photos)
     assert len(rows) == 13 and rows["uri"].is_unique  # every image once: nothing lost or doubled
     assert again.embedded + again.duplicates + again.skipped >= 13

@@ -2,6 +2,8 @@
 
 fake-gcs-server ignores generation preconditions, so these tests show that the lease needs none:
 runs racing through the emulator (with random delays on every request) never both hold it.
+Staleness rests on the storage's clock, so a dead holder is shown by waiting a short
+``stale_after`` for real, never by moving a contender's clock.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import json
 import logging
 import os
 import random
+import re
 import socket
+import subprocess
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy
@@ -22,6 +27,8 @@ from gcsemb.lease import LEASE_DIR, DestinationBusy, Lease, LeaseLost
 from gcsemb.storage import open_store
 
 FAST = {"poll": 0.05, "heartbeat": 30.0}
+SHORT = {"poll": 0.05, "heartbeat": 0.3, "stale_after": 1.0}  # a holder dead after 1 s
+STORAGE_SECOND = 2.1  # GCS's Date header counts whole seconds: wait past 1 s by its clock
 
 
 @pytest.fixture(params=["gcs", "local"])
@@ -48,6 +55,32 @@ def claims(store) -> list[dict]:
     except FileNotFoundError:
         return []
     return [json.loads(fs.cat_file(n)) for n in names if n.endswith(".json")]
+
+
+def plant(store, name: str, claim: dict | str, mtime: float | None = None) -> str:
+    """Write a claim into DST/_lease/ as another machine (or a hostile user) would."""
+    data = claim if isinstance(claim, str) else json.dumps(claim)
+    path = f"{store.path}/{LEASE_DIR}/{name}"
+    if store.gcs:
+        store.fs.pipe_file(path, data.encode())
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(data)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+    return path
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_one_holder_names_itself_and_release_deletes_it(dst):
@@ -184,15 +217,15 @@ def test_racing_processes_on_the_emulator(gcs, bucket, tmp_path):
 
 def test_stale_lease_is_taken_over_with_a_warning(dst, caplog):
     dead = Lease(dst, "run-dead", **FAST).acquire()  # renews every 30 s: not during this test
-    later = time.time() + 700  # 11 minutes on: its heartbeat is older than 2.5 minutes
-    heir = Lease(dst, "run-heir", clock=lambda: time.time() + 700, **FAST)
+    time.sleep(STORAGE_SECOND)  # older than the heir's stale_after of 1 s, by the storage's clock
+    heir = Lease(dst, "run-heir", **SHORT)
     with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
         heir.acquire()
     try:
         assert heir.took_over_from is not None and heir.took_over_from.run == "run-dead"
         (warning,) = [r.getMessage() for r in caplog.records if "Taking over" in r.getMessage()]
         assert "run-dead" in warning and socket.gethostname() in warning
-        assert "11 min" in warning or "12 min" in warning, (warning, later)
+        assert re.search(r"its last heartbeat was [123] s ago \(more than 1 s\)", warning), warning
         assert [d["run"] for d in claims(dst)] == ["run-heir"]
         dead.beat()  # the old holder, were it only paused, notices at its next heartbeat
         assert dead.lost
@@ -215,7 +248,9 @@ def test_heartbeat_advances_and_a_takeover_makes_check_raise(dst):
         assert after["heartbeat"] > before["heartbeat"] and after["since"] == before["since"]
         lease.check()
 
-        thief = Lease(dst, "run-thief", clock=lambda: time.time() + 3600, **FAST).acquire()
+        # a run that took the lease later (a paused holder came back): the later one keeps it
+        later = {**after, "run": "run-thief", "host": "elsewhere", "since": iso(time.time() + 1)}
+        thief = plant(dst, "run-thief.0000.json", later)
         deadline = time.monotonic() + 5
         while not lease.lost and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -225,24 +260,33 @@ def test_heartbeat_advances_and_a_takeover_makes_check_raise(dst):
         assert isinstance(lost.value, DestinationBusy) and lost.value.holder.run == "run-thief"
         lease.release()
         assert [d["run"] for d in claims(dst)] == ["run-thief"]
-        thief.release()
+        dst.fs.rm(thief)
     finally:
         lease.release()
 
 
-def test_unrenewable_lease_counts_as_lost(tmp_path):
+def test_unrenewable_lease_counts_as_lost(gcs, bucket, monkeypatch):
     """A holder that cannot renew for most of stale_after stops before anyone takes over."""
-    now = [time.time()]
-    lease = Lease(open_store(str(tmp_path / "emb")), "run-cut-off", clock=lambda: now[0], **FAST)
-    lease.acquire()
-    try:
-        now[0] += 80  # 1 min 20 s without a renewal: still inside stale_after - 2 * heartbeat
-        lease.check()
-        now[0] += 20
-        with pytest.raises(LeaseLost, match="could not be renewed for 1 min 30 s"):
+    cut = threading.Event()
+
+    def refuse_renewals(n, method, path):
+        return 403 if cut.is_set() and "/upload/" in path else None
+
+    with front(gcs, monkeypatch, refuse_renewals):
+        store = open_store(f"gs://{bucket}/emb")
+        lease = Lease(store, "run-cut-off", poll=0.05, heartbeat=0.5, stale_after=3.0).acquire()
+        try:
+            cut.set()
+            time.sleep(0.5)  # renewals fail, but still inside stale_after - 2 * heartbeat (2 s)
             lease.check()
-    finally:
-        lease.release()
+            deadline = time.monotonic() + 10
+            while not lease.lost and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with pytest.raises(LeaseLost, match="could not be renewed for 2 s"):
+                lease.check()
+        finally:
+            cut.clear()
+            lease.release()
 
 
 def test_a_destination_we_may_not_write_is_access_denied(gcs, bucket, monkeypatch):
@@ -315,3 +359,70 @@ def test_on_gcs_a_claim_renewed_since_it_was_read_is_not_taken_over(gcs, bucket,
         assert busy.value.holder.run == "run-alive" and heir.took_over_from is None
         alive.release()  # its own claim: deleted without a precondition
         assert claims(store) == []
+
+
+# ------------------------------------------------------------------------ clocks, hosts, hostility
+
+
+def test_a_contender_whose_clock_runs_ahead_takes_no_live_lease(gcs, bucket, caplog):
+    """Another machine 200 s ahead: by the storage's clock the holder renewed just now."""
+    store = open_store(f"gs://{bucket}/emb")
+    holder = Lease(store, "run-holder", **FAST).acquire()
+    try:
+        ahead = Lease(store, "run-ahead", clock=lambda: time.time() + 200, **FAST)
+        with pytest.raises(DestinationBusy) as busy:
+            ahead.acquire()
+        assert busy.value.holder.run == "run-holder" and ahead.took_over_from is None
+        assert "last heartbeat 0 s ago" in str(busy.value) or "1 s ago" in str(busy.value)
+        assert "Taking over" not in caplog.text
+        holder.check()  # still the holder, rightly
+        assert [d["run"] for d in claims(store)] == ["run-holder"]
+    finally:
+        holder.release()
+
+
+def test_a_holder_with_our_host_name_in_another_pid_namespace_is_not_taken_over(dst, caplog):
+    """The same host name and a pid free here is no proof: a container elsewhere may be alive."""
+    probe = Lease(dst, "run-probe", **FAST).acquire()
+    (ours,) = claims(dst)  # what a run in this very PID namespace writes
+    probe.release()
+    gone = dead_pid()
+    elsewhere = {**ours, "run": "run-elsewhere", "pid": gone, "boot": "0b0b pid:[4026532999]"}
+    legacy = {k: v for k, v in {**ours, "run": "run-legacy", "pid": gone}.items() if k != "boot"}
+    for name, claim in (("elsewhere", elsewhere), ("legacy", legacy)):  # a claim without one
+        path = plant(dst, f"{name}.json", claim)
+        with pytest.raises(DestinationBusy) as busy:
+            Lease(dst, "run-new", **FAST).acquire()
+        assert busy.value.holder.run == f"run-{name}", name
+        dst.fs.rm(path)
+    assert "Taking over" not in caplog.text
+
+    plant(dst, "here.json", {**ours, "run": "run-here", "pid": gone})  # our namespace: gone
+    with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
+        heir = Lease(dst, "run-heir", **FAST).acquire()
+    try:
+        assert heir.took_over_from.run == "run-here"
+        assert "run-here" in caplog.text and "its process is gone" in caplog.text
+    finally:
+        heir.release()
+
+
+def test_hostile_claims_neither_crash_nor_block_forever(dst, caplog):
+    """A heartbeat dated ten years ahead, a pid of 2**70 or of Infinity: taken over in seconds."""
+    probe = Lease(dst, "run-probe", **FAST).acquire()
+    (ours,) = claims(dst)  # this machine: the pid is looked up, and must not crash
+    probe.release()
+    future = time.time() + 10 * 365 * 86400
+    claim = {"since": iso(future), "heartbeat": iso(future), "state": "held", "gcsemb": "9"}
+    plant(dst, "huge.json", {**ours, **claim, "run": "run-huge", "pid": 2**70})
+    plant(dst, "future.json", {**claim, "run": "run-future", "host": "far", "pid": 7}, future)
+    plant(dst, "inf.json", json.dumps({**claim, "run": "run-inf", "pid": float("inf")}), future)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
+        heir = Lease(dst, "run-heir", **SHORT).acquire(wait=20)
+    try:
+        assert time.monotonic() - started < 10  # stale_after (1 s) by the storage, not the dates
+        assert [d["run"] for d in claims(dst)] == ["run-heir"]
+        assert "run-huge" in caplog.text and "run-future" in caplog.text
+    finally:
+        heir.release()
