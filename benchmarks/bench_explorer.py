@@ -215,7 +215,7 @@ def main() -> None:
         print(f"\n## {n:,} points, matrix {matrix.nbytes / 2**20:,.0f} MiB")
         baseline = scatter_baseline(coords)
         for step, value, note in explorer_steps(df, matrix, coords, widget=not args.no_widget):
-            shown = f"{value:8.0f} MiB" if note == "MiB" else f"{value * 1e3:8.1f} ms"
+            shown = f"{value:8.0f} MiB" if note == "MiB" else f"{value * 1e3:8.2f} ms"
             print(f"{step:<34} {shown}  {'' if note == 'MiB' else note}")
         print(f"{'baseline: matplotlib scatter, PNG':<34} {baseline * 1e3:8.1f} ms")
         del df, matrix, coords

@@ -407,8 +407,8 @@ class ExplorerState:
         frame.index = picked  # the projection's rows
         if "md5" not in frame and "md5" in self.df and "uri" in frame:
             at = self._dataset_rows.rows(frame["uri"])
-            md5 = self.df["md5"].to_numpy()
-            frame["md5"] = [md5[i] if i >= 0 else None for i in at]
+            md5 = self.df["md5"].iloc[np.maximum(at, 0)].to_numpy(object)  # 24 rows, not 1M
+            frame["md5"] = np.where(at >= 0, md5, None)
         self.selection = Selection(kind, outline, rows, frame)
         return self.selection
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.explorer import COLORS, ExplorerState, Selection
+from gcsemb.map_gestures import Gestures
 from gcsemb.map_picture import MapPicture, Overlay, painted_png, render_map
 from gcsemb.widget_display import enable_colab_widgets, import_ipywidgets, widget_bundle
 
@@ -100,10 +101,10 @@ class Explorer:
         self._syncing = False
         self._make_controls(w, k)
         self._map: MapPicture | None = None
-        self._drag: list[tuple[float, float]] = []
         if self.state.coords is not None:
             shown = color_by if color_by in self.state.coords else None
             self._map = render_map(self.state.coords, shown)
+            self._gestures = Gestures(self._map)
             self._repaint()
             self.map_hint.value = self._watch_map()
         else:
@@ -411,52 +412,22 @@ class Explorer:
 
     def _on_map_event(self, event: dict[str, Any]) -> None:
         """A mouse event on the map (ipyevents' dict): hover, click, box or lasso."""
-        x, y = self._map.to_data(*self._event_pixel(event))
-        kind = event.get("type")
-        if kind == "mousedown":
-            self._drag = [(x, y)]
-        elif kind == "mousemove" and self._drag:
-            self._drag.append((x, y))
-            self._repaint(Overlay(np.zeros((0, 2)), COLORS[0], outline=self._outline(event)))
-        elif kind == "mousemove":
+        gesture = self._gestures.feed(event)
+        if gesture is None:
+            return
+        (x, y), outline = gesture.outline[0], gesture.outline
+        if gesture.kind == "hover":
             row = self.state.pick(x, y)
             name = html.escape(str(row.get("uri", row.name)).rsplit("/", 1)[-1])
             self.map_hint.value = f"<small>nearest: <b>{name}</b></small>"
-        elif kind in ("mouseup", "mouseleave") and self._drag:
-            self._drag.append((x, y))
-            outline, moved = self._outline(event), self._moved()
-            self._drag = []
-            if not moved:
-                self.pick(x, y)
-            elif event.get("shiftKey"):
-                self.select_lasso(outline)
-            else:
-                self.select_box(*self._drag_start(outline), x, y)
-
-    def _event_pixel(self, event: dict[str, Any]) -> tuple[float, float]:
-        """The event's position in the map picture's pixels (it may be shown scaled)."""
-        if "dataX" in event:  # ipyevents: in the image's own pixels
-            return float(event["dataX"]), float(event["dataY"])
-        width = self._map.rgb.shape[1] / max(float(event.get("boundingRectWidth", 1)), 1)
-        height = self._map.rgb.shape[0] / max(float(event.get("boundingRectHeight", 1)), 1)
-        return float(event["relativeX"]) * width, float(event["relativeY"]) * height
-
-    def _outline(self, event: dict[str, Any]) -> np.ndarray:
-        """The drag so far: the lasso's path (Shift) or the box between its ends."""
-        path = np.asarray(self._drag, dtype=np.float64)
-        if event.get("shiftKey"):
-            return path
-        (x0, y0), (x1, y1) = path[0], path[-1]
-        return np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
-
-    def _moved(self) -> bool:
-        """Whether the drag went further than 4 pixels (else it was a click)."""
-        px = self._map.to_pixels(np.asarray(self._drag))
-        return bool(np.abs(px - px[0]).max() > 4)
-
-    @staticmethod
-    def _drag_start(outline: np.ndarray) -> tuple[float, float]:
-        return float(outline[0, 0]), float(outline[0, 1])
+        elif gesture.kind == "drawing":
+            self._repaint(Overlay(np.zeros((0, 2)), COLORS[0], outline=outline))
+        elif gesture.kind == "click":
+            self.pick(x, y)
+        elif gesture.kind == "box":
+            self.select_box(x, y, *outline[2])
+        else:
+            self.select_lasso(outline)
 
     def _on_random(self, _button: Any) -> None:
         self._safely(self.select, self.state.random_uri())
