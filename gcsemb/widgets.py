@@ -400,8 +400,9 @@ class Explorer:
             watched_events=["mousedown", "mouseup", "mouseleave"],
             prevent_default_action=True,
         )
-        moves = Event(source=self.plot, watched_events=["mousemove"], wait=60)
-        moves.throttle_or_debounce = "throttle"
+        moves = Event(
+            source=self.plot, watched_events=["mousemove"], wait=60, throttle_or_debounce="throttle"
+        )
         for events in (buttons, moves):
             events.on_dom_event(lambda event: self._safely(self._on_map_event, event))
         self._events = (buttons, moves)

@@ -27,16 +27,27 @@ ANGLES = np.linspace(0, 2 * np.pi, 120, endpoint=False)
 LASSO = np.column_stack([4 * np.cos(ANGLES) * (1 + 0.3 * np.sin(5 * ANGLES)), 5 * np.sin(ANGLES)])
 
 
-def _map(n=6000, seed=0):
-    """Rows, embeddings and a projection (in reverse order: rows are matched by URI)."""
+def _map(n=6000, seed=0, photos=None):
+    """Rows, embeddings and a projection (in reverse order: rows are matched by URI).
+
+    With ``photos`` (a folder), each row is a small JPEG written there, the dataset's source.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-8, 8, (12, 2))
     xy = centres[rng.integers(0, 12, n)] + rng.normal(0, 0.6, (n, 2))
     xy[:50] = rng.uniform(-10, 10, (50, 2))  # sparse noise
     uris = [f"gs://b/f{i % 7}/{i}.jpg" for i in range(n)]
+    if photos is not None:
+        from PIL import Image
+
+        photos.mkdir()
+        for i in range(n):
+            Image.new("RGB", (40, 30), (i % 256, 90, 0)).save(photos / f"{i}.jpg", "JPEG")
+        uris = [(photos / f"{i}.jpg").as_uri() for i in range(n)]
     matrix = rng.standard_normal((n, 8)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     df = pd.DataFrame({"uri": uris, "md5": [f"m{i}" for i in range(n)]})
+    df.attrs["dataset"] = {"source": str(photos)} if photos is not None else {}
     coords = pd.DataFrame({"uri": uris, "x": xy[:, 0], "y": xy[:, 1], "folder": "f"}).iloc[::-1]
     return df, matrix, coords.reset_index(drop=True)
 
@@ -163,23 +174,26 @@ def _events(picture, kind, xy, shift=False):
     return {"type": kind, "dataX": px, "dataY": py, "shiftKey": shift}
 
 
-def test_the_widget_answers_clicks_drags_and_lassos():
+def test_the_widget_answers_clicks_drags_and_lassos(tmp_path, monkeypatch):
     pytest.importorskip("ipywidgets")
     from gcsemb.widgets import Explorer
 
-    df, matrix, coords = _map(3000)
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    df, matrix, coords = _map(600, photos=tmp_path / "photos")
     explorer = Explorer((df, matrix), coords=coords, k=5)
     picture = explorer._map
     blank = bytes(explorer.plot.value)
     assert explorer.selection_panel.layout.display == "none"
 
-    for kind, spot in (("mousedown", (-3, -3)), ("mousemove", (0, 0)), ("mouseup", (2, 1))):
+    for kind, spot in (("mousedown", (-8, -8)), ("mousemove", (0, 0)), ("mouseup", (8, 6))):
         explorer._on_map_event(_events(picture, kind, spot))  # a drag: a box
     chosen = explorer.state.selection
-    assert chosen.kind == "box" and chosen.count == len(explorer.state.points.in_box(-3, -3, 2, 1))
+    assert chosen.kind == "box" and chosen.count == len(explorer.state.points.in_box(-8, -8, 8, 6))
     assert f"{chosen.count:,}</b> images in the box" in explorer.selection_status.value
     assert explorer.selection_panel.layout.display == "flex"
-    assert len(explorer.sample_box.children) == len(chosen.sample) == 24
+    thumbnails = [bytes(image.value) for image in explorer.sample_box.children]
+    assert len(thumbnails) == len(chosen.sample) == 24
+    assert all(jpeg.startswith(b"\xff\xd8") for jpeg in thumbnails)  # the sample's pictures
     assert bytes(explorer.plot.value) != blank  # its outline and sample are on the map
 
     path = [(-4, -4), (4, -4), (4, 4), (-4, 4)]
