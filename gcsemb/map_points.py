@@ -102,8 +102,14 @@ class MapPoints:
             return np.zeros(0, np.int64)
         path = Path(np.vstack([vertices, vertices[:1]]), closed=True)
         size = (self.hi - self.lo) / GRID
-        centres = (np.indices((GRID, GRID)).reshape(2, -1).T[:, ::-1] + 0.5) * size + self.lo
-        state = np.where(path.contains_points(centres), 1, 0).astype(np.int8)  # 1: inside
+        # only the cells under the lasso's bounding box can be inside
+        i0, j0 = np.clip(np.floor((vertices.min(axis=0) - self.lo) / size), 0, GRID).astype(int)
+        i1, j1 = np.clip(np.ceil((vertices.max(axis=0) - self.lo) / size), 0, GRID).astype(int)
+        cols, rows = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1))
+        cells = (rows * GRID + cols).ravel()
+        centres = (np.column_stack([cols.ravel(), rows.ravel()]) + 0.5) * size + self.lo
+        state = np.zeros(GRID * GRID, np.int8)
+        state[cells[path.contains_points(centres)]] = 1  # 1: inside
         state[_crossed(vertices, self.lo, size)] = 2  # 2: the edge crosses it, test each point
         where = state[self._cells]
         inside = where == 1
