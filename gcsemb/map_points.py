@@ -51,14 +51,15 @@ class MapPoints:
     """
 
     def __init__(self, xy: np.ndarray) -> None:
-        from scipy.spatial import cKDTree
+        from gcsemb.extras import require
 
+        spatial = require("scipy.spatial", "viz", "The explorer's map", package="scipy")
         raw = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         self.lo, self.hi = frame_limits(raw)
         self.xy = np.clip(raw, self.lo, self.hi)
         self.pinned = (self.xy != raw).any(axis=1)
         # unbalanced, not compacted: builds in half the time, queries as fast in 2-D
-        self._tree = cKDTree(self.xy, balanced_tree=False, compact_nodes=False)
+        self._tree = spatial.cKDTree(self.xy, balanced_tree=False, compact_nodes=False)
         self._cells = cell_of(self.xy, self.lo, self.hi, (GRID, GRID))
 
     def __len__(self) -> int:
