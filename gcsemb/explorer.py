@@ -132,6 +132,8 @@ class ExplorerState:
         coords: The UMAP projection, or None.
         results: The current results (``uri``, ``score``, ``md5``), best first.
         last: What made them: ``("text", query)`` or ``("image", uri)``; None before any.
+        highlights: Rows of :attr:`coords` marked on the map, by label (:meth:`highlight`).
+        selection: The latest box or lasso selection (:class:`Selection`), or None.
 
     Example:
         >>> state = ExplorerState((df, X), embedder=embedder, umap=False)  # doctest: +SKIP
