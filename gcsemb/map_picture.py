@@ -27,8 +27,6 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-DENSITY_FROM = 20_000
-"""From this many points on, the map is a shaded 2-D histogram with single points where sparse."""
 RINGS_AT_MOST = 100
 """Rings for at most this many results; the rest are dots."""
 
@@ -105,7 +103,7 @@ def render_map(
         color_by: A column to colour by (see :func:`gcsemb.viz.plot_projection`).
         size_inches: The picture's size.
         density: Draw a shaded 2-D histogram (single points where sparse); None: from
-            :data:`DENSITY_FROM` points on.
+            :data:`gcsemb.viz.DENSITY_FROM` points on.
 
     Example:
         >>> import pandas as pd
@@ -116,7 +114,7 @@ def render_map(
     from matplotlib.figure import Figure
 
     from gcsemb.plot_content import caption, projection_plot
-    from gcsemb.viz import draw_caption, draw_projection
+    from gcsemb.viz import DENSITY_FROM, draw_caption, draw_projection
 
     fig = Figure(figsize=size_inches, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

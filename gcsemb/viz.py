@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 THUMBNAIL_GID = "gcsemb-thumbnail"
 """The ``gid`` of every thumbnail artist, to find them: ``[a for a in ax.artists if ...]``."""
 HIGHLIGHT_GID = "gcsemb-highlight"
+DENSITY_FROM = 20_000
+"""From this many points on, a map is a shaded 2-D histogram (single points only where sparse)."""
 
 __all__ = [
+    "DENSITY_FROM",
     "HIGHLIGHT_GID",
     "THUMBNAIL_GID",
     "axes_points",
@@ -70,6 +73,7 @@ def plot_projection(
     legend: bool = True,
     max_categories: int = 10,
     seed: int = 0,
+    density: bool | None = None,
 ) -> Axes:
     """Scatter a UMAP projection, coloured by a column, with image thumbnails on top.
 
@@ -94,6 +98,9 @@ def plot_projection(
         legend: Draw the legend or colour bar.
         max_categories: Colours for at most this many categories.
         seed: Seed for the drawing order and the thumbnail choice among equals.
+        density: Draw a shaded 2-D histogram where points overlap and single points only where
+            sparse (:func:`draw_density`: a million points in about a second); None: from
+            :data:`DENSITY_FROM` points on.
 
     Returns:
         The Axes. Thumbnails are artists with ``gid == gcsemb.viz.THUMBNAIL_GID``.
@@ -118,7 +125,11 @@ def plot_projection(
             "matplotlib.pyplot", "viz", "Plots", "pip install 'gcsemb[viz]' (or matplotlib)"
         )
         _, ax = plt.subplots(figsize=(10, 8), layout="constrained")
-    draw_projection(ax, plot, legend=legend)
+    if density is None:
+        density = len(frame) >= DENSITY_FROM
+    width, height = axes_points(ax)  # about two pixels per cell at 150 dpi
+    cells = (max(int(width * 150 / 72 / 2), 8), max(int(height * 150 / 72 / 2), 8))
+    draw_projection(ax, plot, legend=legend, density=cells if density else None)
     drawn = 0 if thumbnails else None
     if thumbnails > 0:  # placed in the axes as drawn: a colour bar leaves them less room
         plan = plan_thumbnails(plot.xy, thumbnails, axes_points(ax), thumbnail_points)
@@ -167,8 +178,8 @@ def draw_projection(
     """Draw the points, their legend or colour bar, the highlights, the frame and the title.
 
     ``density=(width, height)`` draws a shaded 2-D histogram of that many cells where points
-    overlap, and single points only where the map is sparse: a million points draw in a
-    fraction of a second (:func:`draw_density`). None draws every point.
+    overlap, and single points only where the map is sparse: a million points draw in about a
+    second (:func:`draw_density`). None draws every point.
 
     Example:
         >>> import pandas as pd
@@ -224,8 +235,9 @@ def draw_density(ax: Axes, plot: ProjectionPlot, cells: tuple[int, int], sparse:
 
     Each of the ``(width, height)`` cells over the frame is painted in the mean colour of its
     points (their category's, or the colour map's for numbers), more opaque the more points it
-    holds (log-shaded). Points in cells holding at most ``sparse`` points are drawn as markers
-    instead (at most 20,000 of them), so outliers and small clusters stay visible.
+    holds (log-shaded). Points with at most ``sparse`` points in the cell four times coarser
+    around them are drawn as markers instead (at most 20,000 of them), so outliers and small
+    clusters stay visible.
 
     Returns:
         What a colour bar reads its colour map from (numeric colours), else the image.
@@ -244,16 +256,22 @@ def draw_density(ax: Axes, plot: ProjectionPlot, cells: tuple[int, int], sparse:
     values = np.nan_to_num(plot.values, nan=np.nanmin(plot.values)) if numeric else None
     norm = Normalize(*(np.nanmin(plot.values), np.nanmax(plot.values)) if numeric else (0, 1))
     shown = norm(values) if numeric else plot.colors[:, :3]
+    # sparse: few points in a cell four times coarser (a marker's reach); drawn as markers
+    coarse = (max(cells[0] // 4, 1), max(cells[1] // 4, 1))
+    around = np.bincount(cell_of(plot.xy, lo, hi, coarse), minlength=coarse[0] * coarse[1])
+    single = around[cell_of(plot.xy, lo, hi, coarse)] <= sparse
+    if single.sum() > 20_000:  # too many to draw one by one: all in the histogram
+        single[:] = False
     sums = density_raster(
-        plot.xy, lo, hi, cells, weights=np.column_stack([np.ones(len(plot.xy)), shown])
+        plot.xy[~single],
+        lo,
+        hi,
+        cells,
+        weights=np.column_stack([np.ones((~single).sum()), shown[~single]]),
     )
-    count = sums[..., 0]
-    mean = sums[..., 1:] / np.maximum(count, 1)[..., None]
+    dense = sums[..., 0]
+    mean = sums[..., 1:] / np.maximum(dense, 1)[..., None]
     rgb = colormaps["viridis"](mean[..., 0])[..., :3] if numeric else mean
-    single = count.ravel()[cell_of(plot.xy, lo, hi, cells)] <= sparse
-    few = single.sum() <= 20_000  # else too many to draw one by one: all in the histogram
-    single &= few
-    dense = np.where(count > (sparse if few else 0), count, 0)
     shade = np.log1p(dense) / np.log1p(max(dense.max(), 1))
     image = np.dstack([rgb, np.where(dense > 0, 0.3 + 0.7 * shade, 0.0)])
     art = ax.imshow(image, origin="lower", extent=(*plot.xlim, *plot.ylim), aspect="auto", zorder=1)

@@ -401,7 +401,10 @@ class Explorer:
             prevent_default_action=True,
         )
         moves = Event(
-            source=self.plot, watched_events=["mousemove"], wait=60, throttle_or_debounce="throttle"
+            source=self.plot,
+            watched_events=["mousemove"],
+            wait=100,
+            throttle_or_debounce="throttle",
         )
         for events in (buttons, moves):
             events.on_dom_event(lambda event: self._safely(self._on_map_event, event))
