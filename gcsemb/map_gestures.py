@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,44 @@ from gcsemb.map_picture import MapPicture
 
 CLICK_PX = 4
 """A press and release at most this many pixels apart is a click, not a drag."""
+MOUSE_HINT = (
+    "<small>Hover: the nearest image · click: its neighbours · drag: select a box · "
+    "Shift+drag: a lasso</small>"
+)
+PYTHON_HINT = (
+    "<small>Select from Python: <code>explorer.select_box(x0, y0, x1, y1)</code>, "
+    "<code>explorer.pick(x, y)</code>; <code>pip install ipyevents</code> to click, "
+    "box and lasso on the map.</small>"
+)
+
+
+def watch(image: Any, callback: Callable[[dict[str, Any]], None]) -> tuple[Any, ...]:
+    """Send the mouse events on an ipywidgets ``Image`` to ``callback``, through ipyevents.
+
+    Presses and releases come as they happen; moves at most every 100 ms (throttled in the
+    browser, so a drag never floods the kernel).
+
+    Returns:
+        The ipyevents ``Event`` widgets (keep them alive), or ``()`` without ipyevents.
+
+    Example:
+        >>> events = watch(image_widget, print)  # doctest: +SKIP
+    """
+    try:
+        from ipyevents import Event
+    except ImportError:
+        return ()
+    buttons = Event(
+        source=image,
+        watched_events=["mousedown", "mouseup", "mouseleave"],
+        prevent_default_action=True,  # no browser drag of the picture
+    )
+    moves = Event(
+        source=image, watched_events=["mousemove"], wait=100, throttle_or_debounce="throttle"
+    )
+    for events in (buttons, moves):
+        events.on_dom_event(callback)
+    return buttons, moves
 
 
 @dataclass(frozen=True)

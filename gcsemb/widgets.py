@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.explorer import COLORS, ExplorerState, Selection
-from gcsemb.map_gestures import Gestures
+from gcsemb.map_gestures import MOUSE_HINT, PYTHON_HINT, Gestures, watch
 from gcsemb.map_picture import MapPicture, Overlay, painted_png, render_map
 from gcsemb.widget_display import enable_colab_widgets, import_ipywidgets, widget_bundle
 
@@ -106,7 +106,8 @@ class Explorer:
             self._map = render_map(self.state.coords, shown)
             self._gestures = Gestures(self._map)
             self._repaint()
-            self.map_hint.value = self._watch_map()
+            self._events = watch(self.plot, lambda e: self._safely(self._on_map_event, e))
+            self.map_hint.value = MOUSE_HINT if self._events else PYTHON_HINT
         else:
             self.plot.layout.display = "none"
         self.widget = self._assemble(w)
@@ -384,35 +385,6 @@ class Explorer:
             return
         kind, value = self.state.last
         self._safely(self.query if kind == "text" else self.select, value)
-
-    def _watch_map(self) -> str:
-        """Send the map's mouse events to :meth:`_on_map_event` (with ipyevents); the hint."""
-        try:
-            from ipyevents import Event
-        except ImportError:
-            return (
-                "<small>Select from Python: <code>explorer.select_box(x0, y0, x1, y1)</code>, "
-                "<code>explorer.pick(x, y)</code>; <code>pip install ipyevents</code> to click, "
-                "box and lasso on the map.</small>"
-            )
-        buttons = Event(
-            source=self.plot,
-            watched_events=["mousedown", "mouseup", "mouseleave"],
-            prevent_default_action=True,
-        )
-        moves = Event(
-            source=self.plot,
-            watched_events=["mousemove"],
-            wait=100,
-            throttle_or_debounce="throttle",
-        )
-        for events in (buttons, moves):
-            events.on_dom_event(lambda event: self._safely(self._on_map_event, event))
-        self._events = (buttons, moves)
-        return (
-            "<small>Hover: the nearest image · click: its neighbours · drag: select a box · "
-            "Shift+drag: a lasso</small>"
-        )
 
     def _on_map_event(self, event: dict[str, Any]) -> None:
         """A mouse event on the map (ipyevents' dict): hover, click, box or lasso."""
