@@ -16,7 +16,8 @@ float32) standing in for the embeddings. Steps, each the median of several runs:
 - the baseline: ``ax.scatter`` of every point to a PNG, as the explorer drew it before.
 
 Peak RSS beyond what the data takes is measured from a reset high-water mark (Linux
-``/proc/self/clear_refs``). :func:`explorer_steps` is what ``bench_explore.py`` imports.
+``/proc/self/clear_refs``), beside the process's own peak. :func:`explorer_steps` is what
+``bench_explore.py`` imports (with its own dataset; without a projection it makes one up).
 
 Run: .venv/bin/python benchmarks/bench_explorer.py [--sizes 100000 1000000] [--dim 512]
 """
@@ -35,10 +36,8 @@ from typing import Any
 import numpy as np
 
 
-def synthetic_map(n: int, dim: int = 512, seed: int = 0) -> tuple[Any, np.ndarray, Any]:
-    """``(df, matrix, coords)``: rows with uri/md5/model/folder, unit vectors, a clustered map."""
-    import pandas as pd
-
+def map_coordinates(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(xy, cluster)``: 2,000 Gaussian clusters of uneven size plus 2% uniform noise."""
     rng = np.random.default_rng(seed)
     sizes = rng.pareto(1.2, 2000) + 1
     cluster = rng.choice(2000, n, p=sizes / sizes.sum())
@@ -47,6 +46,15 @@ def synthetic_map(n: int, dim: int = 512, seed: int = 0) -> tuple[Any, np.ndarra
     xy = centres[cluster] + rng.standard_normal((n, 2)) * spread[cluster, None]
     noise = rng.random(n) < 0.02
     xy[noise] = rng.uniform(-45, 45, (int(noise.sum()), 2))
+    return xy, cluster
+
+
+def synthetic_map(n: int, dim: int = 512, seed: int = 0) -> tuple[Any, np.ndarray, Any]:
+    """``(df, matrix, coords)``: rows with uri/md5/model/folder, unit vectors, a clustered map."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    xy, cluster = map_coordinates(n, seed)
     matrix = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):  # in blocks: no 2x temporary
         block = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
@@ -106,9 +114,12 @@ def _lasso(state: Any) -> np.ndarray:
 
 
 def explorer_steps(
-    df: Any, matrix: np.ndarray, coords: Any, *, widget: bool = True
+    df: Any, matrix: np.ndarray, coords: Any = None, *, widget: bool = True
 ) -> list[tuple[str, float, str]]:
     """Time the explorer's steps on these rows: ``(step, seconds, note)`` for each.
+
+    ``coords`` None: a synthetic clustered map of ``df``'s rows (:func:`map_coordinates`), for
+    a dataset that has no projection yet. Memory rows are in MiB (note ``"MiB"``).
 
     Example:
         >>> for step, seconds, note in explorer_steps(*synthetic_map(10_000)):  # doctest: +SKIP
@@ -118,6 +129,12 @@ def explorer_steps(
     from gcsemb.map_picture import painted_png, render_map
     from gcsemb.search import search_text
 
+    if coords is None:
+        import pandas as pd
+
+        xy, cluster = map_coordinates(len(df))
+        folder = [f"folder{c % 50:02d}" for c in cluster]
+        coords = pd.DataFrame({"uri": df["uri"], "x": xy[:, 0], "y": xy[:, 1], "folder": folder})
     rows: list[tuple[str, float, str]] = []
     model = _TextModel(matrix)
     _reset_peak()
@@ -150,6 +167,7 @@ def explorer_steps(
     if widget:
         rows += _widget_steps(df, matrix, coords, model, box, _lasso(state))
     rows.append(("peak RSS beyond the data", _rss_mib("VmHWM") - before, "MiB"))
+    rows.append(("peak RSS of the process", _rss_mib("VmHWM"), "MiB"))
     return rows
 
 
