@@ -209,9 +209,12 @@ def _colors(
     counts = names.value_counts()
     shown = list(counts.index[:max_categories])
     palette = [_rgba(c) for c in _palette(len(shown))]
-    lookup = {name: palette[i] for i, name in enumerate(shown)}
-    colors = np.array([lookup.get(v, _rgba(OTHER_COLOR)) for v in names]).reshape(-1, 4)
-    legend = [LegendEntry(f"{plain_text(s)} ({int(counts[s]):,})", lookup[s]) for s in shown]
+    table = np.array([*palette, _rgba(OTHER_COLOR)])  # index -1 (not shown): grey
+    colors = table[pd.Index(shown).get_indexer(names)]  # vectorised: a million rows in ms
+    legend = [
+        LegendEntry(f"{plain_text(s)} ({int(counts[s]):,})", palette[i])
+        for i, s in enumerate(shown)
+    ]
     rest = counts.iloc[max_categories:]
     if len(rest):
         legend.append(LegendEntry(f"{len(rest)} others ({int(rest.sum()):,})", _rgba(OTHER_COLOR)))

@@ -40,12 +40,16 @@ if TYPE_CHECKING:
 THUMBNAIL_GID = "gcsemb-thumbnail"
 """The ``gid`` of every thumbnail artist, to find them: ``[a for a in ax.artists if ...]``."""
 HIGHLIGHT_GID = "gcsemb-highlight"
+DENSITY_FROM = 20_000
+"""From this many points on, a map is a shaded 2-D histogram (single points only where sparse)."""
 
 __all__ = [
+    "DENSITY_FROM",
     "HIGHLIGHT_GID",
     "THUMBNAIL_GID",
     "axes_points",
     "draw_caption",
+    "draw_density",
     "draw_projection",
     "draw_thumbnails",
     "fetch_thumbnails",
@@ -69,6 +73,7 @@ def plot_projection(
     legend: bool = True,
     max_categories: int = 10,
     seed: int = 0,
+    density: bool | None = None,
 ) -> Axes:
     """Scatter a UMAP projection, coloured by a column, with image thumbnails on top.
 
@@ -93,6 +98,9 @@ def plot_projection(
         legend: Draw the legend or colour bar.
         max_categories: Colours for at most this many categories.
         seed: Seed for the drawing order and the thumbnail choice among equals.
+        density: Draw a shaded 2-D histogram where points overlap and single points only where
+            sparse (:func:`draw_density`: a million points in about a second); None: from
+            :data:`DENSITY_FROM` points on.
 
     Returns:
         The Axes. Thumbnails are artists with ``gid == gcsemb.viz.THUMBNAIL_GID``.
@@ -117,7 +125,11 @@ def plot_projection(
             "matplotlib.pyplot", "viz", "Plots", "pip install 'gcsemb[viz]' (or matplotlib)"
         )
         _, ax = plt.subplots(figsize=(10, 8), layout="constrained")
-    draw_projection(ax, plot, legend=legend)
+    if density is None:
+        density = len(frame) >= DENSITY_FROM
+    width, height = axes_points(ax)  # about two pixels per cell at 150 dpi
+    cells = (max(int(width * 150 / 72 / 2), 8), max(int(height * 150 / 72 / 2), 8))
+    draw_projection(ax, plot, legend=legend, density=cells if density else None)
     drawn = 0 if thumbnails else None
     if thumbnails > 0:  # placed in the axes as drawn: a colour bar leaves them less room
         plan = plan_thumbnails(plot.xy, thumbnails, axes_points(ax), thumbnail_points)
@@ -162,8 +174,14 @@ def fetch_thumbnails(
     return [as_image(j) for j in jpegs]
 
 
-def draw_projection(ax: Axes, plot: ProjectionPlot, legend: bool = True) -> None:
+def draw_projection(
+    ax: Axes, plot: ProjectionPlot, legend: bool = True, *, density: tuple[int, int] | None = None
+) -> None:
     """Draw the points, their legend or colour bar, the highlights, the frame and the title.
+
+    ``density=(width, height)`` draws a shaded 2-D histogram of that many cells where points
+    overlap, and single points only where the map is sparse: a million points draw in about a
+    second (:func:`draw_density`). None draws every point.
 
     Example:
         >>> import pandas as pd
@@ -175,16 +193,19 @@ def draw_projection(ax: Axes, plot: ProjectionPlot, legend: bool = True) -> None
     """
     order = plot.order
     numeric = plot.values is not None
-    art = ax.scatter(
-        plot.xy[order, 0],
-        plot.xy[order, 1],
-        c=(plot.values if numeric else plot.colors)[order],
-        cmap="viridis" if numeric else None,
-        s=plot.size,
-        alpha=plot.alpha,
-        linewidths=0,
-        rasterized=True,
-    )
+    if density is not None:
+        art = draw_density(ax, plot, density)
+    else:
+        art = ax.scatter(
+            plot.xy[order, 0],
+            plot.xy[order, 1],
+            c=(plot.values if numeric else plot.colors)[order],
+            cmap="viridis" if numeric else None,
+            s=plot.size,
+            alpha=plot.alpha,
+            linewidths=0,
+            rasterized=True,
+        )
     if legend and numeric:
         bar = ax.figure.colorbar(art, ax=ax, shrink=0.7, pad=0.01)
         bar.set_label(plot.legend_title)
@@ -209,6 +230,63 @@ def draw_projection(ax: Axes, plot: ProjectionPlot, legend: bool = True) -> None
     for spine in ax.spines.values():
         spine.set_color("0.8")
     ax.set_title(plot.title, loc="left", fontsize=13, fontweight="bold", pad=20)
+
+
+def draw_density(ax: Axes, plot: ProjectionPlot, cells: tuple[int, int], sparse: int = 2) -> Any:
+    """Draw the points as a shaded 2-D histogram, and as single markers where sparse.
+
+    Each of the ``(width, height)`` cells over the frame is painted in the mean colour of its
+    points (their category's, or the colour map's for numbers), more opaque the more points it
+    holds (log-shaded). Points with at most ``sparse`` points in the cell four times coarser
+    around them are drawn as markers instead (at most 20,000 of them), so outliers and small
+    clusters stay visible.
+
+    Returns:
+        What a colour bar reads its colour map from (numeric colours), else the image.
+
+    Example:
+        >>> draw_density(ax, projection_plot(coords), (320, 240))  # doctest: +SKIP
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from gcsemb.map_points import cell_of, density_raster
+
+    lo, hi = np.array([plot.xlim[0], plot.ylim[0]]), np.array([plot.xlim[1], plot.ylim[1]])
+    numeric = plot.values is not None
+    values = np.nan_to_num(plot.values, nan=np.nanmin(plot.values)) if numeric else None
+    norm = Normalize(*(np.nanmin(plot.values), np.nanmax(plot.values)) if numeric else (0, 1))
+    shown = norm(values) if numeric else plot.colors[:, :3]
+    # sparse: few points in a cell four times coarser (a marker's reach); drawn as markers
+    coarse = (max(cells[0] // 4, 1), max(cells[1] // 4, 1))
+    around = np.bincount(cell_of(plot.xy, lo, hi, coarse), minlength=coarse[0] * coarse[1])
+    single = around[cell_of(plot.xy, lo, hi, coarse)] <= sparse
+    if single.sum() > 20_000:  # too many to draw one by one: all in the histogram
+        single[:] = False
+    sums = density_raster(
+        plot.xy[~single],
+        lo,
+        hi,
+        cells,
+        weights=np.column_stack([np.ones((~single).sum()), shown[~single]]),
+    )
+    dense = sums[..., 0]
+    mean = sums[..., 1:] / np.maximum(dense, 1)[..., None]
+    rgb = colormaps["viridis"](mean[..., 0])[..., :3] if numeric else mean
+    shade = np.log1p(dense) / np.log1p(max(dense.max(), 1))
+    image = np.dstack([rgb, np.where(dense > 0, 0.3 + 0.7 * shade, 0.0)])
+    art = ax.imshow(image, origin="lower", extent=(*plot.xlim, *plot.ylim), aspect="auto", zorder=1)
+    rows = plot.order[single[plot.order]]
+    ax.scatter(
+        *plot.xy[rows].T,
+        c=colormaps["viridis"](norm(values[rows])) if numeric else plot.colors[rows],
+        s=max(plot.size, 4.0),
+        alpha=max(plot.alpha, 0.6),
+        linewidths=0,
+        zorder=2,
+    )
+    return ScalarMappable(norm, "viridis") if numeric else art
 
 
 def _draw_legend(ax: Axes, plot: ProjectionPlot) -> None:

@@ -3,10 +3,15 @@
 :class:`Explorer` is an ipywidgets app over one embeddings dataset: a text box and a ``k`` slider
 show the top matches as thumbnails; each thumbnail's "neighbours" button (or a URI typed in the
 second box, or "random") shows the images most like it; the UMAP map beside them marks the current
-results (a star on the best). Works in JupyterLab, Jupyter Notebook, VS Code and Colab (gcsemb
+results (a star on the best). The map is drawn once (a shaded density where a million points
+overlap) and highlights are painted over it, so every action answers in a fraction of a second.
+With ``ipyevents`` installed (Colab has it) the map takes the mouse: hover names the nearest
+image, a click shows its neighbours, a drag selects a box (with Shift: a lasso) and shows its
+count and a sample of thumbnails. Works in JupyterLab, Jupyter Notebook, VS Code and Colab (gcsemb
 switches on Colab's custom widget manager for you). Everything it does can also be driven from
-Python: :meth:`Explorer.query`, :meth:`Explorer.select`; what it shows, without widgets, is an
-:class:`gcsemb.explorer.ExplorerState`.
+Python: :meth:`Explorer.query`, :meth:`Explorer.select`, :meth:`Explorer.pick`,
+:meth:`Explorer.select_box`, :meth:`Explorer.select_lasso`, :meth:`Explorer.highlight`; what it
+shows, without widgets, is an :class:`gcsemb.explorer.ExplorerState`.
 
 Example:
     >>> from gcsemb.widgets import Explorer
@@ -22,8 +27,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gcsemb.explorer import ExplorerState
-from gcsemb.map_picture import MapPicture, marked_png, render_map
+import numpy as np
+
+from gcsemb.explorer import COLORS, ExplorerState, Selection
+from gcsemb.map_gestures import MOUSE_HINT, PYTHON_HINT, Gestures, watch
+from gcsemb.map_picture import MapPicture, Overlay, painted_png, render_map
 from gcsemb.widget_display import enable_colab_widgets, import_ipywidgets, widget_bundle
 
 if TYPE_CHECKING:
@@ -96,7 +104,10 @@ class Explorer:
         if self.state.coords is not None:
             shown = color_by if color_by in self.state.coords else None
             self._map = render_map(self.state.coords, shown)
-            self.plot.value = marked_png(self._map, [])
+            self._gestures = Gestures(self._map)
+            self._repaint()
+            self._events = watch(self.plot, lambda e: self._safely(self._on_map_event, e))
+            self.map_hint.value = MOUSE_HINT if self._events else PYTHON_HINT
         else:
             self.plot.layout.display = "none"
         self.widget = self._assemble(w)
@@ -140,6 +151,19 @@ class Explorer:
             )
         )
         self.plot = w.Image(format="png", layout=w.Layout(width="520px", flex="0 0 auto"))
+        self.map_hint = w.HTML(layout=w.Layout(width="520px"))
+        self.selection_status = w.HTML()
+        self.clear_button = w.Button(description="clear selection", icon="times")
+        self.sample_box = w.GridBox(
+            layout=w.Layout(
+                grid_template_columns=f"repeat(auto-fill, {self._px // 2 + 4}px)",
+                grid_gap="4px",
+            )
+        )
+        self.selection_panel = w.VBox(
+            [w.HBox([self.selection_status, self.clear_button]), self.sample_box],
+            layout=w.Layout(display="none"),
+        )
 
     def _assemble(self, w: Any) -> Any:
         """Wire the controls to their actions and lay them out: the root widget."""
@@ -147,6 +171,7 @@ class Explorer:
         self.uri_box.observe(self._on_uri, names="value")
         self.k_slider.observe(self._on_k, names="value")
         self.random_button.on_click(self._on_random)
+        self.clear_button.on_click(lambda _button: self._safely(self.clear_selection))
         row = w.Layout(flex_flow="row wrap")
         return w.VBox(
             [
@@ -154,9 +179,10 @@ class Explorer:
                 w.HBox([self.uri_box, self.random_button], layout=row),
                 self.status,
                 w.HBox(
-                    [self.result_box, self.plot],
+                    [self.result_box, w.VBox([self.plot, self.map_hint])],
                     layout=w.Layout(flex_flow="row wrap", align_items="flex-start"),
                 ),
+                self.selection_panel,
             ]
         )
 
@@ -204,6 +230,57 @@ class Explorer:
         self._show(f"Top {len(results)} neighbours of <i>{name}</i>", started)
         return results
 
+    def pick(self, x: float, y: float, k: int | None = None) -> pd.DataFrame:
+        """Show the neighbours of the image nearest to ``(x, y)`` on the map (as a click does).
+
+        Example:
+            >>> explorer.pick(1.5, -2.0)  # doctest: +SKIP
+        """
+        return self.select(str(self.state.pick(x, y)["uri"]), k)
+
+    def select_box(self, x0: float, y0: float, x1: float, y1: float) -> Selection:
+        """Select the images inside a box on the map: shows the count and a sample of them.
+
+        Example:
+            >>> explorer.select_box(-1, -1, 1, 1).count  # doctest: +SKIP
+            5120
+        """
+        started = time.perf_counter()
+        selection = self.state.select_box(x0, y0, x1, y1)
+        self._show_selection(started)
+        return selection
+
+    def select_lasso(self, polygon: Any) -> Selection:
+        """Select the images inside a polygon on the map (map coordinates), as a lasso does.
+
+        Example:
+            >>> explorer.select_lasso([(0, 0), (4, 0), (4, 3), (1, 4)])  # doctest: +SKIP
+        """
+        started = time.perf_counter()
+        selection = self.state.select_lasso(polygon)
+        self._show_selection(started)
+        return selection
+
+    def clear_selection(self) -> None:
+        """Forget the selection: its outline and sample go."""
+        self.state.clear_selection()
+        self.selection_panel.layout.display = "none"
+        self.sample_box.children = ()
+        self._repaint()
+
+    def highlight(self, items: Any, label: str) -> int:
+        """Mark images on the map under ``label`` (URIs, a DataFrame with ``uri``, or rows).
+
+        None removes the label. Returns how many are on the map.
+
+        Example:
+            >>> groups = gcsemb.near_duplicates(dst, groups=True)  # doctest: +SKIP
+            >>> explorer.highlight(groups, "near-duplicates")  # doctest: +SKIP
+        """
+        shown = self.state.highlight(items, label)
+        self._repaint()
+        return shown
+
     def show(self) -> None:
         """Display the widget (for use inside functions and scripts run in a notebook)."""
         from IPython.display import display
@@ -229,10 +306,35 @@ class Explorer:
         results = self.state.results
         tiles = zip(results["uri"], results["score"], self.state.thumbnails(), strict=True)
         self.result_box.children = [self._tile(u, float(s), jpeg) for u, s, jpeg in tiles]
-        if self._map is not None:
-            self.plot.value = marked_png(self._map, self.state.map_rows())
+        self._repaint()
         seconds = time.perf_counter() - started
         self.status.value = f"{heading} ({seconds:.2f} s). Click <b>neighbours</b> under an image."
+
+    def _repaint(self, *extra: Overlay) -> None:
+        """Paint the current results, selection and highlights (and ``extra``) on the map."""
+        if self._map is not None:
+            self.plot.value = painted_png(self._map, [*extra, *self.state.overlays()])
+
+    def _show_selection(self, started: float) -> None:
+        """The selection's count and its sample's thumbnails, below the results."""
+        w = import_ipywidgets()
+        selection = self.state.selection
+        size = f"{self._px // 2}px"
+        self.sample_box.children = [
+            w.Image(
+                value=jpeg or b"",
+                format="jpeg",
+                layout=w.Layout(width=size, height=size, object_fit="contain"),
+            )
+            for jpeg in self.state.sample_thumbnails()
+        ]
+        self._repaint()
+        seconds = time.perf_counter() - started
+        self.selection_status.value = (
+            f"<b>{selection.count:,}</b> images in the {selection.kind}; a random sample of "
+            f"{len(selection.sample)} ({seconds:.2f} s)."
+        )
+        self.selection_panel.layout.display = "flex"
 
     def _tile(self, uri: str, score: float, jpeg: bytes | None) -> Any:
         w = import_ipywidgets()
@@ -284,6 +386,25 @@ class Explorer:
         kind, value = self.state.last
         self._safely(self.query if kind == "text" else self.select, value)
 
+    def _on_map_event(self, event: dict[str, Any]) -> None:
+        """A mouse event on the map (ipyevents' dict): hover, click, box or lasso."""
+        gesture = self._gestures.feed(event)
+        if gesture is None:
+            return
+        (x, y), outline = gesture.outline[0], gesture.outline
+        if gesture.kind == "hover":
+            row = self.state.pick(x, y)
+            name = html.escape(str(row.get("uri", row.name)).rsplit("/", 1)[-1])
+            self.map_hint.value = f"<small>nearest: <b>{name}</b></small>"
+        elif gesture.kind == "drawing":
+            self._repaint(Overlay(np.zeros((0, 2)), COLORS[0], outline=outline))
+        elif gesture.kind == "click":
+            self.pick(x, y)
+        elif gesture.kind == "box":
+            self.select_box(x, y, *outline[2])
+        else:
+            self.select_lasso(outline)
+
     def _on_random(self, _button: Any) -> None:
         self._safely(self.select, self.state.random_uri())
 
@@ -295,7 +416,9 @@ class Explorer:
     def __repr__(self) -> str:
         state = self.state
         last = f" for {state.last[1]!r}" if state.last else ""
+        marked = f", highlighted {list(state.highlights)}" if state.highlights else ""
+        chosen = f", {state.selection!r}" if state.selection is not None else ""
         return (
             f"Explorer({len(state.df):,} images, model_tag={state.model_tag or '?'!r}, "
-            f"showing {len(state.selected)}{last})"
+            f"showing {len(state.selected)}{last}{marked}{chosen})"
         )

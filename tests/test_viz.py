@@ -434,6 +434,22 @@ def test_projection_plot_is_computed_without_drawing():
         projection_plot(coords, color_by="nope")
 
 
+def test_a_large_projection_is_drawn_as_density_with_single_points_where_sparse():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    xy = rng.normal(0, 1, (30_000, 2))
+    xy[:5] = [[4, 4], [4, -4], [-4, 4], [-4, -4], [4.1, 4.05]]  # alone in the corners
+    ax = plot_projection(xy)
+    assert len(ax.images) == 1  # the shaded histogram, drawn as one image
+    singles = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert 5 <= len(singles) < 3_000  # the sparse points only, never every point
+    assert {tuple(p) for p in xy[:5]} <= {tuple(p) for p in np.asarray(singles)}
+    scattered = plot_projection(xy, density=False)
+    assert not scattered.images and len(scattered.collections[0].get_offsets()) == 30_000
+    plt.close("all")
+
+
 def test_thumbnail_plan_never_overlaps():
     from gcsemb.layout import plan_thumbnails
 
