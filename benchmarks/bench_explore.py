@@ -173,3 +173,113 @@ def generate(size: int, seed: int = 0) -> Bench:
         )
     )
     return Bench(str(path), size)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True)]))
+
+
+@step("read")
+def _read(bench: Bench) -> dict[str, Any]:
+    import gcsemb
+
+    _, matrix = gcsemb.read_embeddings(bench.path)
+    return {"rows": len(matrix)}
+
+
+@step("read-baseline")
+def _read_baseline(bench: Bench) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(bench.path, columns=["embedding"]).column("embedding")
+    matrix = column.combine_chunks().flatten().to_numpy().reshape(-1, DIM)
+    return {"rows": len(matrix)}
+
+
+@step("search")
+def _search(bench: Bench) -> dict[str, Any]:
+    """Exact search per query beside numpy, and the index's per-query time and recall."""
+    import gcsemb
+    from gcsemb.search import top_k
+
+    df, x = gcsemb.read_embeddings(bench.path)
+    index = gcsemb.build_index(bench.path, progress=False)
+    rows = index.rows_of(df)
+    out: dict[str, Any] = {}
+    for kind, nprobe in (("image", 16), ("text", 64)):
+        q = bench.queries(kind)
+        truth = np.argsort(-(x @ q.T), axis=0)[:10].T
+        start = time.perf_counter()
+        for v in q[:50]:
+            s = x @ v
+            np.argpartition(-s, 10)[:10]
+        out[f"{kind} numpy ms"] = (time.perf_counter() - start) / 50 * 1000
+        start = time.perf_counter()
+        for v in q[:50]:
+            top_k(df, x, v, 10)
+        out[f"{kind} exact ms"] = (time.perf_counter() - start) / 50 * 1000
+        start = time.perf_counter()
+        ids = np.concatenate([index.search(v, 10, nprobe)[0] for v in q])
+        out[f"{kind} index ms (nprobe {nprobe})"] = (time.perf_counter() - start) / len(q) * 1000
+        out[f"{kind} recall@10"] = _recall(rows[ids], truth)
+    return out
+
+
+@step("near-duplicates")
+def _near(bench: Bench) -> dict[str, Any]:
+    import gcsemb
+
+    start = time.perf_counter()
+    index = gcsemb.near_duplicates(bench.path, threshold=0.95, method="index", progress=False)
+    seconds = time.perf_counter() - start
+    out = {"index s": seconds, "pairs": len(index)}
+    if bench.size <= 200_000:
+        exact = gcsemb.near_duplicates(bench.path, threshold=0.95, method="exact")
+        got = set(zip(index.uri_a, index.uri_b, strict=True))
+        want = set(zip(exact.uri_a, exact.uri_b, strict=True))
+        out["recall vs exact"] = len(got & want) / max(len(want), 1)
+    return out
+
+
+def _child(name: str, size: int, conn: Any) -> None:
+    bench = Bench(str(bench_dir() / f"synthetic-{size}"), size)
+    start = time.perf_counter()
+    figures = STEPS[name](bench)
+    figures["seconds"] = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    figures["peak MiB"] = hwm / 1024
+    conn.send(figures)
+
+
+def main() -> None:
+    """Run the chosen steps at the chosen sizes, each in a child process."""
+    import multiprocessing
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--big", action="store_true", help="also 3M rows")
+    parser.add_argument("--only", nargs="+", choices=sorted(STEPS), help="these steps only")
+    args = parser.parse_args()
+    sizes = [*args.sizes, *([3_000_000] if args.big else [])]
+    print(f"{platform.node()}: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        generate(size)
+        for name in args.only or list(STEPS):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_child, args=(name, size, child))
+            proc.start()
+            figures = parent.recv()
+            proc.join()
+            shown = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+            )
+            print(f"{size:>9,} {name:<16} {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -222,7 +222,7 @@ def _column(df: Any, name: str, missing: float = 0.0) -> np.ndarray:
         return np.full(len(df), missing)
     values = df[name]
     if pd.api.types.is_datetime64_any_dtype(values):
-        seconds = values.astype("int64", copy=False).astype(np.float64)
+        seconds = values.astype("int64").astype(np.float64)
         return np.where(values.isna(), missing, seconds)
     return pd.to_numeric(values, errors="coerce").fillna(missing).to_numpy(np.float64)
 
