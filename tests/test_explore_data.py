@@ -150,3 +150,11 @@ def test_a_pickle_in_the_index_is_never_unpickled(dst, monkeypatch):
     assert b"pytest" in target.read_bytes() and pickle  # a real pickle payload
     again = gcsemb.build_index(str(folder), progress=False)  # rebuilt, not unpickled
     assert len(again.keys) == 600
+
+
+def test_cli_index_says_what_it_covers(dst, capsys):
+    from gcsemb.cli import main
+
+    folder, _ = dst
+    assert main(["index", str(folder), "--no-progress"]) == 0
+    assert "600 rows of tiny/test, 2 shards, 1 segments" in capsys.readouterr().out
