@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from gcsemb.embedder import Embedder
 
 RESULT_COLUMNS = ["uri", "score", "md5"]
+SEARCH_EXACT_MAX = 250_000
+"""Rows up to which ``method="auto"`` searches exactly (one matrix product a query)."""
+NPROBE = {"image": 16, "text": 64}
+"""Lists an index search probes: texts lie away from the images (CLIP's modality gap) and need
+more for recall@10 >= 0.95 (measured: ``benchmarks/bench_explore.py``)."""
+_INDEXES: dict[int, Any] = {}  # id(matrix) -> its index, dropped with the matrix
 
 
 def embeddings_of(
@@ -148,6 +155,55 @@ def top_k(
     return out
 
 
+def ranked(
+    df: pd.DataFrame,
+    matrix: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    *,
+    method: str = "auto",
+    kind: str = "image",
+    first: str | None = None,
+) -> pd.DataFrame:
+    """:func:`top_k`, exactly or among the candidates of an index (``method``).
+
+    ``"auto"`` is exact up to :data:`SEARCH_EXACT_MAX` rows. The index is the dataset's
+    (``DST/_index/``, when up to date) or one built in memory for this matrix, kept while the
+    matrix lives; candidates are rescored exactly.
+    """
+    from gcsemb.neighbours import _check_method
+
+    _check_method(method)
+    if method == "exact" or (method == "auto" and len(matrix) <= SEARCH_EXACT_MAX):
+        return top_k(df, matrix, query, k, first)
+    index = _INDEXES.get(id(matrix))
+    if index is None:
+        index = _INDEXES[id(matrix)] = _index_for(df, matrix)
+        weakref.finalize(matrix, _INDEXES.pop, id(matrix), None)
+    ids = index.search(np.asarray(query, np.float32), k + 1, NPROBE[kind])[0][0]
+    rows = np.sort(ids[ids >= 0])
+    if first is not None:
+        rows = np.union1d(rows, np.flatnonzero(df["uri"].to_numpy() == first)[:1])
+    return top_k(df.iloc[rows], matrix[rows], query, k, first)
+
+
+def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
+    """The dataset's index mapped onto ``df``'s rows when it is up to date, else a new one."""
+    from gcsemb import ivf
+    from gcsemb.index import open_index
+    from gcsemb.neighbours import live_ivf
+
+    store, tag = df.attrs.get("store"), model_tag_of(df)
+    if store is not None and tag is not None and "uri" in df:
+        index = open_index(store, tag)
+        if index is not None:
+            try:
+                return live_ivf(index, df)
+            except LookupError:
+                pass
+    return ivf.train(matrix)
+
+
 def search_text(
     data: Any,
     query: str,
@@ -158,6 +214,7 @@ def search_text(
     pretrained: str | None = None,
     token: Any = None,
     device: str = "auto",
+    method: str = "auto",
 ) -> pd.DataFrame:
     """The ``k`` images that best match a text, with the text tower of the dataset's model.
 
@@ -173,6 +230,7 @@ def search_text(
             dataset when that is safe, see :func:`~gcsemb.dataset_embedder.dataset_weights`).
         token: Credentials for ``gs://``.
         device: Where to run the text tower.
+        method: ``"exact"``, ``"index"`` or ``"auto"`` (see :func:`ranked`).
 
     Returns:
         A DataFrame with ``uri``, ``score`` (cosine similarity) and ``md5``, best first.
@@ -195,7 +253,7 @@ def search_text(
         token=access,
         device=device,
     )
-    return top_k(df, matrix, embedder.embed_texts([query])[0], k)
+    return ranked(df, matrix, embedder.embed_texts([query])[0], k, method=method, kind="text")
 
 
 def search_image(
@@ -208,6 +266,7 @@ def search_image(
     pretrained: str | None = None,
     token: Any = None,
     device: str = "auto",
+    method: str = "auto",
 ) -> pd.DataFrame:
     """The ``k`` images most similar to an image of the dataset or a new one.
 
@@ -223,6 +282,7 @@ def search_image(
             :func:`~gcsemb.dataset_embedder.dataset_weights`).
         token: Credentials for ``gs://``.
         device: Where to run the image tower.
+        method: ``"exact"``, ``"index"`` or ``"auto"`` (see :func:`ranked`).
 
     Returns:
         A DataFrame with ``uri``, ``score`` and ``md5``, best first.
@@ -235,7 +295,7 @@ def search_image(
     df, matrix, dataset = embeddings_of(data, token=token)
     access = token or dataset
     if isinstance(image, np.ndarray) and image.ndim == 1:
-        return top_k(df, matrix, image / (np.linalg.norm(image) or 1.0), k)
+        return ranked(df, matrix, image / (np.linalg.norm(image) or 1.0), k, method=method)
 
     def load() -> Embedder:
         return _dataset_embedder(
@@ -252,14 +312,14 @@ def search_image(
         uri = str(image)
         hit = np.flatnonzero(df["uri"].to_numpy() == uri) if len(df) else []
         if len(hit):
-            return top_k(df, matrix, matrix[hit[0]], k, first=uri)
+            return ranked(df, matrix, matrix[hit[0]], k, method=method, first=uri)
         # the model first: weights the dataset names but gcsemb refuses cost no read
         chosen = load()
         pil = _as_pil(_read_image(uri, access))  # the caller named it: fetched as given
     else:
         pil = _as_pil(image)
         chosen = load()
-    return top_k(df, matrix, chosen.embed_images([pil])[0], k)
+    return ranked(df, matrix, chosen.embed_images([pil])[0], k, method=method)
 
 
 def _dataset_embedder(

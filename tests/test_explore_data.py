@@ -158,3 +158,19 @@ def test_cli_index_says_what_it_covers(dst, capsys):
     folder, _ = dst
     assert main(["index", str(folder), "--no-progress"]) == 0
     assert "600 rows of tiny/test, 2 shards, 1 segments" in capsys.readouterr().out
+
+
+def test_search_by_index_matches_exact(dst, monkeypatch):
+    from gcsemb import search
+    from gcsemb.search import search_image
+
+    monkeypatch.setitem(search.NPROBE, "image", 10_000)  # every list: the exact answer
+    folder, x = dst
+    gcsemb.build_index(str(folder), progress=False)
+    pair = gcsemb.read_embeddings(str(folder))
+    for row in (0, 5, 333):
+        uri = pair[0].uri[row]
+        exact = search_image(pair, uri, k=5, method="exact")
+        index = search_image(pair, uri, k=5, method="index")
+        assert index.uri[0] == uri
+        assert index.uri.tolist() == exact.uri.tolist()
