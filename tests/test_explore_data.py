@@ -174,3 +174,22 @@ def test_search_by_index_matches_exact(dst, monkeypatch):
         index = search_image(pair, uri, k=5, method="index")
         assert index.uri[0] == uri
         assert index.uri.tolist() == exact.uri.tolist()
+
+
+def test_index_on_the_emulator(bucket, tmp_path, monkeypatch):
+    from gcsemb.storage import open_store
+
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "src"
+    local.mkdir()
+    x = unit(np.random.default_rng(2), 300)
+    x[9] = x[3]
+    write_shard(local, "a", x)
+    store = open_store(f"gs://{bucket}/emb")
+    store.fs.pipe_file(f"{bucket}/emb/part-a.parquet", (local / "part-a.parquet").read_bytes())
+    index = gcsemb.build_index(store, progress=False)
+    assert len(index.keys) == 300 and (tmp_path / "cache" / "index").is_dir()  # local copy
+    pairs = gcsemb.near_duplicates(store, threshold=0.95, method="index", progress=False)
+    assert pairs[["uri_a", "uri_b"]].values.tolist() == [
+        ["gs://b/p/00003.jpg", "gs://b/p/00009.jpg"]
+    ]
