@@ -46,6 +46,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         "does not find)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--method",
+        choices=("auto", "exact", "index"),
+        default="auto",
+        help="exact (one pass over all rows), index (DST/_index/, see gcsemb index; built in "
+        "memory when missing) or auto (default): exact up to 250,000 rows",
+    )
     p.add_argument("--dpi", type=int, default=150, help="grid PNG resolution (default 150)")
     p.add_argument("--model-tag", help="the model column value to search, when DST holds several")
     add_credentials(p, billing=False)
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         token=dataset,
         device=args.device,
+        method=args.method,
     )
     if args.image:
         results = search_image((df, matrix), args.image, **options)
