@@ -197,6 +197,8 @@ def test_reusing_the_saved_projection_prints_nothing_and_names_its_backend(saved
 
 
 def _embedding_atlas() -> str | None:
+    """The ``embedding-atlas`` command: $GCSEMB_EMBEDDING_ATLAS (e.g. in a venv of its own,
+    it brings torch), or on PATH."""
     return os.environ.get("GCSEMB_EMBEDDING_ATLAS") or shutil.which("embedding-atlas")
 
 
@@ -223,4 +225,8 @@ def test_embedding_atlas_exports_a_viewer_of_the_projection_file(saved, tmp_path
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert out.exists()
+    assert (out / "index.html").exists()
+    props = json.loads((out / "data" / "metadata.json").read_text())["props"]["data"]
+    assert props["projection"] == {"x": "x", "y": "y"} and props["neighbors"] == "neighbors"
+    shipped = pq.read_table(out / "data" / "dataset.parquet")
+    assert shipped.column("neighbors").to_pylist() == pq.read_table(path)["neighbors"].to_pylist()
