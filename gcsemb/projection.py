@@ -112,6 +112,7 @@ def umap_project(
     backend: str = "auto",
     n_jobs: int = -1,
     low_memory: bool = True,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
     dst: str | Store | None = None,
     model_tag: str | None = None,
     token: Any = None,
@@ -142,6 +143,8 @@ def umap_project(
             else umap-learn), ``"umap-learn"`` or ``"cuml"``.
         n_jobs: umap-learn's threads: -1 (default) uses every core; a ``seed`` forces one.
         low_memory: umap-learn's low-memory mode.
+        knn: The rows' kNN graph ``(indices, distances)`` if already at hand (self first, at
+            least ``n_neighbors`` columns, cosine distance); default: computed here.
         dst: Where to save/reuse the projection when ``data`` is not a URL (the dataset folder).
         model_tag: The model tag (``model`` column) to project when the dataset holds several.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or a
@@ -196,7 +199,7 @@ def umap_project(
         xy, chosen = loaded
         log.info("reused the UMAP projection saved at %s", saved.url)
     else:
-        knn = _neighbour_graph(matrix, params["n_neighbors"])
+        knn = knn if knn is not None else _neighbour_graph(matrix, params["n_neighbors"])
         print(describe(chosen, len(matrix), seed, n_jobs))
         xy = _fit(
             matrix, knn, params, chosen, n_jobs=n_jobs, low_memory=low_memory, verbose=verbose
