@@ -326,7 +326,7 @@ def atlas_neighbors(knn: tuple[np.ndarray, np.ndarray]) -> Any:
     keep = without_self(indices, np.arange(n), max(k - 1, 0))
     ids = np.take_along_axis(indices, keep, axis=1).astype(np.int64).ravel()
     dist = np.take_along_axis(distances, keep, axis=1).astype(np.float32).ravel()
-    offsets = pa.array(np.arange(0, len(ids) + 1, keep.shape[1], dtype=np.int32))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * keep.shape[1])
     return pa.StructArray.from_arrays(
         [pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, dist)],
         names=["ids", "distances"],

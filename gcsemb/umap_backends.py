@@ -83,7 +83,7 @@ def describe(backend: str, n: int, seed: int | None, n_jobs: int) -> str:
     else:
         cores = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
         how = f"on {cores} core{'s' if cores != 1 else ''}"
-    return f"UMAP of {n:,} points with {backend} {how}"
+    return f"UMAP of {n:,} point{'s' if n != 1 else ''} with {backend} {how}"
 
 
 def initial_layout(init: str, n: int, backend: str) -> str:

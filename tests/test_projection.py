@@ -196,6 +196,16 @@ def test_reusing_the_saved_projection_prints_nothing_and_names_its_backend(saved
     np.testing.assert_array_equal(again[["x", "y"]], coords[["x", "y"]])
 
 
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_a_tiny_dataset_saves_what_neighbours_it_has(tmp_path, capsys, n):
+    matrix = clustered(n)
+    umap_project((rows(matrix), matrix), dst=str(tmp_path))
+    assert capsys.readouterr().out.startswith(f"UMAP of {n} point{'s' if n > 1 else ''} with")
+    saved = pq.read_table(projection_path(str(tmp_path), MODEL)).column("neighbors").to_pylist()
+    assert [len(v["ids"]) for v in saved] == [n - 1] * n
+    assert all(i not in v["ids"] for i, v in enumerate(saved))
+
+
 def _embedding_atlas() -> str | None:
     """The ``embedding-atlas`` command: $GCSEMB_EMBEDDING_ATLAS (e.g. in a venv of its own,
     it brings torch), or on PATH."""
