@@ -7,7 +7,8 @@ Per size, each measurement runs in a child process of its own, so its peak RSS (
 its own: ``gcsemb`` is :func:`gcsemb.umap_project` given the kNN graph (``knn=``, as it gets it
 from the neighbour index), all cores; ``umap-learn`` is ``umap.UMAP(metric="cosine",
 n_jobs=-1)`` computing its own neighbours (NN-descent), as a user would call it. Both report
-wall and CPU seconds (on a shared machine CPU seconds are the steadier figure) and the
+wall and CPU seconds (on a shared machine CPU seconds are the steadier figure), umap's own
+timestamped stage lines in ``<work>/<who>-<n>.npy.log`` (where the time goes), and the
 neighbourhood preservation of the layout: the share of each point's 15 nearest neighbours by
 cosine kept among its 15 nearest in 2-D, on a 100k sample.
 
@@ -21,6 +22,7 @@ Run: .venv/bin/python benchmarks/bench_umap.py [--sizes 100000 1000000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -91,23 +93,26 @@ def child(which: str, n: int, out: str, options: dict[str, Any]) -> None:
     del labels
     before = _peak_mb()
     wall, cpu = time.perf_counter(), _cpu_s()
-    if which == "gcsemb":
-        from gcsemb.projection import umap_project
+    # umap's verbose stage lines (timestamped) go to OUT.log: where the time goes
+    with open(f"{out}.log", "w") as log, contextlib.redirect_stdout(log):
+        if which == "gcsemb":
+            from gcsemb.projection import umap_project
 
-        coords = umap_project(
-            matrix,
-            knn=knn,
-            backend="umap-learn",
-            init=options["init"],
-            n_epochs=options["epochs"],
-        )
-        xy = coords[["x", "y"]].to_numpy(np.float32)
-    else:
-        from gcsemb.umap_cache import import_umap
+            coords = umap_project(
+                matrix,
+                knn=knn,
+                backend="umap-learn",
+                init=options["init"],
+                n_epochs=options["epochs"],
+                verbose=True,
+            )
+            xy = coords[["x", "y"]].to_numpy(np.float32)
+        else:
+            from gcsemb.umap_cache import import_umap
 
-        umap = import_umap()  # the same numba cache: no compile time in either figure
-        reducer = umap.UMAP(metric="cosine", n_jobs=-1, low_memory=True)
-        xy = reducer.fit_transform(matrix).astype(np.float32)
+            umap = import_umap()  # the same numba cache: no compile time in either figure
+            reducer = umap.UMAP(metric="cosine", n_jobs=-1, low_memory=True, verbose=True)
+            xy = reducer.fit_transform(matrix).astype(np.float32)
     wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
     np.save(out, xy)
     print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": _peak_mb(), "data_mb": before}))
