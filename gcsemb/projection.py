@@ -324,9 +324,11 @@ def atlas_neighbors(knn: tuple[np.ndarray, np.ndarray]) -> Any:
     indices, distances = knn
     n, k = indices.shape
     keep = without_self(indices, np.arange(n), max(k - 1, 0))
-    ids = np.take_along_axis(indices, keep, axis=1).astype(np.int64).ravel()
-    dist = np.take_along_axis(distances, keep, axis=1).astype(np.float32).ravel()
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * keep.shape[1])
+    ids = np.take_along_axis(indices, keep, axis=1).astype(np.int64)
+    dist = np.take_along_axis(distances, keep, axis=1).astype(np.float32)
+    found = ids >= 0  # an index may leave a slot empty (-1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(found.sum(axis=1))]).astype(np.int32))
+    ids, dist = ids[found], dist[found]
     return pa.StructArray.from_arrays(
         [pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, dist)],
         names=["ids", "distances"],

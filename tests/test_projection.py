@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gcsemb.projection import projection_path, umap_project
+from gcsemb.projection import atlas_neighbors, projection_path, umap_project
 from gcsemb.umap_backends import (
     available,
     choose_backend,
@@ -204,6 +204,16 @@ def test_a_tiny_dataset_saves_what_neighbours_it_has(tmp_path, capsys, n):
     saved = pq.read_table(projection_path(str(tmp_path), MODEL)).column("neighbors").to_pylist()
     assert [len(v["ids"]) for v in saved] == [n - 1] * n
     assert all(i not in v["ids"] for i, v in enumerate(saved))
+
+
+def test_neighbours_an_index_left_empty_are_left_out_not_written_as_minus_one():
+    ids = np.array([[0, 2, -1], [1, 0, 2], [0, 2, 1]])  # row 2: self not first (a tie)
+    dist = np.array([[0, 0.1, 0], [0, 0.3, 0.4], [0, 0, 0.4]], np.float32)
+    assert atlas_neighbors((ids, dist)).to_pylist() == [
+        {"ids": [2], "distances": [pytest.approx(0.1)]},
+        {"ids": [0, 2], "distances": [pytest.approx(0.3), pytest.approx(0.4)]},
+        {"ids": [0, 1], "distances": [0.0, pytest.approx(0.4)]},
+    ]
 
 
 def _embedding_atlas() -> str | None:
