@@ -37,13 +37,16 @@ _EXPORTS = {
     "RayEngine": "gcsemb.config",
     "read_embeddings": "gcsemb.dataset",
     "read_errors": "gcsemb.dataset",
+    "iter_embeddings": "gcsemb.dataset",
+    "build_index": "gcsemb.index",
+    "knn_graph": "gcsemb.neighbours",
     "load_embedder": "gcsemb.embedder",
     "umap_project": "gcsemb.projection",
     "plot_projection": "gcsemb.viz",
     "image_grid": "gcsemb.grid",
     "search_text": "gcsemb.search",
     "search_image": "gcsemb.search",
-    "near_duplicates": "gcsemb.search",
+    "near_duplicates": "gcsemb.duplicates",
     "Explorer": "gcsemb.widgets",
 }
 

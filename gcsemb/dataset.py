@@ -29,7 +29,7 @@ import datetime
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,34 +111,85 @@ def _read(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    fs = store.fs
-
     def one(path: str) -> pa.Table | None:
-        try:
-            # a plain read-ahead buffer: gcsfs's "adaptive" cache leaves asyncio tasks behind
-            # (ParquetFile, not read_table: that imports pyarrow.dataset and pandas, 0.3 s a run)
-            with fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
-                parquet = pq.ParquetFile(f)
-                missing = required - set(parquet.schema_arrow.names)
-                if missing:
-                    log.warning(
-                        "skipping %s: not a gcsemb shard (no %s)", store.uri(path), sorted(missing)
-                    )
-                    return None
-                return parquet.read(columns=columns)
-        except (pa.ArrowException, OSError) as e:
-            # pyarrow's complaints about the bytes are ArrowInvalid or a plain OSError ("Corrupt
-            # snappy compressed data"); storage errors keep their own types and end the read
-            damaged = isinstance(e, pa.ArrowException) or (
-                type(e) is OSError and http_status(e) is None
-            )
-            if not damaged:
-                raise
-            log.warning("skipping %s: unreadable parquet (%s)", store.uri(path), str(e)[:200])
-            return None
+        return _read_one(store, path, columns, required)
 
     with ThreadPoolExecutor(8) as pool:
         return [t for t in pool.map(one, files) if t is not None]
+
+
+def _read_one(
+    store: Store,
+    path: str,
+    columns: list[str] | None,
+    required: set[str],
+    without: tuple[str, ...] = (),
+) -> pa.Table | None:
+    """Some columns of one shard, or None (with a warning naming it) for a damaged or foreign file.
+
+    The footer is checked before any column is read: a file whose rows would expand past what a
+    gcsemb shard of its row count can hold (a "zip bomb": a few hundred KiB of zstd that
+    decompress to gigabytes) is skipped like any other foreign file. ``without`` names columns
+    not to read (all others are, when ``columns`` is None).
+    """
+    try:
+        # a plain read-ahead buffer: gcsfs's "adaptive" cache leaves asyncio tasks behind
+        # (ParquetFile, not read_table: that imports pyarrow.dataset and pandas, 0.3 s a run)
+        with store.fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
+            parquet = pq.ParquetFile(f)
+            missing = required - set(parquet.schema_arrow.names)
+            if missing:
+                log.warning(
+                    "skipping %s: not a gcsemb shard (no %s)", store.uri(path), sorted(missing)
+                )
+                return None
+            too_big = _expansion(parquet, getattr(f, "size", None))
+            if too_big:
+                log.warning("skipping %s: not a gcsemb shard (%s)", store.uri(path), too_big)
+                return None
+            if without:
+                columns = [n for n in parquet.schema_arrow.names if n not in without]
+            return parquet.read(columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        # pyarrow's complaints about the bytes are ArrowInvalid or a plain OSError ("Corrupt
+        # snappy compressed data"); storage errors keep their own types and end the read
+        damaged = isinstance(e, pa.ArrowException) or (
+            type(e) is OSError and http_status(e) is None
+        )
+        if not damaged:
+            raise
+        log.warning("skipping %s: unreadable parquet (%s)", store.uri(path), str(e)[:200])
+        return None
+
+
+MAX_ROW_BYTES = 16 << 10
+"""Bytes a gcsemb row may take beyond its embedding (uri, md5, model tag, the fixed columns)."""
+MAX_RATIO = 32
+"""How many times its file size a shard of more than :data:`MAX_SLACK` may expand to: real
+embeddings hardly compress (about 1.1x), so a larger ratio means a file crafted to expand."""
+MAX_SLACK = 64 << 20
+
+
+def _expansion(parquet: pq.ParquetFile, file_size: int | None) -> str | None:
+    """Why the footer of ``parquet`` promises more than a gcsemb shard could hold, or None.
+
+    A gcsemb row holds its embedding (4 bytes a dimension, from the ``gcsemb.dim`` metadata) and
+    at most :data:`MAX_ROW_BYTES` more; beyond :data:`MAX_SLACK`, a file may also not expand to
+    more than :data:`MAX_RATIO` times its own size.
+    """
+    meta = parquet.metadata
+    raw = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    try:
+        dim = int((parquet.schema_arrow.metadata or {}).get(META_DIM, b"4096"))
+    except ValueError:
+        dim = 4096
+    dim = min(max(dim, 1), 1 << 16)
+    limit = meta.num_rows * (4 * dim + MAX_ROW_BYTES) + MAX_SLACK
+    if file_size and raw > MAX_SLACK:
+        limit = min(limit, max(MAX_SLACK, MAX_RATIO * file_size))
+    if raw <= limit:
+        return None
+    return f"its {meta.num_rows} rows would take {raw / 2**20:.1f} MiB in memory"
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -257,18 +308,31 @@ def read_embeddings(
     dst: str | Store,
     *,
     model_tag: str | None = None,
+    with_embeddings: bool = False,
+    dtype: Any = np.float32,
+    progress: bool = False,
     token: Any = None,
     project: str | None = None,
     requester_pays: bool | str = False,
     endpoint: str | None = None,
 ) -> tuple[Any, np.ndarray]:
-    """Read the embeddings under ``dst`` as a DataFrame and a float32 matrix.
+    """Read the embeddings under ``dst`` as a DataFrame and a matrix.
+
+    Lean: the rows to keep are decided from the small columns first, then each shard's
+    embeddings are copied from the Arrow buffers straight into one preallocated matrix, so the
+    peak memory is about the matrix plus the DataFrame. :func:`iter_embeddings` streams the same
+    rows shard by shard.
 
     Args:
         dst: The destination folder given to :func:`gcsemb.embed` (a URL or a
             :class:`~gcsemb.storage.Store`).
         model_tag: Keep the rows of this model tag only (the ``model`` column, e.g.
             ``"ViT-B-32/laion2b_s34b_b79k"``); required when ``dst`` holds several.
+        with_embeddings: Also put each row's embedding in an ``embedding`` column (views of the
+            matrix's rows, no copy).
+        dtype: The matrix's dtype: ``np.float32`` (default) or ``np.float16`` (half the memory;
+            scores differ by about 1e-3).
+        progress: Show a progress bar over the shards.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
         project: Google Cloud project (requester-pays billing).
         requester_pays: Bill reads to ``project``.
@@ -276,40 +340,51 @@ def read_embeddings(
 
     Returns:
         ``(df, matrix)``: one row per image (the latest if an image was re-embedded after a
-        change), and its embeddings as an ``(n, dim)`` float32 array in the same order.
-        ``df.attrs["store"]`` is the dataset's handle (thumbnails and searches reuse its
-        access); ``df.attrs["dataset"]`` how the newest shard was made (``source``, ``model``,
-        ``checkpoint``, ``checkpoint_sha256``, ``config``...).
+        change), and its embeddings as an ``(n, dim)`` array in the same order. ``df`` has no
+        ``embedding`` column unless ``with_embeddings``. ``df.attrs["store"]`` is the dataset's
+        handle (thumbnails and searches reuse its access); ``df.attrs["dataset"]`` how the
+        newest shard was made (``source``, ``model``, ``checkpoint``, ``checkpoint_sha256``,
+        ``config``...).
 
     Example:
         >>> df, X = read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
         >>> X @ X[0]  # cosine similarity to the first image  # doctest: +SKIP
     """
+    from gcsemb.shards import fill, plan
+
     store = open_store(
         dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
     )
-    tables = _read(store, parquet_files(store), None, _ROW_COLUMNS)
-    if not tables:
-        raise FileNotFoundError(
-            f"No embeddings under {store.url}: run `gcsemb embed SRC {store.url}` first."
-        )
-    models = sorted({m for t in tables for m in t.column("model").unique().to_pylist()})
-    if model_tag is None and len(models) > 1:
-        raise ValueError(
-            f"{store.url} holds several models {models}: pass model_tag=... to pick one."
-        )
-    model_tag = model_tag or models[0]
-    import pyarrow.compute as pc
+    read, matrix = fill(plan(store, model_tag), np.dtype(dtype), progress)
+    df = read.df
+    if with_embeddings:
+        df["embedding"] = list(matrix) if len(matrix) else []
+    return df, matrix
 
-    tables = [t.filter(pc.equal(t.column("model"), model_tag)) for t in tables]
-    info = next((dataset_info(t) for t in reversed(tables) if t.num_rows), {})
-    df = _concat(tables).to_pandas()
-    # an image changed since an earlier run has two rows: keep its newest version
-    df = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
-    df = df.sort_index().reset_index(drop=True)
-    df.attrs["store"] = store
-    df.attrs["dataset"] = info
-    return df, embedding_matrix(df)
+
+def iter_embeddings(
+    dst: str | Store,
+    *,
+    model_tag: str | None = None,
+    dtype: Any = np.float32,
+    token: Any = None,
+    endpoint: str | None = None,
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Yield ``(rows, matrix)`` per shard: the rows of :func:`read_embeddings`, streamed.
+
+    The small columns of every shard are read first (to keep the newest version of each uri);
+    then one shard's embeddings at a time, so the whole matrix is never in memory. ``rows``
+    keeps the row numbers :func:`read_embeddings` gives those rows (its index).
+
+    Example:
+        >>> for rows, X in iter_embeddings("gs://my-bucket/embeddings"):  # doctest: +SKIP
+        ...     print(rows.index[0], X.shape)
+        0 (5000, 512)
+    """
+    from gcsemb.shards import iter_shards, plan
+
+    store = open_store(dst, token=token, endpoint=endpoint)
+    yield from iter_shards(plan(store, model_tag), np.dtype(dtype))
 
 
 def read_errors(

@@ -10,7 +10,7 @@ Every search returns a DataFrame, best first: ``uri``, ``score`` (cosine similar
 identical embedding) and ``md5`` (for thumbnails). :func:`gcsemb.viz.image_grid` draws it.
 
 Example:
-    >>> from gcsemb.search import search_text, search_image, near_duplicates
+    >>> from gcsemb.search import search_text, search_image
     >>> df, X = gcsemb.read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
     >>> search_text((df, X), "a dog on a beach", k=5)  # doctest: +SKIP
     >>> search_image((df, X), df.uri[0], k=5)  # the image itself comes first  # doctest: +SKIP
@@ -328,108 +328,9 @@ def _as_pil(image: Any) -> Image.Image:
     )
 
 
-def near_duplicates(
-    data: Any,
-    *,
-    threshold: float = 0.95,
-    chunk: int = 4096,
-    max_pairs: int = 1_000_000,
-    token: Any = None,
-    model_tag: str | None = None,
-) -> pd.DataFrame:
-    """Every pair of images whose embeddings' cosine similarity is at least ``threshold``.
+def __getattr__(name: str) -> Any:
+    if name == "near_duplicates":  # moved to gcsemb.duplicates; still importable from here
+        from gcsemb.duplicates import near_duplicates
 
-    Exact: all pairs are compared, in blocks of ``chunk`` x ``chunk`` rows (memory
-    ``O(chunk^2)``, about 64 MB at 4096), so 100k images take about a minute on 2 cores. Images
-    with the same bytes (same md5) are always reported, whatever their score.
-
-    Args:
-        data: A dataset URL, the ``(df, matrix)`` pair, or a DataFrame with ``embedding``.
-        threshold: Minimum cosine similarity (CLIP: about 0.95 and up for re-encodes, crops
-            and resizes of one photo; 1.0 for identical pixels).
-        chunk: Rows per block.
-        max_pairs: Stop with an error past this many pairs (the threshold is too low).
-        token: Credentials for ``gs://``.
-        model_tag: The model tag (``model`` column) to use when the dataset holds several.
-
-    Returns:
-        A DataFrame with ``uri_a``, ``uri_b``, ``score`` and ``exact`` (same md5), most similar
-        first; each pair once.
-
-    Example:
-        >>> pairs = near_duplicates("gs://my-bucket/embeddings", threshold=0.97)  # doctest: +SKIP
-        >>> pairs.head(3)  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    df, matrix, _ = embeddings_of(data, token=token, model_tag=model_tag)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    unit = (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
-    a, b = _similar_pairs(unit, threshold, chunk, max_pairs)
-    if "md5" in df and len(df):
-        ea, eb = _same_md5(df["md5"].to_numpy())
-        a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
-        pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
-        a, b = pairs[:, 0], pairs[:, 1]
-    scores = np.einsum("ij,ij->i", unit[a], unit[b]) if len(a) else np.zeros(0, np.float32)
-    md5 = df["md5"].to_numpy() if "md5" in df else None
-    exact = (md5[a] == md5[b]) & pd.notna(md5[a]) if md5 is not None else np.zeros(len(a), bool)
-    uris = df["uri"].to_numpy()
-    out = pd.DataFrame(
-        {
-            "uri_a": uris[a],
-            "uri_b": uris[b],
-            "score": np.asarray(scores, np.float32),
-            "exact": np.asarray(exact, bool),
-        }
-    )
-    out = out.sort_values(["score", "uri_a", "uri_b"], ascending=[False, True, True])
-    out = out.reset_index(drop=True)
-    out.attrs["store"] = df.attrs.get("store")  # the access thumbnails of the pairs reuse
-    out.attrs["dataset"] = df.attrs.get("dataset")  # and what they may fetch (its source)
-    return out
-
-
-def _similar_pairs(
-    unit: np.ndarray, threshold: float, chunk: int, max_pairs: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs ``(a, b)``, ``a < b``, of unit vectors scoring at least ``threshold``.
-
-    Blocks of ``chunk`` x ``chunk`` rows bound the memory.
-    """
-    n = len(unit)
-    found_a: list[np.ndarray] = [np.zeros(0, np.int64)]
-    found_b: list[np.ndarray] = [np.zeros(0, np.int64)]
-    total = 0
-    for i0 in range(0, n, chunk):
-        block = unit[i0 : i0 + chunk]
-        for j0 in range(i0, n, chunk):
-            ii, jj = np.nonzero(block @ unit[j0 : j0 + chunk].T >= threshold)
-            if i0 == j0:  # the diagonal block: each pair once, no self-pairs
-                keep = jj > ii
-                ii, jj = ii[keep], jj[keep]
-            found_a.append(ii + i0)
-            found_b.append(jj + j0)
-            total += len(ii)
-            if total > max_pairs:
-                raise ValueError(
-                    f"More than {max_pairs:,} pairs score >= {threshold}: raise the "
-                    "threshold (or max_pairs)."
-                )
-    return np.concatenate(found_a), np.concatenate(found_b)
-
-
-def _same_md5(md5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs of rows with the same (non-null) md5."""
-    groups: dict[str, list[int]] = {}
-    for i, m in enumerate(md5):
-        if m:
-            groups.setdefault(m, []).append(i)
-    a: list[int] = []
-    b: list[int] = []
-    for rows in groups.values():
-        for x in range(len(rows)):
-            for y in range(x + 1, len(rows)):
-                a.append(rows[x])
-                b.append(rows[y])
-    return np.asarray(a, np.int64), np.asarray(b, np.int64)
+        return near_duplicates
+    raise AttributeError(f"module 'gcsemb.search' has no attribute {name!r}")

@@ -15,20 +15,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gcsemb.cli import check, demo, embed, listing, search, umap
+from gcsemb.cli import check, demo, embed, index, listing, search, umap
 from gcsemb.cli.common import ROLES_TEXT, Command, add_debug, command_options
 from gcsemb.errors import GcsembError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: tuple[Command, ...] = tuple(
-    m.COMMAND for m in (demo, listing, check, embed, umap, search)
+    m.COMMAND for m in (demo, listing, check, embed, umap, index, search)
 )
 
 DESCRIPTION = "CLIP embeddings of the images in a Google Cloud Storage bucket, as parquet."
 
 CREDENTIALS = """\
-credentials (list, check, embed, umap, search):
+credentials (list, check, embed, umap, index, search):
   (no --token)          application default credentials (`gcloud auth
                         application-default login`, the key file named by
                         GOOGLE_APPLICATION_CREDENTIALS, Colab, or the VM's

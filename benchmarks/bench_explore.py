@@ -1,0 +1,285 @@
+"""Explore at scale: gcsemb's read, index, search and near-duplicates beside the direct baseline.
+
+The dataset is synthetic, in gcsemb's own format (``part-*.parquet`` shards of 5,000 rows, the
+real schema and metadata): 512-d CLIP-like vectors, 2,000 clusters on the unit sphere (all in a
+cone, as CLIP's are) plus noise, with 120 injected near-copies (cosine 0.95-0.999) and 20 exact
+copies (same md5). Image queries are new points of the clusters; text queries sit across a
+"modality gap" (a direction shared by all texts), with cosine about 0.3 to their best images, as
+CLIP's texts do. Each dataset is generated once into ``$GCSEMB_BENCH_DIR`` (default
+``~/.cache/gcsemb/bench``) and reused.
+
+Every step runs in a child process of its own (started from this small parent), which reports its
+wall time and its peak resident memory (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` would
+inherit the parent's), and the peak above what it held when the step began. Each gcsemb step runs
+beside its baseline: the same work done directly with pyarrow, numpy or the index library.
+
+Steps live in :data:`STEPS` (name -> function taking a :class:`Bench` and returning a dict of
+figures); other steps register with :func:`step`. Run:
+
+    python benchmarks/bench_explore.py --sizes 100000 [--only read search] [--big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIM = 512
+CLUSTERS = 2000
+NEAR_COPIES = 120
+EXACT_COPIES = 20
+ROWS_PER_SHARD = 5000
+MODEL = "ViT-B-32/laion2b_s34b_b79k"
+QUERIES = 200
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What a step gets: the dataset's folder, its size, and where its queries are."""
+
+    path: str
+    size: int
+
+    def queries(self, kind: str) -> np.ndarray:
+        """``QUERIES`` unit vectors: ``"image"`` or ``"text"`` queries (see the module doc)."""
+        return np.load(f"{self.path}/_bench/{kind}.npy")
+
+
+STEPS: dict[str, Callable[[Bench], dict[str, Any]]] = {}
+
+
+def step(name: str) -> Callable[[Callable[[Bench], dict[str, Any]]], Callable]:
+    """Register a step function under ``name`` (run with ``--only name``)."""
+
+    def register(fn: Callable[[Bench], dict[str, Any]]) -> Callable:
+        STEPS[name] = fn
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------- the synthetic dataset
+
+
+def bench_dir() -> Path:
+    """Where generated datasets are kept between runs."""
+    if os.environ.get("GCSEMB_BENCH_DIR"):
+        return Path(os.environ["GCSEMB_BENCH_DIR"])
+    return Path("~/.cache/gcsemb/bench").expanduser()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _geometry(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster centres (in a cone around a common direction) and the text "gap" direction."""
+    rng = np.random.default_rng(seed)
+    cone = _unit(rng.standard_normal(DIM))
+    centres = _unit(0.5 * cone + _unit(rng.standard_normal((CLUSTERS, DIM))))
+    gap = rng.standard_normal(DIM)
+    gap -= (gap @ cone) * cone
+    return centres, _unit(gap)
+
+
+def _points(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
+    labels = rng.integers(0, len(centres), n)
+    noise = rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+    return _unit(centres[labels] + 0.6 * noise)
+
+
+def text_queries(rng: np.random.Generator, centres: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Texts: a little of a cluster's direction, mostly the shared gap (cosine ~0.3 to images)."""
+    labels = rng.integers(0, len(centres), QUERIES)
+    own = _unit(gap + 0.35 * rng.standard_normal((QUERIES, DIM)) / np.sqrt(DIM))
+    return _unit(0.36 * centres[labels] + np.sqrt(1 - 0.36**2) * own)
+
+
+def generate(size: int, seed: int = 0) -> Bench:
+    """The dataset of ``size`` rows (generated once, then reused), shard by shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gcsemb.dataset import schema
+
+    path = bench_dir() / f"synthetic-{size}"
+    done = path / "_bench" / "done.json"
+    if done.exists():
+        return Bench(str(path), size)
+    (path / "_bench").mkdir(parents=True, exist_ok=True)
+    centres, gap = _geometry(seed)
+    rng = np.random.default_rng(seed + size)
+    copies = rng.choice(size - ROWS_PER_SHARD - 10, NEAR_COPIES + EXACT_COPIES, replace=False)
+    near, exact = copies[:NEAR_COPIES], copies[NEAR_COPIES:]
+    sch = schema(MODEL, DIM, {"source": "gs://bench/photos"})
+    kept: dict[int, tuple[np.ndarray, str]] = {}
+    start = time.perf_counter()
+    for first in range(0, size, ROWS_PER_SHARD):
+        n = min(ROWS_PER_SHARD, size - first)
+        x = _points(rng, centres, n)
+        md5 = [f"{first + i:022x}==" for i in range(n)]
+        ids = np.arange(first, first + n)
+        for i in range(n):
+            kept_row = kept.get(first + i)
+            if kept_row is not None:  # this row copies an earlier one
+                x[i], md5[i] = kept_row
+        for j, source in enumerate(copies):
+            if first <= source < first + n:  # its copy goes one shard later, at a fixed row
+                target = source + ROWS_PER_SHARD + (j % 7)
+                vec = x[source - first]
+                if j < NEAR_COPIES:
+                    t = 0.05 + 0.25 * (j / NEAR_COPIES)
+                    noise = rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM)
+                    kept[target] = (_unit(vec + t * noise), f"near{j:018x}==")
+                else:
+                    kept[target] = (vec.copy(), md5[source - first])
+        flat = pa.array(x.reshape(-1))
+        emb = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * DIM, DIM, dtype=np.int32)), flat
+        )
+        table = pa.table(
+            {
+                "uri": [f"gs://bench/photos/{i:08d}.jpg" for i in ids],
+                "md5": md5,
+                "size": pa.array(rng.integers(20_000, 4_000_000, n)),
+                "generation": pa.array(ids + 1_700_000_000_000_000),
+                "updated": pa.array(1_700_000_000_000_000 + ids * 1000, pa.timestamp("us", "UTC")),
+                "width": pa.array(rng.integers(200, 4000, n).astype(np.int32)),
+                "height": pa.array(rng.integers(200, 4000, n).astype(np.int32)),
+                "model": [MODEL] * n,
+                "embedding": emb,
+            },
+            schema=sch,
+        )
+        pq.write_table(
+            table, path / f"part-bench-{first // ROWS_PER_SHARD:05d}.parquet", compression="zstd"
+        )
+    qrng = np.random.default_rng(seed + 1)
+    np.save(path / "_bench" / "image.npy", _points(qrng, centres, QUERIES))
+    np.save(path / "_bench" / "text.npy", text_queries(qrng, centres, gap))
+    done.write_text(
+        json.dumps(
+            {"near": near.tolist(), "exact": exact.tolist(), "seconds": time.perf_counter() - start}
+        )
+    )
+    return Bench(str(path), size)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True)]))
+
+
+@step("read")
+def _read(bench: Bench) -> dict[str, Any]:
+    import gcsemb
+
+    _, matrix = gcsemb.read_embeddings(bench.path)
+    return {"rows": len(matrix)}
+
+
+@step("read-baseline")
+def _read_baseline(bench: Bench) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(bench.path, columns=["embedding"]).column("embedding")
+    matrix = column.combine_chunks().flatten().to_numpy().reshape(-1, DIM)
+    return {"rows": len(matrix)}
+
+
+@step("search")
+def _search(bench: Bench) -> dict[str, Any]:
+    """Exact search per query beside numpy, and the index's per-query time and recall."""
+    import gcsemb
+    from gcsemb.search import top_k
+
+    df, x = gcsemb.read_embeddings(bench.path)
+    index = gcsemb.build_index(bench.path, progress=False)
+    rows = index.rows_of(df)
+    out: dict[str, Any] = {}
+    for kind, nprobe in (("image", 16), ("text", 64)):
+        q = bench.queries(kind)
+        truth = np.argsort(-(x @ q.T), axis=0)[:10].T
+        start = time.perf_counter()
+        for v in q[:50]:
+            s = x @ v
+            np.argpartition(-s, 10)[:10]
+        out[f"{kind} numpy ms"] = (time.perf_counter() - start) / 50 * 1000
+        start = time.perf_counter()
+        for v in q[:50]:
+            top_k(df, x, v, 10)
+        out[f"{kind} exact ms"] = (time.perf_counter() - start) / 50 * 1000
+        start = time.perf_counter()
+        ids = np.concatenate([index.search(v, 10, nprobe)[0] for v in q])
+        out[f"{kind} index ms (nprobe {nprobe})"] = (time.perf_counter() - start) / len(q) * 1000
+        out[f"{kind} recall@10"] = _recall(rows[ids], truth)
+    return out
+
+
+@step("near-duplicates")
+def _near(bench: Bench) -> dict[str, Any]:
+    import gcsemb
+
+    start = time.perf_counter()
+    index = gcsemb.near_duplicates(bench.path, threshold=0.95, method="index", progress=False)
+    seconds = time.perf_counter() - start
+    out = {"index s": seconds, "pairs": len(index)}
+    if bench.size <= 200_000:
+        exact = gcsemb.near_duplicates(bench.path, threshold=0.95, method="exact")
+        got = set(zip(index.uri_a, index.uri_b, strict=True))
+        want = set(zip(exact.uri_a, exact.uri_b, strict=True))
+        out["recall vs exact"] = len(got & want) / max(len(want), 1)
+    return out
+
+
+def _child(name: str, size: int, conn: Any) -> None:
+    bench = Bench(str(bench_dir() / f"synthetic-{size}"), size)
+    start = time.perf_counter()
+    figures = STEPS[name](bench)
+    figures["seconds"] = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    figures["peak MiB"] = hwm / 1024
+    conn.send(figures)
+
+
+def main() -> None:
+    """Run the chosen steps at the chosen sizes, each in a child process."""
+    import multiprocessing
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--big", action="store_true", help="also 3M rows")
+    parser.add_argument("--only", nargs="+", choices=sorted(STEPS), help="these steps only")
+    args = parser.parse_args()
+    sizes = [*args.sizes, *([3_000_000] if args.big else [])]
+    print(f"{platform.node()}: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        generate(size)
+        for name in args.only or list(STEPS):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_child, args=(name, size, child))
+            proc.start()
+            figures = parent.recv()
+            proc.join()
+            shown = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+            )
+            print(f"{size:>9,} {name:<16} {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

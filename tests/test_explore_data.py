@@ -1,0 +1,160 @@
+"""The lean read, the footer check, the index kept beside a dataset, and near-duplicate groups."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gcsemb
+from gcsemb.dataset import schema
+from gcsemb.index import index_url
+
+MODEL = "tiny/test"
+DIM = 16
+
+
+def write_shard(folder, name, x, first=0, md5=None, updated=0):
+    """A shard in gcsemb's own format with the rows ``x``."""
+    n = len(x)
+    table = pa.table(
+        {
+            "uri": [f"gs://b/p/{first + i:05d}.jpg" for i in range(n)],
+            "md5": md5 or [f"m{first + i}" for i in range(n)],
+            "size": pa.array(np.full(n, 1000 + first, np.int64)),
+            "generation": pa.array(np.arange(n, dtype=np.int64)),
+            "updated": pa.array(np.full(n, updated, np.int64), pa.timestamp("us", "UTC")),
+            "width": pa.array(np.full(n, 100, np.int32)),
+            "height": pa.array(np.full(n, 100, np.int32)),
+            "model": [MODEL] * n,
+            "embedding": pa.array(list(x.astype(np.float32)), pa.list_(pa.float32())),
+        },
+        schema=schema(MODEL, DIM),
+    )
+    pq.write_table(table, folder / f"part-{name}.parquet", compression="zstd")
+
+
+def unit(rng, n):
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def dst(tmp_path, monkeypatch):
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    x = unit(rng, 600)
+    x[10] = x[5]  # an exact copy
+    x[20] = x[7] + 0.01 * rng.standard_normal(DIM)  # a near copy
+    x[20] /= np.linalg.norm(x[20])
+    write_shard(folder, "a", x[:300])
+    write_shard(folder, "b", x[300:], first=300)
+    return folder, x
+
+
+def test_lean_read_matrix_and_no_embedding_column(dst):
+    folder, x = dst
+    df, matrix = gcsemb.read_embeddings(str(folder))
+    assert "embedding" not in df and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, x)
+    half = gcsemb.read_embeddings(str(folder), dtype=np.float16)[1]
+    assert half.dtype == np.float16 and np.abs(half - x).max() < 1e-3
+    with_column = gcsemb.read_embeddings(str(folder), with_embeddings=True)[0]
+    np.testing.assert_array_equal(np.stack(with_column["embedding"]), x)
+    streamed = list(gcsemb.iter_embeddings(str(folder)))
+    assert [len(r) for r, _ in streamed] == [300, 300]
+    np.testing.assert_array_equal(np.concatenate([m for _, m in streamed]), x)
+
+
+def test_newest_version_kept(dst):
+    folder, x = dst
+    write_shard(folder, "c", x[:1][::-1] * -1, updated=10)  # image 0 re-embedded later
+    df, matrix = gcsemb.read_embeddings(str(folder))
+    assert len(df) == 600
+    np.testing.assert_array_equal(matrix[df.uri == "gs://b/p/00000.jpg"][0], -x[0])
+
+
+def test_footer_check_skips_a_zip_bomb(dst, caplog):
+    folder, x = dst
+    bomb = pa.table(
+        {
+            "uri": ["a" * (80 << 20)],
+            "md5": ["x"],
+            "size": [1],
+            "updated": [None],
+            "model": [MODEL],
+            "embedding": [[0.0] * DIM],
+        }
+    )
+    pq.write_table(bomb, folder / "part-bomb.parquet", compression="zstd")
+    assert (folder / "part-bomb.parquet").stat().st_size < 1 << 20
+    with caplog.at_level(logging.WARNING):
+        df, matrix = gcsemb.read_embeddings(str(folder))
+    assert len(df) == 600
+    assert "part-bomb.parquet: not a gcsemb shard" in caplog.text
+
+
+def test_index_incremental_and_invalidated(dst, monkeypatch):
+    folder, x = dst
+    index = gcsemb.build_index(str(folder), progress=False)
+    assert len(index.keys) == 600 and len(index.manifest["segments"]) == 1
+    write_shard(folder, "c", unit(np.random.default_rng(1), 50), first=600)
+    from gcsemb import index as index_module
+
+    read = []
+    original = index_module._add_segment
+    monkeypatch.setattr(
+        index_module,
+        "_add_segment",
+        lambda s, m, i, files, *a, **k: read.append(files) or original(s, m, i, files, *a, **k),
+    )
+    grown = gcsemb.build_index(str(folder), progress=False)
+    assert [f.rsplit("/", 1)[1] for f in read[0]] == ["part-c.parquet"]  # only the new shard
+    assert len(grown.keys) == 650 and len(grown.manifest["segments"]) == 2
+    write_shard(folder, "a", x[:290])  # a shard changed under the index: rebuilt whole
+    rebuilt = gcsemb.build_index(str(folder), progress=False)
+    assert len(read[-1]) == 3 and len(rebuilt.keys) == 640
+
+
+def test_index_finds_the_exact_pairs_and_groups(dst):
+    folder, x = dst
+    exact = gcsemb.near_duplicates(str(folder), threshold=0.95, method="exact")
+    index = gcsemb.near_duplicates(str(folder), threshold=0.95, method="index", progress=False)
+    assert len(exact) == 2
+    assert exact[["uri_a", "uri_b"]].values.tolist() == index[["uri_a", "uri_b"]].values.tolist()
+    groups = gcsemb.near_duplicates(str(folder), threshold=0.95, groups=True)
+    assert sorted(groups.groupby("group").size()) == [2, 2]
+    assert groups.representative.sum() == 2 and (groups.score > 0.95).all()
+    indices, distances = gcsemb.knn_graph(str(folder), k=5, method="index", progress=False)
+    assert indices.shape == (600, 5) and (indices[:, 0] == np.arange(600)).all()
+    assert (distances[:, 0] == 0).all() and (np.diff(distances, axis=1) >= -1e-6).all()
+
+
+def test_a_pickle_in_the_index_is_never_unpickled(dst, monkeypatch):
+    folder, x = dst
+    index = gcsemb.build_index(str(folder), progress=False)
+    seg = index.manifest["segments"][0]
+    target = folder / "_index" / index_url(index.store, MODEL).rsplit("/", 1)[1] / seg / "ids.npy"
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled",))
+
+    np.save(target, np.array([Boom()], dtype=object), allow_pickle=True)
+    assert b"pytest" in target.read_bytes() and pickle  # a real pickle payload
+    again = gcsemb.build_index(str(folder), progress=False)  # rebuilt, not unpickled
+    assert len(again.keys) == 600
+
+
+def test_cli_index_says_what_it_covers(dst, capsys):
+    from gcsemb.cli import main
+
+    folder, _ = dst
+    assert main(["index", str(folder), "--no-progress"]) == 0
+    assert "600 rows of tiny/test, 2 shards, 1 segments" in capsys.readouterr().out
