@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -199,7 +200,8 @@ def umap_project(
         xy, chosen = loaded
         log.info("reused the UMAP projection saved at %s", saved.url)
     else:
-        knn = knn if knn is not None else _neighbour_graph(matrix, params["n_neighbors"])
+        if knn is None:
+            knn = _neighbour_graph(data, frame, matrix, params["n_neighbors"], token)
         print(describe(chosen, len(matrix), seed, n_jobs))
         xy = _fit(
             matrix, knn, params, chosen, n_jobs=n_jobs, low_memory=low_memory, verbose=verbose
@@ -243,24 +245,23 @@ def _coordinates(frame: Any, xy: np.ndarray, uris: list[str] | None) -> Any:
     return out.reset_index(drop=True)
 
 
-def _neighbour_graph(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` nearest rows by cosine (self first): ``(indices, distances)``."""
-    n = len(matrix)
-    if n == 0:
+def _neighbour_graph(
+    data: Any, frame: Any, matrix: np.ndarray, k: int, token: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' kNN graph from :func:`gcsemb.neighbours.knn_graph`.
+
+    A dataset's comes from its index (saved and reused there); rows given in memory are
+    searched exactly, or through an in-memory index when there are many.
+    """
+    from gcsemb.neighbours import knn_graph
+    from gcsemb.storage import Store
+
+    if len(matrix) == 0:
         raise ValueError("No embeddings to project: the dataset is empty.")
-    k = min(k, n)
-    unit = np.ascontiguousarray(matrix, dtype=np.float32)
-    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    indices = np.empty((n, k), np.int64)
-    distances = np.empty((n, k), np.float32)
-    for lo in range(0, n, 2048):
-        sims = unit[lo : lo + 2048] @ unit.T
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        indices[lo : lo + 2048] = np.take_along_axis(part, order, axis=1)
-        distances[lo : lo + 2048] = 1 - np.take_along_axis(top, order, axis=1)
-    return indices, np.maximum(distances, 0)
+    k = min(k, len(matrix))
+    if isinstance(data, str | os.PathLike | Store):
+        return knn_graph(data, k, token=token, model_tag=model_tag_of(frame))
+    return knn_graph((frame, matrix), k)
 
 
 def _fit(
