@@ -177,6 +177,27 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             )
 
 
+def umap_step(bench: Any) -> dict[str, Any]:
+    """``bench_explore.py``'s UMAP step on its dataset: ``umap_project(dst)``, the kNN graph
+    from the dataset's index (``knn_graph``), and its neighbourhood preservation.
+
+    Register it there with ``step("umap")(bench_umap.umap_step)``; the plain umap-learn baseline
+    of the same run is :func:`umap_rows` (this file's ``main``).
+    """
+    import gcsemb
+    from gcsemb.umap_backends import neighbourhood_preservation
+
+    start = time.perf_counter()
+    knn = gcsemb.knn_graph(bench.path, K + 1, progress=False)
+    knn_s = time.perf_counter() - start
+    coords = gcsemb.umap_project(bench.path, backend="umap-learn", save=False)
+    return {
+        "knn_graph s": knn_s,
+        "umap_project s": coords.attrs["umap"]["seconds"],
+        "kept@15": neighbourhood_preservation(knn[0], coords[["x", "y"]].to_numpy(), k=K),
+    }
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5]))
