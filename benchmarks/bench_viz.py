@@ -78,8 +78,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from gcsemb.projection import import_umap, umap_project
+    from gcsemb.projection import umap_project
     from gcsemb.search import near_duplicates
+    from gcsemb.umap_cache import import_umap
     from gcsemb.viz import THUMBNAIL_GID, plot_projection
 
     _, import_s = timed(import_umap)
@@ -105,7 +106,7 @@ def main() -> None:
         # as if embedded from that folder: thumbnails are fetched only under a dataset's source
         frame.attrs["dataset"] = {"source": str(work / "images")}
         for call in ("1st", "2nd"):
-            coords, seconds = timed(umap_project, (frame, matrix), save=False)
+            coords, seconds = timed(umap_project, (frame, matrix), save=False, seed=42)
             print(f"{n:>7}  {'umap_project (seed 42), ' + call + ' call':<36} {seconds:8.1f}")
         coords, seconds = timed(umap_project, (frame, matrix), save=False, seed=None)
         print(f"{n:>7}  {'umap_project (seed None: all cores)':<36} {seconds:8.1f}")

@@ -1,15 +1,20 @@
 """UMAP projection of an embeddings dataset to 2-D, saved next to the dataset and reused.
 
-:func:`umap_project` runs `umap-learn <https://umap-learn.readthedocs.io>`_ (cosine metric, fixed
-seed by default) and returns one row per image: ``uri``, ``x``, ``y``, ``folder`` and the dataset's
-metadata columns. Given a dataset URL it saves the coordinates as
-``DST/_umap/<model-tag>.parquet`` (pyarrow and pandas skip ``_`` folders, so the embeddings read
-exactly as before) and the next call with the same images (same uri + md5 set) and the same
-parameters reads them back instead of recomputing.
+:func:`umap_project` runs UMAP (cosine metric, all cores by default) on the dataset's kNN graph
+and returns one row per image: ``uri``, ``x``, ``y``, ``folder`` and the dataset's metadata
+columns. The kNN graph comes from gcsemb's neighbour index (``knn_graph``), so the neighbour
+search, the slow half of UMAP on a big dataset, is done once and reused; the layout runs on
+umap-learn, or on cuML's UMAP when a GPU and cuML are present (:mod:`gcsemb.umap_backends`).
+
+Given a dataset URL it saves the coordinates as ``DST/_umap/<model-tag>.parquet`` (pyarrow and
+pandas skip ``_`` folders, so the embeddings read exactly as before) and the next call with the
+same images (same uri + md5 set) and the same parameters reads them back instead of recomputing.
+The file also holds each point's neighbours in the form Apple's Embedding Atlas reads, so
+``embedding-atlas DST/_umap/<tag>.parquet --x x --y y --neighbors neighbors`` opens it as is.
 
 Speed: umap's compiled code is kept on disk (:mod:`gcsemb.umap_cache`), and :func:`warm_up` pays
-the first compile up front. A fixed ``seed`` makes the layout reproducible but single-threaded;
-``seed=None`` lets umap use every core.
+the first compile up front. ``seed=None`` (the default) lets umap use every core; a fixed
+``seed`` makes the layout reproducible but single-threaded.
 
 Example:
     >>> from gcsemb.projection import umap_project
@@ -23,27 +28,29 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import time
-import warnings
 from collections.abc import Sequence
+from contextlib import redirect_stdout
 from typing import Any
 
 import numpy as np
 
 from gcsemb.search import embeddings_of, model_tag_of
 from gcsemb.storage import Store, open_store
-from gcsemb.umap_cache import import_umap
+from gcsemb.umap_backends import available, choose_backend, describe, fit_layout, without_self
 
 log = logging.getLogger(__name__)
 
 UMAP_DIR = "_umap"
 META_PARAMS = b"gcsemb.umap.params"
 META_FINGERPRINT = b"gcsemb.umap.fingerprint"
+META_BACKEND = b"gcsemb.umap.backend"
 
 
 def warm_up() -> float:
-    """Compile umap's numba code now (both its small-set and its nearest-neighbour-descent paths).
+    """Compile umap's numba code now (the graph and layout steps :func:`umap_project` runs).
 
     With the on-disk cache (see the module doc) this costs tens of seconds once per machine and
     about a second afterwards. Returns the seconds it took.
@@ -53,10 +60,9 @@ def warm_up() -> float:
         >>> seconds = warm_up()  # doctest: +SKIP
     """
     started = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for n in (64, 4200):  # umap uses exact neighbours below 4096 points, NN-descent above
-        matrix = rng.standard_normal((n, 8)).astype(np.float32)
-        umap_project(matrix, n_epochs=2, n_neighbors=5)
+    matrix = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    with redirect_stdout(io.StringIO()):  # not the "UMAP of 300 points" line
+        umap_project(matrix, n_epochs=2, n_neighbors=5, backend="umap-learn")
     return time.perf_counter() - started
 
 
@@ -101,10 +107,13 @@ def umap_project(
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     metric: str = "cosine",
-    seed: int | None = 42,
+    seed: int | None = None,
     n_epochs: int | None = None,
-    init: str = "spectral",
+    init: str = "auto",
+    backend: str = "auto",
+    n_jobs: int = -1,
     low_memory: bool = True,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
     dst: str | Store | None = None,
     model_tag: str | None = None,
     token: Any = None,
@@ -115,41 +124,55 @@ def umap_project(
 ) -> Any:
     """Project embeddings to 2-D with UMAP; saved next to the dataset and reused when unchanged.
 
+    Prints one line when it computes: the number of points and the backend that runs.
+
     Args:
         data: A dataset URL (as given to :func:`gcsemb.embed`), the ``(df, matrix)`` pair of
             :func:`gcsemb.read_embeddings`, a DataFrame with an ``embedding`` column, or an
             ``(n, dim)`` array (then nothing is saved).
         n_neighbors: Neighbourhood size: larger keeps more global structure, smaller more local.
         min_dist: How tightly points may pack (0 to 1): smaller gives tighter clusters.
-        metric: Distance between embeddings; CLIP embeddings compare by cosine.
-        seed: Random seed for a reproducible layout (umap then runs single-threaded); None lets
-            umap use every core and gives a slightly different picture each time.
+        metric: Distance between embeddings; CLIP embeddings compare by cosine (the kNN graph
+            is cosine; the metric matters to umap-learn's init and to cuML).
+        seed: None (default) lets umap use every core and gives a slightly different picture
+            each time; a seed (e.g. 42) gives a repeatable layout, computed on one core.
         n_epochs: Layout optimisation epochs (umap's default: 500 below 10k points, else 200);
             fewer is faster and rougher.
-        init: ``"spectral"`` (umap's default), ``"pca"`` or ``"random"``.
-        low_memory: umap's low-memory nearest-neighbour search (slower, much less memory).
+        init: ``"auto"`` (spectral, umap's default, up to 100k points; PCA beyond, where
+            umap-learn's spectral init gets slow), ``"spectral"``, ``"pca"`` or ``"random"``.
+        backend: ``"auto"`` (cuML's UMAP when cuML is installed and a CUDA device is present,
+            else umap-learn), ``"umap-learn"`` or ``"cuml"``.
+        n_jobs: umap-learn's threads: -1 (default) uses every core; a ``seed`` forces one.
+        low_memory: umap-learn's low-memory mode.
+        knn: The rows' kNN graph ``(indices, distances)`` if already at hand (self first, at
+            least ``n_neighbors`` columns, cosine distance); default: computed here.
         dst: Where to save/reuse the projection when ``data`` is not a URL (the dataset folder).
         model_tag: The model tag (``model`` column) to project when the dataset holds several.
         token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or a
             :class:`~gcsemb.storage.Store` whose access to reuse; default: the access the data
             was read with.
-        reuse: Read a saved projection with the same images and parameters instead of computing.
-        save: Save the projection to ``DST/_umap/<model-tag>.parquet``.
-        verbose: Let umap print its progress.
+        reuse: Read a saved projection with the same images and parameters instead of computing
+            (whichever backend computed it).
+        save: Save the projection to ``DST/_umap/<model-tag>.parquet``, with each point's
+            neighbours in Embedding Atlas's form (column ``neighbors``).
+        verbose: Let the backend print its progress.
         **umap_kwargs: Any other ``umap.UMAP`` parameter (``spread``, ``densmap``...).
 
     Returns:
         A DataFrame in the dataset's row order: ``uri``, ``x``, ``y``, ``folder`` (the image's
         folder below the common prefix, handy for ``color_by``) and the other metadata columns
         (without ``embedding``). ``df.attrs["umap"]`` holds the parameters, the ``model_tag``,
-        the seconds taken, whether it was reused and where it is saved (``path``).
+        the ``backend``, the seconds taken, whether it was reused and where it is saved
+        (``path``).
 
     Raises:
         ImportError: umap-learn is not installed (``pip install 'gcsemb[viz]'``).
-        ValueError: No embeddings, or several models and no ``model_tag``.
+        ValueError: No embeddings, several models and no ``model_tag``, or ``backend="cuml"``
+            where cuML or a GPU is missing.
 
     Example:
         >>> coords = umap_project("gs://my-bucket/embeddings", n_neighbors=30)  # doctest: +SKIP
+        UMAP of 1,000,000 points with umap-learn on 2 cores
         >>> coords.attrs["umap"]["reused"]  # doctest: +SKIP
         False
     """
@@ -164,34 +187,38 @@ def umap_project(
         "init": init,
         **{k: v for k, v in sorted(umap_kwargs.items())},
     }
+    chosen = choose_backend(backend, **available(backend))
     tag = model_tag_of(frame)
     uris = frame["uri"].tolist() if "uri" in frame else None
     md5s = frame["md5"].tolist() if "md5" in frame else None
     key = fingerprint(uris, md5s) if uris is not None else None
     saved = store.at(projection_path(store.url, tag)) if store and tag and key else None
-    path = saved.url if saved else None
 
     started = time.perf_counter()
-    xy = _load(saved, params, key, uris) if saved and reuse else None
-    reused = xy is not None
-    if xy is None:
-        xy = _fit(matrix, params, low_memory=low_memory, verbose=verbose)
+    loaded = _load(saved, params, key, uris) if saved and reuse else None
+    if loaded is not None:
+        xy, chosen = loaded
+        log.info("reused the UMAP projection saved at %s", saved.url)
+    else:
+        if knn is None:
+            knn = _neighbour_graph(data, frame, matrix, params["n_neighbors"], token)
+        print(describe(chosen, len(matrix), seed, n_jobs))
+        xy = _fit(
+            matrix, knn, params, chosen, n_jobs=n_jobs, low_memory=low_memory, verbose=verbose
+        )
         if saved and save:
-            _save(saved, uris, md5s, xy, params=params, key=key)
-    seconds = time.perf_counter() - started
-
+            _save(saved, uris, md5s, xy, knn, params=params, key=key, backend=chosen)
     out = _coordinates(frame, xy, uris)
     out.attrs["umap"] = {
         **params,
         "model_tag": tag,
-        "seconds": seconds,
-        "reused": reused,
-        "path": path,
+        "backend": chosen,
+        "seconds": time.perf_counter() - started,
+        "reused": loaded is not None,
+        "path": saved.url if saved else None,
     }
     out.attrs["store"] = frame.attrs.get("store")  # thumbnails reuse the dataset's access
     out.attrs["dataset"] = frame.attrs.get("dataset")  # and fetch only under its source
-    if reused:
-        log.info("reused the UMAP projection saved at %s", path)
     return out
 
 
@@ -218,44 +245,51 @@ def _coordinates(frame: Any, xy: np.ndarray, uris: list[str] | None) -> Any:
     return out.reset_index(drop=True)
 
 
-def _fit(matrix: np.ndarray, params: dict[str, Any], *, low_memory: bool, verbose: bool) -> Any:
+def _neighbour_graph(
+    data: Any, frame: Any, matrix: np.ndarray, k: int, token: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' kNN graph from :func:`gcsemb.neighbours.knn_graph`.
+
+    A dataset's comes from its index (saved and reused there); rows given in memory are
+    searched exactly, or through an in-memory index when there are many.
+    """
+    from gcsemb.neighbours import knn_graph
+    from gcsemb.storage import Store
+
+    if len(matrix) == 0:
+        raise ValueError("No embeddings to project: the dataset is empty.")
+    k = min(k, len(matrix))
+    if isinstance(data, str | os.PathLike | Store):
+        return knn_graph(data, k, token=token, model_tag=model_tag_of(frame))
+    return knn_graph((frame, matrix), k)
+
+
+def _fit(
+    matrix: np.ndarray,
+    knn: tuple[np.ndarray, np.ndarray],
+    params: dict[str, Any],
+    backend: str,
+    **options: Any,
+) -> np.ndarray:
     """Run UMAP on ``matrix``; tiny inputs (under 4 points) get a trivial layout."""
     n = len(matrix)
-    if n == 0:
-        raise ValueError("No embeddings to project: the dataset is empty.")
     if n < 4:  # umap's spectral layout needs a few points
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
-    umap = import_umap()
-    kwargs = dict(params)
-    seed = kwargs.pop("seed")
-    kwargs["n_neighbors"] = min(kwargs["n_neighbors"], n - 1)
-    reducer = umap.UMAP(
-        n_components=2,
-        random_state=seed,
-        low_memory=low_memory,
-        verbose=verbose,
-        **({"n_jobs": -1} if seed is None else {}),
-        **kwargs,
-    )
-    with warnings.catch_warnings():
-        # "n_jobs overridden by random_state", sklearn renames, spectral-init fallbacks
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # pynndescent's nn_descent cannot be cached by numba: it is compiled per process
-        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-        xy = reducer.fit_transform(np.ascontiguousarray(matrix, dtype=np.float32))
-    return np.asarray(xy, dtype=np.float32)
+    params = {**params, "n_neighbors": min(params["n_neighbors"], n - 1)}
+    return fit_layout(matrix, knn, params, backend=backend, **options)
 
 
-def _load(saved: Store, params: dict[str, Any], key: str, uris: list[str]) -> np.ndarray | None:
-    """Saved coordinates in ``uris`` order, if saved for the same images and parameters."""
+def _load(
+    saved: Store, params: dict[str, Any], key: str, uris: list[str]
+) -> tuple[np.ndarray, str] | None:
+    """``(xy, backend)`` saved for the same images and parameters, in ``uris`` order."""
     import pyarrow.parquet as pq
 
     try:
         if not saved.fs.exists(saved.path):
             return None
-        table = pq.read_table(io.BytesIO(saved.fs.cat_file(saved.path)))
+        source = io.BytesIO(saved.fs.cat_file(saved.path))
+        table = pq.read_table(source, columns=["uri", "x", "y"])  # not the neighbours
     except Exception as e:  # unreadable: compute again (and overwrite)
         log.warning("cannot read the saved projection %s (%s): computing it again", saved.url, e)
         return None
@@ -266,11 +300,40 @@ def _load(saved: Store, params: dict[str, Any], key: str, uris: list[str]) -> np
         return None
     if meta.get(META_FINGERPRINT, b"").decode() != key or saved_params != _jsonable(params):
         return None
-    saved = table.to_pandas().drop_duplicates("uri").set_index("uri")
+    rows = table.to_pandas().drop_duplicates("uri").set_index("uri")
     try:
-        return saved.loc[uris, ["x", "y"]].to_numpy(np.float32)
+        xy = rows.loc[uris, ["x", "y"]].to_numpy(np.float32)
     except KeyError:
         return None
+    return xy, meta.get(META_BACKEND, b"umap-learn").decode()
+
+
+def atlas_neighbors(knn: tuple[np.ndarray, np.ndarray]) -> Any:
+    """Each row's neighbours as Embedding Atlas reads them: ``{"ids": [...], "distances": [...]}``.
+
+    A pyarrow struct array (``ids`` list<int64>, ``distances`` list<float32>): zero-based row
+    numbers of the same rows, nearest first, the row itself left out.
+
+    Example:
+        >>> ids = np.array([[0, 2, 1], [1, 0, 2], [2, 0, 1]])
+        >>> dist = np.array([[0, 0.1, 0.3], [0, 0.3, 0.4], [0, 0.1, 0.4]], np.float32)
+        >>> atlas_neighbors((ids, dist))[0].as_py()["ids"]
+        [2, 1]
+    """
+    import pyarrow as pa
+
+    indices, distances = knn
+    n, k = indices.shape
+    keep = without_self(indices, np.arange(n), max(k - 1, 0))
+    ids = np.take_along_axis(indices, keep, axis=1).astype(np.int64)
+    dist = np.take_along_axis(distances, keep, axis=1).astype(np.float32)
+    found = ids >= 0  # an index may leave a slot empty (-1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(found.sum(axis=1))]).astype(np.int32))
+    ids, dist = ids[found], dist[found]
+    return pa.StructArray.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, dist)],
+        names=["ids", "distances"],
+    )
 
 
 def _save(
@@ -278,11 +341,13 @@ def _save(
     uris: list[str],
     md5s: list[str | None] | None,
     xy: np.ndarray,
+    knn: tuple[np.ndarray, np.ndarray],
     *,
     params: dict[str, Any],
     key: str,
+    backend: str,
 ) -> None:
-    """Write the coordinates as parquet (atomically), keyed by uri; failures only warn."""
+    """Write the coordinates and neighbours as parquet (atomically); failures only warn."""
     import pyarrow as pa
 
     from gcsemb.writer import write_parquet
@@ -293,10 +358,15 @@ def _save(
             "md5": pa.array(md5s if md5s is not None else [None] * len(uris), pa.string()),
             "x": pa.array(xy[:, 0], pa.float32()),
             "y": pa.array(xy[:, 1], pa.float32()),
+            "neighbors": atlas_neighbors(knn),
         }
     )
     table = table.replace_schema_metadata(
-        {META_PARAMS: json.dumps(_jsonable(params)).encode(), META_FINGERPRINT: key.encode()}
+        {
+            META_PARAMS: json.dumps(_jsonable(params)).encode(),
+            META_FINGERPRINT: key.encode(),
+            META_BACKEND: backend.encode(),
+        }
     )
     try:
         write_parquet(saved.fs, saved.path, table)

@@ -6,16 +6,23 @@ import argparse
 import sys
 
 from gcsemb.cli.common import Command, add_credentials, save_figure, use_agg
+from gcsemb.umap_backends import BACKENDS
 
 DESCRIPTION = """\
-Project the embeddings under DST to 2-D with UMAP (cosine, seed 42) and draw
-them, coloured by a column, with thumbnails of images from the densest areas.
-The projection is saved as DST/_umap/<model>.parquet (when DST may be written)
+Project the embeddings under DST to 2-D with UMAP (cosine, on all cores) and
+draw them, coloured by a column, with thumbnails of images from the densest
+areas. UMAP runs on cuML when it is installed and a GPU is present, else on
+umap-learn (--backend chooses). The projection is saved as
+DST/_umap/<model>.parquet (when DST may be written), with each image's
+neighbours for Apple's Embedding Atlas
+(embedding-atlas DST/_umap/<model>.parquet --x x --y y --neighbors neighbors),
 and reused while the images and the parameters stay the same.
 
 writes: the PNG at --out (a local path or a gs:// URL).
-prints: on stderr, one line: the PNG's size, images and thumbnails drawn, and
-  whether the projection was reused or computed (and how long it took)."""
+prints: on stdout, when it computes, one line: the points and the backend;
+  on stderr, one line: the PNG's size, images and thumbnails drawn, and
+  whether the projection was reused or computed (with which backend, and how
+  long it took)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,7 +40,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood (default 15)")
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
     p.add_argument(
-        "--seed", type=int, default=42, help="layout seed; -1: faster (all cores), not repeatable"
+        "--seed",
+        type=int,
+        default=-1,
+        help="layout seed for a repeatable map, computed on one core (default -1: all cores)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto (default): cuML on a GPU when installed, else umap-learn",
     )
     p.add_argument("--recompute", action="store_true", help="ignore a saved projection")
     p.add_argument("--title", help="plot title (default: UMAP of N images)")
@@ -56,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         n_neighbors=args.n_neighbors,
         min_dist=args.min_dist,
         seed=None if args.seed < 0 else args.seed,
+        backend=args.backend,
         reuse=not args.recompute,
     )
     info = coords.attrs["umap"]
@@ -66,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     how = "reused from" if info["reused"] else "saved to"
     print(
         f"{args.out}: {width}x{height} px, {len(coords):,} images, {drawn} thumbnails; "
-        f"projection {how} {info['path'] or '(not saved)'} in {info['seconds']:.1f} s",
+        f"{info['backend']} projection {how} {info['path'] or '(not saved)'} "
+        f"in {info['seconds']:.1f} s",
         file=sys.stderr,
     )
     return 0
@@ -86,8 +104,12 @@ COMMAND = Command(
             "coloured by image width, the PNG written to the bucket",
         ),
         (
-            "gcsemb umap ./embeddings --out umap.png --seed -1 --recompute",
-            "recompute the projection on all cores (not repeatable)",
+            "gcsemb umap ./embeddings --out umap.png --seed 42 --recompute",
+            "recompute the projection with a fixed seed (repeatable, one core)",
+        ),
+        (
+            "gcsemb umap ./embeddings --out umap.png --backend umap-learn",
+            "use umap-learn even where cuML and a GPU are present",
         ),
     ),
     exit_status="0 when the PNG was written; 1 on an error (no dataset at DST, no access, "
