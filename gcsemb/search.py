@@ -139,15 +139,17 @@ def top_k(
     if k:
         cutoff = scores[candidates].min()
         candidates = np.flatnonzero(scores >= cutoff)
-    uris = df["uri"].to_numpy()
-    is_first = (uris[candidates] == first) if first is not None else np.zeros(len(candidates))
+    # the candidates' strings only: turning a whole column of a million into objects costs more
+    # than the search itself (pandas' Arrow-backed strings)
+    uris = df["uri"].take(candidates).to_numpy()
+    is_first = (uris == first) if first is not None else np.zeros(len(candidates))
     order = np.lexsort((candidates, ~is_first.astype(bool), -scores[candidates]))[:k]
     picked = candidates[order]
     out = pd.DataFrame(
         {
-            "uri": uris[picked],
+            "uri": uris[order],
             "score": scores[picked].astype(np.float32),
-            "md5": df["md5"].to_numpy()[picked] if "md5" in df else None,
+            "md5": df["md5"].take(picked).to_numpy() if "md5" in df else None,
         }
     )
     out.attrs["store"] = df.attrs.get("store")  # the access thumbnails of the results reuse
@@ -183,7 +185,7 @@ def ranked(
     ids = index.search(np.asarray(query, np.float32), k + 1, NPROBE[kind])[0][0]
     rows = np.sort(ids[ids >= 0])
     if first is not None:
-        rows = np.union1d(rows, np.flatnonzero(df["uri"].to_numpy() == first)[:1])
+        rows = np.union1d(rows, np.flatnonzero((df["uri"] == first).to_numpy())[:1])
     return top_k(df.iloc[rows], matrix[rows], query, k, first)
 
 
@@ -310,7 +312,7 @@ def search_image(
 
     if isinstance(image, str | os.PathLike):
         uri = str(image)
-        hit = np.flatnonzero(df["uri"].to_numpy() == uri) if len(df) else []
+        hit = np.flatnonzero((df["uri"] == uri).to_numpy()) if len(df) else []
         if len(hit):
             return ranked(df, matrix, matrix[hit[0]], k, method=method, first=uri)
         # the model first: weights the dataset names but gcsemb refuses cost no read
