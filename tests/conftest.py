@@ -23,35 +23,11 @@ import pytest
 # Before anything imports gcsfs (see gcsemb.storage).
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
+from servers import new_pem, service_account  # noqa: E402
+
 from gcsemb.emulator import Emulator  # noqa: E402
 
 _bucket_ids = itertools.count()
-SERVICE_ACCOUNT = "embedder@demo-project.iam.gserviceaccount.com"
-
-
-def _pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def service_account(private_key_pem: str, token_url: str, email: str = SERVICE_ACCOUNT) -> dict:
-    """A service-account key, as downloaded from the Cloud console, for a given token endpoint."""
-    return {
-        "type": "service_account",
-        "project_id": "demo-project",
-        "private_key_id": "0123456789abcdef",
-        "private_key": private_key_pem,
-        "client_email": email,
-        "client_id": "1234567890",
-        "token_uri": token_url,
-    }
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +59,7 @@ def gcs(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     key_file = tmp_path_factory.mktemp("adc") / "key.json"
     with StubServer(token_endpoint(ACCESS_TOKEN)) as oauth:
-        key_file.write_text(json.dumps(service_account(_pem(), f"{oauth.url}/token")))
+        key_file.write_text(json.dumps(service_account(new_pem(), f"{oauth.url}/token")))
         with (
             GatewayProxy(emulator.url, token=ACCESS_TOKEN) as proxy,
             pytest.MonkeyPatch.context() as mp,
@@ -125,7 +101,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def private_key_pem() -> str:
     """A real RSA key, as in a downloaded service-account JSON key."""
-    return _pem()
+    return new_pem()
 
 
 @pytest.fixture

@@ -215,3 +215,32 @@ FAULT_MESSAGES = {  # what GCS answers, as gcsfs sees it
     429: "The rate of change requests to the object exceeds the rate limit.",
     503: "Backend Error",
 }
+
+
+SERVICE_ACCOUNT = "embedder@demo-project.iam.gserviceaccount.com"
+
+
+def new_pem() -> str:
+    """A new RSA private key in PEM (PKCS#8), as a service-account key holds one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def service_account(private_key_pem: str, token_url: str, email: str = SERVICE_ACCOUNT) -> dict:
+    """A service-account key, as downloaded from the Cloud console, for a given token endpoint."""
+    return {
+        "type": "service_account",
+        "project_id": "demo-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_key_pem,
+        "client_email": email,
+        "client_id": "1234567890",
+        "token_uri": token_url,
+    }

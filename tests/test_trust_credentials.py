@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import _pem, service_account
-from servers import ACCESS_TOKEN, StubServer, private_bucket
+from servers import ACCESS_TOKEN, StubServer, new_pem, private_bucket, service_account
 
 from gcsemb.auth import resolve
 from gcsemb.errors import AccessDenied, AuthError
@@ -313,7 +312,7 @@ def test_a_remote_storage_emulator_host_gets_no_found_credentials(
 @pytest.fixture
 def other_key(tmp_path, oauth) -> str:
     path = tmp_path / "other.json"
-    path.write_text(json.dumps(service_account(_pem(), f"{oauth.url}/token", OTHER)))
+    path.write_text(json.dumps(service_account(new_pem(), f"{oauth.url}/token", OTHER)))
     return str(path)
 
 
