@@ -162,7 +162,8 @@ def density_raster(
     count = shape[0] * shape[1]
     if weights is None:
         return np.bincount(cells, minlength=count).astype(np.float64).reshape(shape[1], shape[0])
-    columns = np.asarray(weights, dtype=np.float64).reshape(len(xy), -1)
+    weights = np.asarray(weights, dtype=np.float64)
+    columns = weights.reshape(len(xy), weights.shape[1] if weights.ndim > 1 else 1)
     sums = [np.bincount(cells, columns[:, j], minlength=count) for j in range(columns.shape[1])]
     out = np.stack(sums, axis=-1).reshape(shape[1], shape[0], -1)
     return out[..., 0] if np.ndim(weights) == 1 else out

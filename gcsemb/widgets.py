@@ -149,7 +149,7 @@ class Explorer:
                 flex="1 1 420px",
                 align_content="flex-start",
             )
-        )
+        ).add_class("gcsemb-results")
         self.plot = w.Image(format="png", layout=w.Layout(width="520px", flex="0 0 auto"))
         self.map_hint = w.HTML(layout=w.Layout(width="520px"))
         self.selection_status = w.HTML()
@@ -159,7 +159,7 @@ class Explorer:
                 grid_template_columns=f"repeat(auto-fill, {self._px // 2 + 4}px)",
                 grid_gap="4px",
             )
-        )
+        ).add_class("gcsemb-selection")
         self.selection_panel = w.VBox(
             [w.HBox([self.selection_status, self.clear_button]), self.sample_box],
             layout=w.Layout(display="none"),

@@ -222,7 +222,7 @@ def test_explorer_widget_renders_in_jupyterlab(lab: tuple[str, str, Path]) -> No
             search_box.wait_for(timeout=60_000)
             explorer = page.locator(".jupyter-widgets.widget-vbox", has=search_box).last
             explorer.scroll_into_view_if_needed()
-            tiles = explorer.locator(".widget-gridbox > .widget-vbox")
+            tiles = explorer.locator(".gcsemb-results > .widget-vbox")
             tiles.first.wait_for(timeout=60_000)  # filled by the cell after the explorer
             assert tiles.count() == 8
             images = explorer.locator("img")
@@ -233,6 +233,9 @@ def test_explorer_widget_renders_in_jupyterlab(lab: tuple[str, str, Path]) -> No
             )
             assert images.count() >= 9  # 8 thumbnails and the UMAP map
             assert explorer.get_by_role("button", name="neighbours").count() == 8
+            # the box selection made from Python shows its count and a sample of thumbnails
+            assert explorer.locator(".gcsemb-selection img").count() > 0
+            assert explorer.get_by_text(re.compile(r"images? in the (box|selection)")).count()
 
             # the widget is live: a search typed into the page goes through the kernel and back
             status = explorer.locator(".widget-html-content", has_text="Top ")
@@ -245,7 +248,7 @@ def test_explorer_widget_renders_in_jupyterlab(lab: tuple[str, str, Path]) -> No
             )
             # the new thumbnails came from the bucket and decode as images
             page.wait_for_function(
-                "root => { const imgs = [...root.querySelectorAll('.widget-gridbox img')];"
+                "root => { const imgs = [...root.querySelectorAll('.gcsemb-results img')];"
                 " return imgs.length === 8 && imgs.every(e => e.complete && e.naturalWidth > 0) }",
                 arg=explorer.element_handle(),
                 timeout=30_000,
