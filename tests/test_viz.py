@@ -454,6 +454,19 @@ def test_a_large_projection_is_drawn_as_density_with_single_points_where_sparse(
     plt.close("all")
 
 
+@pytest.mark.parametrize("n", [1, 12, 300])
+def test_a_small_map_asked_for_density_draws_every_point(n):
+    import matplotlib.pyplot as plt
+
+    xy = np.random.default_rng(n).uniform(-5, 5, (n, 2))  # few enough that every point is sparse
+    coords = pd.DataFrame({"uri": [f"gs://b/{i}.jpg" for i in range(n)], "x": xy[:, 0]})
+    coords["y"] = xy[:, 1]
+    ax = plot_projection(coords, density=True, highlight=["gs://b/0.jpg"])
+    drawn = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert {tuple(p) for p in xy} <= {tuple(p) for p in np.asarray(drawn)}
+    plt.close("all")
+
+
 def test_thumbnail_plan_never_overlaps():
     from gcsemb.layout import plan_thumbnails
 
