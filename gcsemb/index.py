@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,11 @@ INDEX_DIR = "_index"
 FORMAT = 1
 ARRAYS = ("offsets", "ids", "vectors", "second", "keys")
 MAX_SEGMENTS = 4
-"""Segments (one per :func:`build_index` call that found new shards) before they are merged."""
+"""Small segments (an update's new shards) in a row before they are merged into one."""
+SEGMENT_BYTES = 1 << 30
+"""Vectors per segment, in bytes of float32: a build holds one segment (twice) in memory."""
+SAMPLE_PER_LIST = 40
+"""Rows per list the k-means of a new index learns from."""
 
 
 def index_url(store: Store, model_tag: str) -> str:
@@ -304,53 +309,44 @@ def _add_segment(
     *,
     progress: bool,
 ) -> Index:
-    """Index ``files`` as a new segment (on new centroids when ``index`` is None); save; open.
+    """Index ``files`` as new segments (on new centroids when ``index`` is None); save; open.
 
-    The manifest is written last: until then the old index stays whole.
+    The shards are streamed in groups of :func:`segment_rows` rows, each saved as a segment
+    before the next is read: memory stays bounded whatever the dataset's size. The manifest is
+    written last: until then the old index stays whole.
     """
-    from gcsemb.shards import fill, plan
+    from gcsemb.shards import plan
 
     path = store.fs._strip_protocol(index_url(store, model_tag))
     try:
-        read, x = fill(plan(store, model_tag, files), np.float32, progress)
+        read = plan(store, model_tag, files)
     except FileNotFoundError:  # no readable shard among them
-        read, x = None, np.zeros((0, 0), np.float32)
-    if index is None and not len(x):
+        read = None
+    if index is None and (read is None or not len(read.df)):
         raise FileNotFoundError(f"No rows of {model_tag} under {store.url} to index.")
     manifest = dict(index.manifest) if index else {"format": FORMAT, "model": model_tag}
-    parts = _parts(index)
-    fresh: list[str] = []
-    if len(x):
+    parts: list[_Part] = [_Part(n, s, k) for n, s, k in _parts(index)]
+    rows: dict[str, int] = {}
+    if read is not None and len(read.df):
         if index is None:
-            centroids = ivf.kmeans(x, ivf.nlist_for(len(x)))
+            nlist = ivf.nlist_for(len(read.df))
+            centroids = ivf.kmeans(_sample(read, SAMPLE_PER_LIST * nlist), nlist)
             _save_array(store, f"{path}/centroids.npy", centroids)
         else:
             centroids = np.asarray(index.segments[0].centroids)
         base = len(index.keys) if index else 0
-        parts.append(
-            (_segment_name(), ivf.build(x, centroids, base + np.arange(len(x))), row_keys(read.df))
-        )
-        fresh.append(parts[-1][0])
-    if len(parts) > MAX_SEGMENTS:
-        merged = ivf.merge([p[1] for p in parts])
-        parts = [(_segment_name(), merged, np.concatenate([p[2] for p in parts]))]
-        fresh = [parts[0][0]]
-    for name, segment, keys in parts:
-        if name in fresh:
-            for a in ARRAYS:
-                array = keys if a == "keys" else getattr(segment, a)
-                _save_array(store, f"{path}/{name}/{a}.npy", array)
-    rows = (
-        {os.path.basename(f): len(r) for f, r in zip(read.files, read.rows, strict=True)}
-        if read
-        else {}
-    )
+        for x, keys in _groups(read, progress):
+            segment = ivf.build(x, centroids, base + np.arange(len(x)))
+            base += len(x)
+            del x
+            _append(store, path, parts, _Part(_segment_name(), segment, keys))
+        rows = {os.path.basename(f): len(r) for f, r in zip(read.files, read.rows, strict=True)}
     covered = [
         {"name": n, **listing[n], "rows": rows.get(n, 0)} for n in map(os.path.basename, files)
     ]
     manifest["shards"] = [*(manifest.get("shards") or []), *covered]
     old = set(manifest.get("segments") or [])
-    manifest["segments"] = [p[0] for p in parts]
+    manifest["segments"] = [p.name for p in parts]
     store.fs.pipe_file(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())
     for name in old - set(manifest["segments"]):
         try:
@@ -358,6 +354,89 @@ def _add_segment(
         except OSError as e:  # a leftover folder costs space, not correctness
             log.debug("cannot remove %s: %s", name, e)
     return _load(store, model_tag)
+
+
+@dataclass
+class _Part:
+    """A segment being written: its name, its arrays (dropped once saved whole) and keys."""
+
+    name: str
+    segment: ivf.IVF | None
+    keys: np.ndarray | None
+
+    @property
+    def small(self) -> bool:
+        """Whether it may still be merged with the segments after it."""
+        seg = self.segment
+        return seg is not None and len(seg) < segment_rows(seg.dim) // 2
+
+
+def segment_rows(dim: int) -> int:
+    """Rows per segment: :data:`SEGMENT_BYTES` of float32 vectors (524,288 at 512-d)."""
+    return max(SEGMENT_BYTES // (4 * max(dim, 1)), 1)
+
+
+def _append(store: Store, path: str, parts: list[_Part], new: _Part) -> None:
+    """Save ``new`` as a segment, merged with the small ones before it when they are many.
+
+    Only a trailing run of small segments (an update's few new shards each) is merged, so a
+    merge never holds more than about ``MAX_SEGMENTS / 2`` segments' worth of rows.
+    """
+    tail = 0
+    while tail < len(parts) and parts[-1 - tail].small:
+        tail += 1
+    if new.small and tail >= MAX_SEGMENTS:
+        merged = parts[-tail:] + [new]
+        keys = np.concatenate([p.keys for p in merged])
+        new = _Part(new.name, ivf.merge([p.segment for p in merged]), keys)
+        del parts[-tail:]
+    for a in ARRAYS:
+        array = new.keys if a == "keys" else getattr(new.segment, a)
+        _save_array(store, f"{path}/{new.name}/{a}.npy", array)
+    parts.append(new if new.small else _Part(new.name, None, None))
+
+
+def _groups(read: Any, progress: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(matrix, row keys)`` of consecutive shards, :func:`segment_rows` rows at most each."""
+    from gcsemb.shards import iter_shards
+
+    buffer: np.ndarray | None = None
+    keys: list[np.ndarray] = []
+    at = 0
+    shards = iter_shards(read)
+    if progress:
+        from tqdm.auto import tqdm
+
+        shards = tqdm(shards, total=len(read.files), desc="indexing shards", unit="shard")
+    for rows, x in shards:
+        if buffer is None:
+            size = min(segment_rows(x.shape[1]), len(read.df))
+            buffer = np.empty((size, x.shape[1]), np.float32)
+        if at and at + len(x) > len(buffer):
+            yield buffer[:at], np.concatenate(keys)
+            keys, at = [], 0
+        if len(x) > len(buffer):  # one shard larger than a segment: a segment of its own
+            yield x, row_keys(rows)
+            continue
+        buffer[at : at + len(x)] = x
+        keys.append(row_keys(rows))
+        at += len(x)
+    if at:
+        yield buffer[:at], np.concatenate(keys)
+
+
+def _sample(read: Any, size: int, seed: int = 0) -> np.ndarray:
+    """``size`` random rows of the plan's embeddings (all when fewer), read shard by shard."""
+    from gcsemb.shards import iter_shards
+
+    n = len(read.df)
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(n, size), replace=False))
+    parts = []
+    for rows, x in iter_shards(read):
+        start = int(rows.index[0])  # the plan's rows are numbered 0..n-1
+        lo, hi = np.searchsorted(pick, [start, start + len(x)])
+        parts.append(x[pick[lo:hi] - start])
+    return np.concatenate(parts)
 
 
 def _segment_name() -> str:

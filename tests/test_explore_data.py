@@ -122,6 +122,40 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
     assert len(read[-1]) == 3 and len(rebuilt.keys) == 640
 
 
+def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
+    from gcsemb import index as index_module
+    from gcsemb.search import search_image
+
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(index_module, "SEGMENT_BYTES", 256 * DIM * 4)  # 256 rows a segment
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    x = unit(np.random.default_rng(3), 600)
+    x[550] = x[50]  # copies far apart: in different segments
+    for i in range(6):
+        write_shard(folder, f"{i}", x[i * 100 : (i + 1) * 100], first=i * 100)
+    index = gcsemb.build_index(str(folder), progress=False)
+    sizes = [len(s) for s in index.segments]
+    assert sizes == [200, 200, 200]  # streamed: never more than 256 rows read at once
+    assert (index.rows_of(gcsemb.read_embeddings(str(folder))[0]) == np.arange(600)).all()
+    pairs = gcsemb.near_duplicates(str(folder), threshold=0.95, method="index", progress=False)
+    assert pairs[["uri_a", "uri_b"]].values.tolist() == [
+        ["gs://b/p/00050.jpg", "gs://b/p/00550.jpg"]
+    ]
+    pair = gcsemb.read_embeddings(str(folder))
+    found = search_image(pair, "gs://b/p/00123.jpg", k=3, method="index")
+    assert (
+        found.uri.tolist()
+        == search_image(pair, "gs://b/p/00123.jpg", k=3, method="exact").uri.tolist()
+    )
+    for i in range(6):  # six small updates: the small segments merge, the large ones stay
+        write_shard(folder, f"new{i}", unit(np.random.default_rng(10 + i), 10), first=600 + 10 * i)
+        index = gcsemb.build_index(str(folder), progress=False)
+    sizes = [len(s) for s in index.segments]
+    assert sizes[:3] == [200, 200, 200] and sum(sizes) == 660 and len(sizes) <= 3 + 4
+    assert (index.rows_of(gcsemb.read_embeddings(str(folder))[0]) == np.arange(660)).all()
+
+
 def test_index_finds_the_exact_pairs_and_groups(dst):
     folder, x = dst
     exact = gcsemb.near_duplicates(str(folder), threshold=0.95, method="exact")
