@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -241,11 +240,11 @@ def _check(centroids: np.ndarray, segments: list[ivf.IVF], keys: list[np.ndarray
 
 
 def _save_array(store: Store, path: str, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    """``np.save`` straight into the store's file (streamed: no copy of a large array)."""
     if "file" in protocols(store.fs):
         store.fs.makedirs(os.path.dirname(path), exist_ok=True)
-    store.fs.pipe_file(path, buf.getvalue())
+    with store.fs.open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def build_index(
