@@ -119,12 +119,19 @@ def model_tag_of(df: pd.DataFrame) -> str | None:
 
 
 def top_k(
-    df: pd.DataFrame, matrix: np.ndarray, query: np.ndarray, k: int, first: str | None = None
+    df: pd.DataFrame,
+    matrix: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    *,
+    first: str | None = None,
+    among: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The ``k`` rows most similar to the unit vector ``query``, best first.
 
     Ties keep the dataset's order, except that the row ``first`` (the query image itself) wins
-    its tie, so an image always finds itself before its exact copies.
+    its tie, so an image always finds itself before its exact copies. ``among`` (ascending row
+    numbers, e.g. an index's candidates) limits the search to those rows.
     """
     import pandas as pd
 
@@ -136,16 +143,17 @@ def top_k(
             f"The query has {len(query)} dimensions but the dataset {matrix.shape[1]}: "
             "embed it with the dataset's model."
         )
-    scores = _scores(matrix, query)
+    scores = _scores(matrix if among is None else matrix[among], query)
     k = max(0, min(int(k), len(scores)))
     candidates = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(scores) else np.arange(k)
     # include every row tied with the k-th best so the tie-break below is exact
     if k:
         cutoff = scores[candidates].min()
         candidates = np.flatnonzero(scores >= cutoff)
+    rows = candidates if among is None else among[candidates]
     # the candidates' strings only: turning a whole column of a million into objects costs more
     # than the search itself (pandas' Arrow-backed strings)
-    uris = df["uri"].take(candidates).to_numpy()
+    uris = df["uri"].take(rows).to_numpy()
     is_first = (uris == first) if first is not None else np.zeros(len(candidates))
     order = np.lexsort((candidates, ~is_first.astype(bool), -scores[candidates]))[:k]
     picked = candidates[order]
@@ -153,7 +161,7 @@ def top_k(
         {
             "uri": uris[order],
             "score": scores[picked].astype(np.float32),
-            "md5": df["md5"].take(picked).to_numpy() if "md5" in df else None,
+            "md5": df["md5"].take(rows[order]).to_numpy() if "md5" in df else None,
         }
     )
     out.attrs["store"] = df.attrs.get("store")  # the access thumbnails of the results reuse
@@ -191,16 +199,16 @@ def ranked(
 
     _check_method(method)
     if method == "exact" or (method == "auto" and len(matrix) <= SEARCH_EXACT_MAX):
-        return top_k(df, matrix, query, k, first)
+        return top_k(df, matrix, query, k, first=first)
     index = _INDEXES.get(id(matrix))
     if index is None:
         index = _INDEXES[id(matrix)] = _index_for(df, matrix)
         weakref.finalize(matrix, _INDEXES.pop, id(matrix), None)
     ids = index.search(np.asarray(query, np.float32), k + 1, NPROBE[kind])[0][0]
     rows = np.sort(ids[ids >= 0])
-    if first is not None:
+    if first is not None and not (df["uri"].take(rows).to_numpy() == first).any():
         rows = np.union1d(rows, np.flatnonzero((df["uri"] == first).to_numpy())[:1])
-    return top_k(df.iloc[rows], matrix[rows], query, k, first)
+    return top_k(df, matrix, query, k, first=first, among=rows)
 
 
 def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
