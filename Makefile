@@ -44,30 +44,30 @@ COLAB_FREEZE ?= ../shared/ref/colab-gpu-pip-freeze-2026-08.txt
 COLAB_OUT := .artifacts/colab
 COLAB_STAMP := $(COLAB_VENV)/.gcsemb-installed
 # pip 24.1 (Colab's) warns once per package about this machine's file:// index: leave that out.
-SHOWLOG = grep -v 'is ignored: it is neither a file nor a directory' $(COLAB_OUT)/
+showlog = grep -v 'is ignored: it is neither a file nor a directory' $(COLAB_OUT)/$(1)
 
 $(COLAB_STAMP): pyproject.toml Makefile $(COLAB) .ci/colab_constraints.py
 	rm -rf $(COLAB_VENV) $(COLAB_OUT)
 	mkdir -p $(COLAB_OUT)
 	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
 	echo '*' > $(COLAB_VENV)/.gitignore
-	$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1 || { $(SHOWLOG) pip.log; exit 1; }
+	$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1 || { $(call showlog,pip.log); exit 1; }
 	$(COLAB_PIP) install -c $(COLAB) $(TORCH) > $(COLAB_OUT)/torch.log 2>&1 \
-	  || { $(SHOWLOG) torch.log; exit 1; }
+	  || { $(call showlog,torch.log); exit 1; }
 	$(COLAB_PIP) install --dry-run --report $(COLAB_OUT)/resolve.json -c $(COLAB) \
-	  -e '.[notebook,demo,dev]' > $(COLAB_OUT)/resolve.log 2>&1 || { $(SHOWLOG) resolve.log; exit 1; }
+	  -e '.[notebook,demo,dev]' > $(COLAB_OUT)/resolve.log 2>&1 || { $(call showlog,resolve.log); exit 1; }
 	$(COLAB_PY) .ci/colab_constraints.py preinstalled $(COLAB_OUT)/resolve.json \
 	  > $(COLAB_OUT)/preinstalled.txt
 	$(COLAB_PIP) install -c $(COLAB) -r $(COLAB_OUT)/preinstalled.txt > $(COLAB_OUT)/colab.log 2>&1 \
-	  || { $(SHOWLOG) colab.log; exit 1; }
+	  || { $(call showlog,colab.log); exit 1; }
 	@echo "Colab's packages in place: $$(wc -l < $(COLAB_OUT)/preinstalled.txt) (.artifacts/colab/preinstalled.txt)"
 	$(COLAB_PIP) install -e '.[notebook,demo]' > $(COLAB_OUT)/install.log 2>&1 \
-	  || { $(SHOWLOG) install.log; exit 1; }
+	  || { $(call showlog,install.log); exit 1; }
 	$(COLAB_PY) .ci/colab_constraints.py check-install $(COLAB_OUT)/install.log \
 	  > $(COLAB_OUT)/successfully-installed.txt || { cat $(COLAB_OUT)/successfully-installed.txt; exit 1; }
 	cat $(COLAB_OUT)/successfully-installed.txt
 	$(COLAB_PIP) install -c $(COLAB) -e '.[notebook,demo,dev]' > $(COLAB_OUT)/install-dev.log 2>&1 \
-	  || { $(SHOWLOG) install-dev.log; exit 1; }
+	  || { $(call showlog,install-dev.log); exit 1; }
 	grep '^Successfully installed' $(COLAB_OUT)/install-dev.log || true
 	$(COLAB_PIP) freeze > $(COLAB_OUT)/freeze.txt
 	$(COLAB_PY) .ci/colab_constraints.py check-freeze < $(COLAB_OUT)/freeze.txt

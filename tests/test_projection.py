@@ -250,3 +250,14 @@ def test_embedding_atlas_exports_a_viewer_of_the_projection_file(saved, tmp_path
     assert props["projection"] == {"x": "x", "y": "y"} and props["neighbors"] == "neighbors"
     shipped = pq.read_table(out / "data" / "dataset.parquet")
     assert shipped.column("neighbors").to_pylist() == pq.read_table(path)["neighbors"].to_pylist()
+
+
+def test_cli_umap_without_matplotlib_names_the_install(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from gcsemb.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    code = main(["umap", str(tmp_path), "--out", str(tmp_path / "map.png")])
+    err = capsys.readouterr().err
+    assert code != 0 and "pip install 'gcsemb[viz]'" in err and "ModuleNotFoundError" not in err

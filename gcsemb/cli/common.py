@@ -166,10 +166,10 @@ def human_size(n: float) -> str:
 
 
 def use_agg() -> None:
-    """Draw without a display (matplotlib's Agg backend)."""
-    import matplotlib
+    """Draw without a display (matplotlib's Agg); without matplotlib, name the install."""
+    from gcsemb.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "viz", "Drawing", "pip install 'gcsemb[viz]' (or matplotlib)").use("Agg")
 
 
 def save_figure(fig: Any, out: str, dpi: int, token: Any) -> tuple[int, int]:
