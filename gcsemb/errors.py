@@ -36,10 +36,6 @@ READ_ROLE = "roles/storage.objectViewer"
 WRITE_ROLE = "roles/storage.objectUser"
 """What DST needs: create, list, read, overwrite and delete objects (shards, the run lease and
 the write check's probe; a re-run reads DST's index)."""
-ROLES = (
-    f"reading the images needs {READ_ROLE} on the source bucket; writing embeddings (and "
-    f"re-runs) need {WRITE_ROLE} on the destination bucket"
-)
 
 AUTH_FIXES = (
     "Fixes: in Colab run `from google.colab import auth; auth.authenticate_user()`; "

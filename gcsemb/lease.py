@@ -76,6 +76,7 @@ from typing import Any
 
 from gcsemb.config import WRITE_RETRY_SECONDS
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
+from gcsemb.report import duration as _duration
 from gcsemb.storage import Store, explain, protocols
 
 logger = logging.getLogger(__name__)
@@ -848,13 +849,3 @@ def _ts(text: str) -> float:
 
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``9 min 48 s``, ``2 h 5 min``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"

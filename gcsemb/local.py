@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gcsemb.dataset import is_done
 from gcsemb.graph import Budgets, Stages, build, cpu_workers
 from gcsemb.prefetch import Prefetched
-from gcsemb.report import StageClock, bound_stage
+from gcsemb.report import StageClock, bound_stage, duration
 from gcsemb.run import Run, run_metadata
 from gcsemb.stages import Counts, Embedded, Item, decode_on_device, outcomes, plan
 from gcsemb.storage import list_images
@@ -86,7 +87,7 @@ def _work(run: Run, objects: Prefetched, counts: Counts) -> Iterator[Item] | Non
     while first is not None and is_done(first.obj, run.done):  # a run that ended meanwhile
         counts.skipped += 1
         first = next(items, None)
-    return None if first is None else _chain(first, items)
+    return None if first is None else itertools.chain([first], items)
 
 
 def _load(run: Run) -> Embedder:
@@ -230,18 +231,5 @@ class _Estimate:
         gigabytes = self.counts.to_fetch_bytes / 2**30
         bar.write(
             f"to do: {bar.total - summary.skipped:,} images, {gigabytes:.2f} GB to download; "
-            f"about {_duration(left)} left at {rate:.1f} images/s (bound by {bound})"
+            f"about {duration(left)} left at {rate:.1f} images/s (bound by {bound})"
         )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _chain(first: Item, rest: Iterator[Item]) -> Iterator[Item]:
-    yield first
-    yield from rest

@@ -273,3 +273,18 @@ class EmbedSummary:
             else ""
         )
         return f"<table>{rows}</table>{table}"
+
+
+def duration(seconds: float) -> str:
+    """A span of time for a person: ``42 s``, ``9 min 48 s``, ``2 h 5 min``.
+
+    Example:
+        >>> duration(588), duration(7500)
+        ('9 min 48 s', '2 h 5 min')
+    """
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
