@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from gcsemb.storage import Store
 log = logging.getLogger(__name__)
 
 _SHARD = "__gcsemb_shard"
+T = TypeVar("T")
 
 
 @dataclass
@@ -136,15 +138,14 @@ def fill(
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
     out: np.ndarray | None = None
     bad: list[int] = []
-    with ThreadPoolExecutor(8) as pool:
-        parts = pool.map(lambda i: (i, _shard_matrix(plan, i)), range(len(plan.files)))
-        for i, part in _progress(parts, len(plan.files), progress):
-            if part is not None and out is None:
-                out = np.empty((offsets[-1], part.shape[1]), dtype)
-            if part is None or part.shape[1] != out.shape[1]:
-                bad.append(i)
-                continue
-            out[offsets[i] : offsets[i + 1]] = part
+    parts = _ahead(lambda i: (i, _shard_matrix(plan, i)), len(plan.files), 8)
+    for i, part in _progress(parts, len(plan.files), progress):
+        if part is not None and out is None:
+            out = np.empty((offsets[-1], part.shape[1]), dtype)
+        if part is None or part.shape[1] != out.shape[1]:
+            bad.append(i)
+            continue
+        out[offsets[i] : offsets[i + 1]] = part
     if out is None:
         out = np.zeros((0, 0), dtype)
     if bad:
@@ -159,10 +160,27 @@ def iter_shards(plan: ReadPlan, dtype: Any = np.float32) -> Iterator[tuple[Any, 
     gives them); a shard with unreadable embeddings is skipped with a warning.
     """
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
-    with ThreadPoolExecutor(2) as pool:  # the next shard is read while this one is used
-        for i, part in pool.map(lambda i: (i, _shard_matrix(plan, i)), range(len(plan.files))):
-            if part is not None and len(part):
-                yield plan.df.iloc[offsets[i] : offsets[i + 1]], part.astype(dtype, copy=False)
+    # the next shard is read while this one is used, and no further: a slow consumer (an index
+    # build) must not find the whole dataset read ahead into memory
+    for i, part in _ahead(lambda i: (i, _shard_matrix(plan, i)), len(plan.files), 1):
+        if part is not None and len(part):
+            yield plan.df.iloc[offsets[i] : offsets[i + 1]], part.astype(dtype, copy=False)
+
+
+def _ahead(fn: Callable[[int], T], n: int, ahead: int) -> Iterator[T]:
+    """``fn(0), ..., fn(n - 1)`` in order, computed in threads at most ``ahead`` in advance.
+
+    Unlike ``ThreadPoolExecutor.map`` (which starts every call at once), the results waiting
+    for the consumer stay bounded: ``ahead + 1`` at most.
+    """
+    with ThreadPoolExecutor(max(ahead, 1)) as pool:
+        pending: deque[Future[T]] = deque()
+        for i in range(n):
+            pending.append(pool.submit(fn, i))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _progress(items: Any, total: int, show: bool) -> Any:

@@ -156,6 +156,26 @@ def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
     assert (index.rows_of(gcsemb.read_embeddings(str(folder))[0]) == np.arange(660)).all()
 
 
+def test_streaming_shards_never_reads_far_ahead_of_its_consumer(tmp_path, monkeypatch):
+    import time
+
+    from gcsemb import shards
+    from gcsemb.storage import open_store
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    for i in range(8):
+        write_shard(folder, f"{i}", unit(np.random.default_rng(i), 20), first=i * 20)
+    read = []
+    original = shards._shard_matrix
+    monkeypatch.setattr(shards, "_shard_matrix", lambda p, i: read.append(i) or original(p, i))
+    stream = shards.iter_shards(shards.plan(open_store(str(folder))))
+    next(stream)
+    time.sleep(0.3)  # a slow consumer (an index build): the rest of the dataset stays unread
+    assert len(read) <= 3
+    assert sum(len(x) for _, x in stream) == 140 and len(read) == 8
+
+
 def test_index_finds_the_exact_pairs_and_groups(dst):
     folder, x = dst
     exact = gcsemb.near_duplicates(str(folder), threshold=0.95, method="exact")
