@@ -128,10 +128,13 @@ class IVF:
         ids = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         for i, (query, lists) in enumerate(zip(queries, probes, strict=True)):
-            positions = _positions(self.offsets, lists)
-            if not len(positions):
+            spans = [(int(self.offsets[c]), int(self.offsets[c + 1])) for c in lists]
+            spans = [(a, b) for a, b in spans if b > a]
+            if not spans:
                 continue
-            s = self.vectors[positions] @ query
+            # each list scored where it lies (a slice of the memory map): no gathered copy
+            s = np.concatenate([self.vectors[a:b] @ query for a, b in spans])
+            positions = np.concatenate([np.arange(a, b) for a, b in spans])
             best = _top(s[None], k)[0]
             ids[i, : len(best)] = self.ids[positions[best]]
             scores[i, : len(best)] = s[best]
