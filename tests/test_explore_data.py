@@ -230,6 +230,23 @@ def test_search_by_index_matches_exact(dst, monkeypatch):
         assert index.uri.tolist() == exact.uri.tolist()
 
 
+def test_a_large_dataset_is_searched_from_a_float16_matrix(dst, monkeypatch):
+    from gcsemb import search
+    from gcsemb.search import embeddings_of, search_image
+
+    folder, x = dst
+    gcsemb.build_index(str(folder), progress=False)
+    assert embeddings_of(str(folder), lean=True)[1].dtype == np.float32  # small: as it is
+    monkeypatch.setattr(search, "SEARCH_EXACT_MAX", 100)  # 600 rows are "large" now
+    monkeypatch.setitem(search.NPROBE, "image", 10_000)
+    df, matrix, _ = embeddings_of(str(folder), lean=True)
+    assert matrix.dtype == np.float16 and matrix.nbytes == 600 * DIM * 2  # half the memory
+    exact = search_image((df, x.astype(np.float32)), df.uri[42], k=5, method="exact")
+    found = search_image(str(folder), df.uri[42], k=5)
+    assert found.uri.tolist() == exact.uri.tolist()
+    assert np.allclose(found.score, exact.score, atol=2e-3)
+
+
 def test_index_on_the_emulator(bucket, tmp_path, monkeypatch):
     from gcsemb.storage import open_store
 

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.query and not args.image:
         raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')
-    df, matrix, dataset = embeddings_of(args.dst, token=args.token, model_tag=args.model_tag)
+    df, matrix, dataset = embeddings_of(
+        args.dst, token=args.token, model_tag=args.model_tag, lean=True
+    )
     options = dict(
         k=args.k,
         model=args.model,
