@@ -17,7 +17,7 @@ skipped with a warning naming it, never the end of every later run.
 Example:
     >>> from gcsemb.dataset import read_embeddings
     >>> df, matrix = read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
-    >>> matrix.shape
+    >>> matrix.shape  # doctest: +SKIP
     (306, 512)
     >>> df.attrs["dataset"]["source"]  # doctest: +SKIP
     'gs://my-bucket/photos'

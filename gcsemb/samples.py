@@ -6,7 +6,7 @@ few hundred distinct images exist without any download. Deterministic: the same 
 same bytes.
 
 Example:
-    >>> names = [name for name, _ in sample_images(5)]  # doctest: +SKIP
+    >>> names = [name for name, _ in sample_images(5)]
     >>> names[0]
     'photos/astronaut/original.jpg'
 """

@@ -181,7 +181,7 @@ class Store:
 
     Example:
         >>> store = open_store("gs://my-bucket/photos")  # doctest: +SKIP
-        >>> store
+        >>> store  # doctest: +SKIP
         Store('gs://my-bucket/photos' as service account embedder@proj.iam.gserviceaccount.com)
         >>> store.fs.ls(store.path)  # doctest: +SKIP
     """
