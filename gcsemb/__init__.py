@@ -11,10 +11,14 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # one place for the version: pyproject.toml
+    __version__ = importlib.metadata.version("gcsemb")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    __version__ = "0+unknown"
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
     # Must be set before gcsfs is imported; see gcsemb.emulator.

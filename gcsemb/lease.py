@@ -77,7 +77,7 @@ from typing import Any
 from gcsemb.config import WRITE_RETRY_SECONDS
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
 from gcsemb.report import duration as _duration
-from gcsemb.storage import Store, explain, protocols
+from gcsemb.storage import Store, explain, parse_time, protocols
 
 logger = logging.getLogger(__name__)
 
@@ -844,7 +844,7 @@ def _iso(t: float) -> str:
 
 
 def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_time(text).timestamp()
 
 
 def _utc(t: float) -> str:

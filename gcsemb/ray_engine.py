@@ -4,8 +4,8 @@ Every stage reuses the local engine's functions on the same records; Ray only pl
 
     driver: one delimiter listing of SRC (its folders) + the done index of DST, split by folder
     listing   Ray tasks, one per folder: list_images + plan (skip done, fold identical bytes)
-    fetch     Ray Data tasks (a quarter CPU each: mostly waiting on the network)   pipeline.fetch
-    decode    Ray Data tasks (one CPU each): decode, resize, crop -> uint8 pixels pipeline.decode
+    fetch     Ray Data tasks (a quarter CPU each: mostly waiting on the network)   stages.fetch
+    decode    Ray Data tasks (one CPU each): decode, resize, crop -> uint8 pixels stages.decode
     embed     Ray Data actors (``workers`` of them, ``gpus_per_worker`` GPUs each): load_embedder,
               normalise on the device, embed
     write     Ray Data tasks: one ShardWriter per ``rows_per_shard`` rows -> atomic parquet shards
@@ -107,7 +107,7 @@ class Preprocessor:
     Decode tasks run the geometric steps (resize, crop) and ship uint8 pixels, a quarter of the
     bytes of the float tensor; the model's actor converts and normalises them (on its GPU) with
     torchvision's arithmetic, so the model sees exactly what :meth:`transform` would give it.
-    Quacks like :class:`gcsemb.embedder.Embedder` for :func:`gcsemb.pipeline.decode`.
+    Quacks like :class:`gcsemb.embedder.Embedder` for :func:`gcsemb.stages.decode`.
 
     Attributes:
         transform: The full transform (PIL image -> normalised CHW float tensor).

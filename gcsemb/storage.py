@@ -586,7 +586,13 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
-def _timestamp(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """A GCS JSON API time (RFC 3339, ``Z`` or an offset) as an aware datetime; None if empty.
+
+    Example:
+        >>> parse_time("2026-12-05T06:00:00.5Z").timestamp()
+        1796450400.5
+    """
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -760,5 +766,5 @@ def object_from_resource(bucket: str, name: str, item: dict[str, Any]) -> Object
         crc32c=item.get("crc32c"),
         generation=int(item["generation"]) if item.get("generation") else None,
         content_type=item.get("contentType"),
-        updated=_timestamp(item.get("updated")),
+        updated=parse_time(item.get("updated")),
     )

@@ -202,7 +202,7 @@ def test_cached_tag_is_served_offline(fresh_cache, ckpt: Path, monkeypatch):
 
 
 def test_remote_checkpoint_copy_is_atomic(fresh_cache, ckpt: Path, monkeypatch):
-    url = ckpt.as_uri()  # file:// goes through gcsemb.storage.filesystem like gs://
+    url = ckpt.as_uri()  # file:// goes through gcsemb.storage.open_store like gs://
 
     def interrupted(fs, path, local):
         Path(local).write_bytes(ckpt.read_bytes()[:1000])
