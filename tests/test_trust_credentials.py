@@ -26,7 +26,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from servers import ACCESS_TOKEN, StubServer, new_pem, private_bucket, service_account
+from servers import (
+    ACCESS_TOKEN,
+    SERVICE_ACCOUNT,
+    StubServer,
+    new_pem,
+    private_bucket,
+    service_account,
+)
 
 from gcsemb.auth import resolve
 from gcsemb.errors import AccessDenied, AuthError
@@ -348,3 +355,10 @@ def test_dst_gets_exactly_the_access_a_local_src_was_given(
     keyed = pickle.loads(pickle.dumps(open_store(str(photos), token=sa_info)))
     with pytest.raises(AuthError, match="cannot be sent to other processes"):
         keyed.at(dst_url)
+    # unless DST is given its own access: a Store of its own keeps it
+    own = open_store(dst_url, token=sa_info, endpoint=gcs.url)
+    _, dst = open_stores(str(photos), own, token=other_key, **access)
+    assert dst.identity.description == f"service account {SERVICE_ACCOUNT}"
+    assert (dst.project, dst.requester_pays) == (None, False)
+    dst.fs.pipe_file(f"{dst.path}/own", b"2")
+    assert gcs.filesystem().cat_file(f"{bucket}/emb/own") == b"2"
