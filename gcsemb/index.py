@@ -111,6 +111,10 @@ class Index:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(ids, best, 1), np.take_along_axis(scores, best, 1)
 
+    def candidates(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
+        """The row ids in the ``nprobe`` lists nearest to ``query``, over every segment."""
+        return np.concatenate([s.candidates(query, nprobe) for s in self.segments])
+
     def rows_of(self, df: Any) -> np.ndarray:
         """For each row id, the row of ``df`` holding that image version, or -1."""
         want = row_keys(df)

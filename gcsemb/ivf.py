@@ -140,6 +140,15 @@ class IVF:
             scores[i, : len(best)] = s[best]
         return ids, scores
 
+    def candidates(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
+        """The ids in the ``nprobe`` lists nearest to one ``query`` (their vectors untouched).
+
+        What a search that rescores from the rows' own matrix needs: only ``ids`` and
+        ``offsets`` are read, never the (large, memory-mapped) vectors.
+        """
+        lists = _top(_unit(np.atleast_2d(query)) @ self.centroids.T, nprobe)[0]
+        return np.asarray(self.ids[_positions(self.offsets, lists)])
+
     def lists(self) -> Iterator[tuple[int, slice]]:
         """``(list, positions)`` of every non-empty list."""
         for c in np.flatnonzero(np.diff(self.offsets)):

@@ -210,23 +210,24 @@ def ranked(
     if index is None:
         index = _INDEXES[id(matrix)] = _index_for(df, matrix)
         weakref.finalize(matrix, _INDEXES.pop, id(matrix), None)
-    ids = index.search(np.asarray(query, np.float32), k + 1, NPROBE[kind])[0][0]
-    rows = np.sort(ids[ids >= 0])
-    if first is not None and not (df["uri"].take(rows).to_numpy() == first).any():
+    # the index only finds the candidates (its lists' ids); the matrix in memory scores them
+    rows = np.sort(index.candidates(np.asarray(query, np.float32), NPROBE[kind]))
+    found = top_k(df, matrix, query, k, first=first, among=rows)
+    if first is not None and k and not (found["uri"] == first).any():  # the image itself leads
         rows = np.union1d(rows, np.flatnonzero((df["uri"] == first).to_numpy())[:1])
-    return top_k(df, matrix, query, k, first=first, among=rows)
+        found = top_k(df, matrix, query, k, first=first, among=rows)
+    return found
 
 
 def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
     """The dataset's index mapped onto ``df``'s rows when it is up to date, else a new one.
 
-    An index covering ``df`` (the whole dataset, or most of it) is searched segment by segment
-    as it lies on disk, memory-mapped; a small selection of the rows gets the index's lists of
-    its own rows only; rows read from elsewhere get an index built in memory.
+    The dataset's index (when it holds every row of ``df``) is used as it lies on disk: only
+    its lists' ids are read (memory-mapped), never its vectors. Rows read from elsewhere get an
+    index built in memory.
     """
     from gcsemb import ivf
     from gcsemb.index import open_index
-    from gcsemb.neighbours import live_ivf
 
     store, tag = df.attrs.get("store"), model_tag_of(df)
     if store is not None and tag is not None and "uri" in df:
@@ -235,9 +236,7 @@ def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
             rows = index.rows_of(df)
             held = rows[rows >= 0]
             if np.count_nonzero(np.bincount(held, minlength=len(df))) == len(df):
-                if len(held) >= len(index.keys) // 2:
-                    return _OnDisk(index, rows, len(index.keys) / max(len(held), 1))
-                return live_ivf(index, df)
+                return _OnDisk(index, rows)
     return ivf.train(matrix)
 
 
@@ -248,16 +247,15 @@ class _OnDisk:
     Attributes:
         index: The opened index.
         rows: The row of the df of each index id (-1: not among the df's rows).
-        widen: How many more candidates to fetch, for the ids that map to no row.
     """
 
     index: Any
     rows: np.ndarray = field(repr=False)
-    widen: float = 1.0
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, scores = self.index.search(queries, int(np.ceil(k * self.widen)), nprobe)
-        return np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1), scores
+    def candidates(self, query: np.ndarray, nprobe: int) -> np.ndarray:
+        """The rows of the df in the ``nprobe`` lists nearest to ``query``."""
+        rows = self.rows[self.index.candidates(query, nprobe)]
+        return rows[rows >= 0]
 
 
 def search_text(
