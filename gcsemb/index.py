@@ -113,7 +113,10 @@ class Index:
 
     def candidates(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
         """The row ids in the ``nprobe`` lists nearest to ``query``, over every segment."""
-        return np.concatenate([s.candidates(query, nprobe) for s in self.segments])
+        if not self.segments:
+            return np.zeros(0, np.int64)
+        lists = self.segments[0].probes(query, nprobe)  # the segments share their centroids
+        return np.concatenate([s.ids_in(lists) for s in self.segments])
 
     def rows_of(self, df: Any) -> np.ndarray:
         """For each row id, the row of ``df`` holding that image version, or -1."""

@@ -146,7 +146,14 @@ class IVF:
         What a search that rescores from the rows' own matrix needs: only ``ids`` and
         ``offsets`` are read, never the (large, memory-mapped) vectors.
         """
-        lists = _top(_unit(np.atleast_2d(query)) @ self.centroids.T, nprobe)[0]
+        return self.ids_in(self.probes(query, nprobe))
+
+    def probes(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
+        """The ``nprobe`` lists nearest to one ``query``, nearest first."""
+        return _top(_unit(np.atleast_2d(query)) @ self.centroids.T, nprobe)[0]
+
+    def ids_in(self, lists: np.ndarray) -> np.ndarray:
+        """The ids held by ``lists``."""
         return np.asarray(self.ids[_positions(self.offsets, lists)])
 
     def lists(self) -> Iterator[tuple[int, slice]]:
