@@ -140,6 +140,13 @@ class IVF:
             scores[i, : len(best)] = s[best]
         return ids, scores
 
+    def shortlist(self, query: np.ndarray, k: int, nprobe: int = 16) -> np.ndarray:
+        """Ids to score exactly for the ``k`` best of ``query``: all its lists' ids.
+
+        (A caller holding the rows' matrix scores them from it; this index may hold no vectors.)
+        """
+        return self.candidates(query, nprobe)
+
     def candidates(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
         """The ids in the ``nprobe`` lists nearest to one ``query`` (their vectors untouched).
 
@@ -172,21 +179,27 @@ def _positions(offsets: np.ndarray, lists: np.ndarray) -> np.ndarray:
     return out + np.arange(sizes.sum())
 
 
-def build(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray | None = None) -> IVF:
-    """The index of the rows ``x`` (ids ``0..n-1`` unless given) on fixed ``centroids``."""
+def build(
+    x: np.ndarray, centroids: np.ndarray, ids: np.ndarray | None = None, vectors: bool = True
+) -> IVF:
+    """The index of the rows ``x`` (ids ``0..n-1`` unless given) on fixed ``centroids``.
+
+    Without ``vectors`` the index holds no copy of them (``vectors`` is empty): enough for
+    :meth:`IVF.candidates`, whose rows the caller scores from its own matrix.
+    """
     first, second = assign(x, centroids)
     order = np.argsort(first, kind="stable")
     offsets = np.searchsorted(first[order], np.arange(len(centroids) + 1)).astype(np.int64)
-    vectors = np.empty((len(x), centroids.shape[1]), np.float32)
-    for a in range(0, len(order), BLOCK):
-        vectors[a : a + BLOCK] = x[order[a : a + BLOCK]]
+    copied = np.empty((len(x) if vectors else 0, centroids.shape[1]), np.float32)
+    for a in range(0, len(copied), BLOCK):
+        copied[a : a + BLOCK] = x[order[a : a + BLOCK]]
     ids = np.arange(len(x)) if ids is None else np.asarray(ids, np.int64)
-    return IVF(centroids, offsets, ids[order].astype(np.int64), vectors, second[order])
+    return IVF(centroids, offsets, ids[order].astype(np.int64), copied, second[order])
 
 
-def train(x: np.ndarray, nlist: int | None = None, seed: int = 0) -> IVF:
-    """Centroids from a sample of ``x``, then the index of all of ``x``."""
-    return build(x, kmeans(x, nlist or nlist_for(len(x)), seed=seed))
+def train(x: np.ndarray, nlist: int | None = None, seed: int = 0, vectors: bool = True) -> IVF:
+    """Centroids from a sample of ``x``, then the index of all of ``x`` (see :func:`build`)."""
+    return build(x, kmeans(x, nlist or nlist_for(len(x)), seed=seed), vectors=vectors)
 
 
 def merge(parts: list[IVF]) -> IVF:

@@ -210,8 +210,7 @@ def ranked(
     if index is None:
         index = _INDEXES[id(matrix)] = _index_for(df, matrix)
         weakref.finalize(matrix, _INDEXES.pop, id(matrix), None)
-    # the index only finds the candidates (its lists' ids); the matrix in memory scores them
-    rows = np.sort(index.candidates(np.asarray(query, np.float32), NPROBE[kind]))
+    rows = np.sort(index.shortlist(np.asarray(query, np.float32), k + 1, NPROBE[kind]))
     found = top_k(df, matrix, query, k, first=first, among=rows)
     if first is not None and k and not (found["uri"] == first).any():  # the image itself leads
         rows = np.union1d(rows, np.flatnonzero((df["uri"] == first).to_numpy())[:1])
@@ -236,8 +235,17 @@ def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
             rows = index.rows_of(df)
             held = rows[rows >= 0]
             if np.count_nonzero(np.bincount(held, minlength=len(df))) == len(df):
-                return _OnDisk(index, rows)
-    return ivf.train(matrix)
+                size = sum(s.vectors.nbytes for s in index.segments)
+                memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                resident = len(held) == len(rows) and size <= RESIDENT_SHARE * memory
+                return _OnDisk(index, rows, resident)
+    return ivf.train(matrix, vectors=False)  # the matrix itself scores the candidates
+
+
+RESIDENT_SHARE = 0.25
+"""Share of this machine's memory up to which an index's vectors count as resident: searched
+where they lie (contiguous lists, fast) instead of gathering the candidates' rows from the
+matrix (what a 10M-row index, 20 GB of vectors, needs: they would be read from disk)."""
 
 
 @dataclass(frozen=True)
@@ -247,14 +255,22 @@ class _OnDisk:
     Attributes:
         index: The opened index.
         rows: The row of the df of each index id (-1: not among the df's rows).
+        resident: Score with the index's own vectors (they fit in memory beside the matrix,
+            and every index row is a row of the df); else only its lists' ids are read.
     """
 
     index: Any
     rows: np.ndarray = field(repr=False)
+    resident: bool = False
 
-    def candidates(self, query: np.ndarray, nprobe: int) -> np.ndarray:
-        """The rows of the df in the ``nprobe`` lists nearest to ``query``."""
-        rows = self.rows[self.index.candidates(query, nprobe)]
+    def shortlist(self, query: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+        """Rows of the df to score exactly for the ``k`` best of ``query``."""
+        if self.resident:  # the index's k best (exact on its vectors): only they are rescored
+            ids = self.index.search(query, k, nprobe)[0][0]
+            ids = ids[ids >= 0]
+        else:  # every row in the probed lists, for the matrix to score
+            ids = self.index.candidates(query, nprobe)
+        rows = self.rows[ids]
         return rows[rows >= 0]
 
 

@@ -214,10 +214,12 @@ def test_cli_index_says_what_it_covers(dst, capsys):
     assert "600 rows of tiny/test, 2 shards, 1 segments" in capsys.readouterr().out
 
 
-def test_search_by_index_matches_exact(dst, monkeypatch):
+@pytest.mark.parametrize("share", [0.25, 0.0])  # the index's vectors in memory, or on disk only
+def test_search_by_index_matches_exact(dst, monkeypatch, share):
     from gcsemb import search
     from gcsemb.search import search_image
 
+    monkeypatch.setattr(search, "RESIDENT_SHARE", share)
     monkeypatch.setitem(search.NPROBE, "image", 10_000)  # every list: the exact answer
     folder, x = dst
     gcsemb.build_index(str(folder), progress=False)
