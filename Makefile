@@ -26,16 +26,20 @@ test: $(STAMP) chromium
 	$(PY) -m pytest --timeout=900
 
 # ---------------------------------------------------------------------------------------------
-# Colab's package set (August 2026 freeze, see constraints/colab.txt) on this machine's Python
-# 3.11 and torch. The venv is made the way a Colab kernel comes to hold gcsemb:
-#   1. Colab's pip, this machine's torch, and every package of Colab's that gcsemb's graph uses,
-#      at Colab's version (what the kernel holds before the user types anything);
+# Colab's package set (August 2026 freeze, see constraints/colab.txt) on Colab's own Python
+# (3.13) and torch release (2.11; PyPI's build, as Colab's GPU runtime has a CUDA one). The venv
+# is made the way a Colab kernel comes to hold gcsemb:
+#   1. Colab's pip, Colab's torch, and every package of Colab's that gcsemb's graph uses, at
+#      Colab's version (what the kernel holds before the user types anything);
 #   2. the user's plain `pip install -e '.[notebook,demo]'` (no constraints), whose
 #      "Successfully installed" line must name none of Colab's packages;
 #   3. the test tools (dev extra) under the constraints; `pip freeze` must then agree with every
 #      Colab pin it lists.
 # Then every test but the browser and Ray ones, and the notebooks under nbval.
-COLAB_PYTHON ?= python3.11
+# the first Python 3.13 that runs (a pyenv shim of a version not selected does not)
+COLAB_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
+  $$p -c 'import sys' 2>/dev/null && { command -v $$p; break; }; done)
+COLAB_TORCH ?= torch==2.11.0 torchvision==0.26.0
 COLAB_VENV := .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_PIP := $(COLAB_PY) -m pip --no-input
@@ -49,10 +53,12 @@ showlog = grep -v 'is ignored: it is neither a file nor a directory' $(COLAB_OUT
 $(COLAB_STAMP): pyproject.toml Makefile $(COLAB) .ci/colab_constraints.py
 	rm -rf $(COLAB_VENV) $(COLAB_OUT)
 	mkdir -p $(COLAB_OUT)
+	@test -n "$(COLAB_PYTHON)" || { echo "make test-colab needs Python 3.13 (Colab's): install it \
+	  (e.g. pyenv install 3.13, or apt install python3.13-venv) or pass COLAB_PYTHON=/path/to/python3.13"; exit 1; }
 	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
 	echo '*' > $(COLAB_VENV)/.gitignore
 	$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1 || { $(call showlog,pip.log); exit 1; }
-	$(COLAB_PIP) install -c $(COLAB) $(TORCH) > $(COLAB_OUT)/torch.log 2>&1 \
+	$(COLAB_PIP) install -c $(COLAB) $(COLAB_TORCH) > $(COLAB_OUT)/torch.log 2>&1 \
 	  || { $(call showlog,torch.log); exit 1; }
 	$(COLAB_PIP) install --dry-run --report $(COLAB_OUT)/resolve.json -c $(COLAB) \
 	  -e '.[notebook,demo,dev]' > $(COLAB_OUT)/resolve.log 2>&1 || { $(call showlog,resolve.log); exit 1; }

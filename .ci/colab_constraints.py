@@ -4,8 +4,8 @@
 Subcommands (stdlib only, any Python >= 3.10):
 
 ``generate FREEZE [-o constraints/colab.txt]``
-    Turn Colab's ``pip freeze`` into a constraints file that installs on this machine's
-    Python 3.11 beside this machine's torch. ``--check`` compares with the committed file instead
+    Turn Colab's ``pip freeze`` into a constraints file that installs on Colab's Python (3.13)
+    beside Colab's torch release from PyPI. ``--check`` compares with the committed file instead
     of writing it (``make colab-constraints`` regenerates it).
 ``preinstalled REPORT``
     From ``pip install --dry-run --report`` of the project under the constraints, print the
@@ -29,34 +29,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints" / "colab.txt"
 
-# This machine's torch replaces Colab's (CUDA 12.8 builds from PyTorch's own index); triton is
-# pinned to the torch release it was built with.
-REPLACED_BY_LOCAL_TORCH = {"torch", "torchvision", "torchaudio", "torchcodec", "triton"}
-
-# Pinned releases that do not install on Python 3.11 (Requires-Python >= 3.12 or no cp311 wheel),
-# found by `make test-colab` resolving the project under the constraints. Only packages in the
-# project's dependency graph matter: pip never looks at the others.
-NEEDS_PY312: dict[str, str] = {
-    "tifffile": "2026.8.16 requires Python >=3.12; scikit-image needs it",
-}
-
-# Pins that this machine's torch 2.14.1 cannot live with (Colab's torch 2.11 can): left free.
-CONFLICTS_WITH_LOCAL_TORCH: dict[str, str] = {
-    "setuptools": "torch 2.14.1 requires setuptools>=77.0.3; Colab has 75.2.0",
-}
-
+# Colab's torch comes from PyPI (`make test-colab` installs COLAB_TORCH, Colab's release): its
+# CUDA-specific builds (`+cu128`) and CUDA libraries are left out, every other pin is kept.
 HEADER = """\
-# Colab's GPU runtime (August 2026) as pip constraints, for `make test-colab`.
+# Colab's GPU runtime (August 2026) as pip constraints, for `make test-colab` (Python 3.13).
 #
 # Derived from ../shared/ref/colab-gpu-pip-freeze-2026-08.txt by .ci/colab_constraints.py
 # (regenerate: make colab-constraints). Every `name==version` line of the freeze is kept except:
 #   - direct references (`name @ https://...`, `@ file://`, `@ git+`): not on PyPI;
-#   - local versions (`+cu128`): PyTorch's own index, not PyPI;
-#   - torch, torchvision, torchaudio, torchcodec, triton: this machine's torch 2.14.1 and
-#     torchvision 0.29.1 (from local disk) take their place;
-#   - CUDA libraries (nvidia-*, cuda-*, *-cu12, *cuda12*, *-cuda): they come with a CUDA torch;
-#   - releases that need Python >= 3.12 (Colab runs 3.13, CI here 3.11){py312}.
-# Colab's pip, setuptools and wheel are pinned like everything else.
+#   - local versions (`+cu128`: torch, torchvision, torchaudio, torchcodec): PyTorch's own
+#     index; `make test-colab` installs the same releases from PyPI;
+#   - CUDA libraries (nvidia-*, cuda-*, *-cu12, *cuda12*, *-cuda): they come with torch.
+# Colab's pip, setuptools, wheel and triton are pinned like everything else.
 """
 
 
@@ -84,18 +68,10 @@ def generate(freeze: str) -> str:
             continue  # a direct reference: not on PyPI
         name, version = (part.strip() for part in line.split("==", 1))
         key = canonical(name)
-        if "+" in version or key in REPLACED_BY_LOCAL_TORCH or _is_cuda(key):
-            continue
-        if key in NEEDS_PY312 or key in CONFLICTS_WITH_LOCAL_TORCH:
+        if "+" in version or _is_cuda(key):
             continue
         kept.append(f"{name}=={version}")
-    notes = [f"\n#     {n} ({why})" for n, why in sorted(NEEDS_PY312.items())]
-    notes += [
-        f"\n#   - left free for this machine's torch: {n} ({why})"
-        for n, why in sorted(CONFLICTS_WITH_LOCAL_TORCH.items())
-    ]
-    header = HEADER.format(py312=":" + "".join(notes) if notes else "")
-    return header + "\n".join(sorted(kept, key=lambda s: canonical(s.split("==")[0]))) + "\n"
+    return HEADER + "\n".join(sorted(kept, key=lambda s: canonical(s.split("==")[0]))) + "\n"
 
 
 def pins(path: Path = CONSTRAINTS) -> dict[str, str]:
