@@ -113,7 +113,7 @@ def test_colab_package_set_satisfies_the_floors():
 def test_import_is_light():
     code = (
         "import sys, gcsemb; heavy = {'torch', 'gcsfs', 'umap', 'open_clip', 'pandas', "
-        "'matplotlib'} & set(sys.modules); print(sorted(heavy))"
+        "'matplotlib', 'importlib.metadata'} & set(sys.modules); print(sorted(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -124,3 +124,10 @@ def test_lazy_exports_resolve():
 
     for name in gcsemb.__all__:
         assert getattr(gcsemb, name) is not None
+
+
+def test_the_version_is_the_one_pyproject_declares():
+    import gcsemb
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert gcsemb.__version__ == version and "__version__" in dir(gcsemb)
