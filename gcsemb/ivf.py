@@ -140,13 +140,6 @@ class IVF:
             scores[i, : len(best)] = s[best]
         return ids, scores
 
-    def shortlist(self, query: np.ndarray, k: int, nprobe: int = 16) -> np.ndarray:
-        """Ids to score exactly for the ``k`` best of ``query``: all its lists' ids.
-
-        (A caller holding the rows' matrix scores them from it; this index may hold no vectors.)
-        """
-        return self.candidates(query, nprobe)
-
     def candidates(self, query: np.ndarray, nprobe: int = 16) -> np.ndarray:
         """The ids in the ``nprobe`` lists nearest to one ``query`` (their vectors untouched).
 

@@ -97,9 +97,9 @@ def _rows_and_matrix(data: Any) -> tuple[pd.DataFrame, np.ndarray]:
 
     if isinstance(data, tuple) and len(data) == 2:
         matrix = np.asarray(data[1])  # float16 stays float16 (half the memory at 10M rows)
-        return data[0], matrix if matrix.dtype == np.float16 else matrix.astype(
-            np.float32, copy=False
-        )
+        if matrix.dtype != np.float16:
+            matrix = matrix.astype(np.float32, copy=False)
+        return data[0], matrix
     if not isinstance(data, pd.DataFrame):
         raise TypeError(
             f"Cannot search {type(data).__name__}: pass a dataset URL, the (df, matrix) pair of "
@@ -238,8 +238,9 @@ def _index_for(df: pd.DataFrame, matrix: np.ndarray) -> Any:
                 size = sum(s.vectors.nbytes for s in index.segments)
                 memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
                 resident = len(held) == len(rows) and size <= RESIDENT_SHARE * memory
-                return _OnDisk(index, rows, resident)
-    return ivf.train(matrix, vectors=False)  # the matrix itself scores the candidates
+                return _Shortlist(index, rows, resident)
+    in_memory = ivf.train(matrix, vectors=False)  # the matrix itself scores the candidates
+    return _Shortlist(in_memory, np.arange(len(df)))
 
 
 RESIDENT_SHARE = 0.25
@@ -249,11 +250,11 @@ matrix (what a 10M-row index, 20 GB of vectors, needs: they would be read from d
 
 
 @dataclass(frozen=True)
-class _OnDisk:
-    """The dataset's index as saved (segments memory-mapped), answering with rows of a df.
+class _Shortlist:
+    """An index (the dataset's, memory-mapped, or one built in memory) answering with df rows.
 
     Attributes:
-        index: The opened index.
+        index: The dataset's :class:`~gcsemb.index.Index` or an in-memory :class:`~gcsemb.ivf.IVF`.
         rows: The row of the df of each index id (-1: not among the df's rows).
         resident: Score with the index's own vectors (they fit in memory beside the matrix,
             and every index row is a row of the df); else only its lists' ids are read.
