@@ -23,7 +23,7 @@ _EXPORTS = {
     "Store": "gcsemb.storage",
     "list_images": "gcsemb.storage",
     "ObjectInfo": "gcsemb.storage",
-    "Identity": "gcsemb.auth",
+    "Identity": "gcsemb.storage.auth",
     "GcsembError": "gcsemb.errors",
     "AuthError": "gcsemb.errors",
     "AccessDenied": "gcsemb.errors",

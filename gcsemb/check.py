@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gcsemb.errors import GcsembError
-from gcsemb.storage import Store, cat_many, explain, list_images, open_store
+from gcsemb.storage import Store, explain, list_images, open_store
 
 PROBE = "_gcsemb-write-check"
 
@@ -76,11 +76,10 @@ def write_probe(store: Store) -> str | None:
     Raises:
         Exception: What the store raised when writing.
     """
-    fs = store.fs
     probe = f"{store.path.rstrip('/')}/{PROBE}-{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(probe, b"gcsemb checks that it may write here; safe to delete")
+    store.write(probe, b"gcsemb checks that it may write here; safe to delete")
     try:
-        fs.rm_file(probe)
+        store.delete(probe)
     except Exception as e:
         reason = str(explain(e, store.uri(probe), store, "delete"))
         return f"wrote {store.uri(probe)} but could not delete it ({reason[:160]}); safe to delete"
@@ -91,27 +90,19 @@ def check(
     url: str | Store,
     *,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
     write: bool = True,
 ) -> CheckReport:
     """Answer: who am I here, and may I list, read and (optionally) write under ``url``?
 
     Args:
         url: A ``gs://`` prefix (or any fsspec URL), or a :class:`~gcsemb.storage.Store`.
-        token: Credentials (see :mod:`gcsemb.auth`).
-        project: Google Cloud project (requester-pays billing).
-        requester_pays: Bill reads to ``project``.
-        endpoint: Another GCS endpoint (see :func:`gcsemb.storage.open_store`).
+        token: Credentials (see :mod:`gcsemb.storage.auth`).
         write: Also try writing (a small object, deleted at once).
 
     Returns:
         The report; ``str(report)`` is what ``gcsemb check`` prints.
     """
-    store = open_store(
-        url, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
+    store = open_store(url, token=token)
     report = CheckReport(store.url, store.identity.description)
     first = None
     try:
@@ -124,7 +115,7 @@ def check(
     if first is None:
         report.checks.append(Check("read", store.url, None, "no image to read"))
     else:
-        (data,) = cat_many(store, [store.fs._strip_protocol(first.uri)], [first.size])
+        (data,) = store.read_many([store.fs._strip_protocol(first.uri)], [first.size])
         if isinstance(data, BaseException):
             detail = str(explain(data, first.uri, store))
             report.checks.append(Check("read", first.uri, False, detail))

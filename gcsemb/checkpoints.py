@@ -1,7 +1,7 @@
 """Where weights live on disk and what they are called, without importing torch.
 
-The cache root is ``$GCSEMB_CACHE``, else ``$XDG_CACHE_HOME/gcsemb`` (``~/.cache/gcsemb``). Every
-file in it is written under a temporary name and renamed, so an interrupted copy is never trusted.
+Files go into gcsemb's cache (:mod:`gcsemb.storage.cache`), each written under a temporary name
+and renamed, so an interrupted copy is never trusted.
 :func:`model_tag` names a (model, weights) pair exactly as the parquet ``model`` column does, so a
 run can decide what is already done before loading any model.
 
@@ -19,33 +19,23 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gcsemb.errors import ModelLoadError
+from gcsemb.storage.cache import atomic_write, cache_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
+"""The model configs gcsemb ships (``tiny-clip.json``: a CLIP small enough for tests and demos)."""
+TINY_MODEL = str(BUNDLED_MODELS / "tiny-clip.json")
 _VERSION_KEYS = ("md5Hash", "crc32c", "generation", "etag", "ETag", "size", "mtime", "updated")
 _HASHES: dict[tuple[str | int, ...], str] = {}
 MEMO_NAME = "checkpoint-hashes.json"
 _MEMO_KEYS = ("size", "mtime_ns", "ctime_ns", "ino", "dev")
-
-
-def cache_dir() -> Path:
-    """The cache root: ``$GCSEMB_CACHE``, else ``$XDG_CACHE_HOME/gcsemb`` (``~/.cache/gcsemb``).
-
-    Example:
-        >>> cache_dir().name  # doctest: +SKIP
-        'gcsemb'
-    """
-    if os.environ.get("GCSEMB_CACHE"):
-        return Path(os.environ["GCSEMB_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gcsemb"
 
 
 def model_tag(model: str, pretrained: str | None, *, token: object = None) -> str:
@@ -134,7 +124,9 @@ def public_url(url: str) -> str:
     """
     from urllib.parse import urlsplit, urlunsplit
 
-    if "://" not in url or url.split("://", 1)[0].lower() in ("gs", "gcs"):
+    from gcsemb.storage import backend_class
+
+    if backend_class(url).literal_names:
         return url  # object names may hold '?', '#' and '@'; only web URLs carry these
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
@@ -218,33 +210,13 @@ def remote_checkpoint(url: str, token: object = None) -> Path:
         dest = cache_dir() / "checkpoints" / key / os.path.basename(name.rstrip("/"))
         if not dest.is_file():
             log.info("copying %s into %s", name, dest)
-            atomic_write(dest, lambda tmp: _copy(fs, path, tmp), info.get("size"))
+            atomic_write(dest, lambda tmp: fs.get_file(path, tmp), info.get("size"))
     except Exception as e:
         why = redact(str(explain(e, name, store)), url)
         raise ModelLoadError(f"Cannot copy the checkpoint into the cache: {why}") from (
             None if secret else e
         )
     return dest
-
-
-def _copy(fs: Any, path: str, local: str) -> None:
-    fs.get_file(path, local)
-
-
-def atomic_write(dest: Path, write: Callable[[str], Any], size: int | None = None) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``dest``, then rename it to ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        if size is not None and os.path.getsize(tmp) != size:
-            raise OSError(f"copied {os.path.getsize(tmp)} bytes of {size}: interrupted?")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def content_hash(path: Path) -> str:

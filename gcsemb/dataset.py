@@ -315,9 +315,6 @@ def read_embeddings(
     dtype: Any = np.float32,
     progress: bool = False,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
 ) -> tuple[Any, np.ndarray]:
     """Read the embeddings under ``dst`` as a DataFrame and a matrix.
 
@@ -336,10 +333,7 @@ def read_embeddings(
         dtype: The matrix's dtype: ``np.float32`` (default) or ``np.float16`` (half the memory;
             scores differ by about 1e-3).
         progress: Show a progress bar over the shards.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`).
-        project: Google Cloud project (requester-pays billing).
-        requester_pays: Bill reads to ``project``.
-        endpoint: Another GCS endpoint (see :func:`gcsemb.storage.open_store`).
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.storage.auth`).
 
     Returns:
         ``(df, matrix)``: one row per image (the latest if an image was re-embedded after a
@@ -355,9 +349,7 @@ def read_embeddings(
     """
     from gcsemb.shards import fill, plan
 
-    store = open_store(
-        dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
+    store = open_store(dst, token=token)
     read, matrix = fill(plan(store, model_tag), np.dtype(dtype), progress)
     df = read.df
     if with_embeddings:
@@ -394,9 +386,6 @@ def read_errors(
     dst: str | Store,
     *,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
 ) -> Any:
     """The images that failed and still have no row, as a DataFrame, newest failure per image.
 
@@ -406,9 +395,7 @@ def read_errors(
     """
     import pandas as pd
 
-    store = open_store(
-        dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
+    store = open_store(dst, token=token)
     required = {"uri", "md5", "stage", "error", "model"}
     errors = _concat(_read(store, parquet_files(store, errors=True), None, required))
     if errors is None:

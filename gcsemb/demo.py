@@ -46,8 +46,8 @@ def upload_samples(fs: Any, bucket: str = DEMO_BUCKET, n_images: int = 300) -> i
 
 def demo_checkpoint(model: str) -> Path:
     """Seeded random weights for ``model``, saved once in the cache (no download)."""
-    from gcsemb.checkpoints import cache_dir
     from gcsemb.embedder import save_random_checkpoint
+    from gcsemb.storage.cache import cache_dir
 
     path = cache_dir() / "demo" / f"{Path(model).stem}-random-seed0.pt"
     if not path.is_file():

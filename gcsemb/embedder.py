@@ -37,8 +37,7 @@ from PIL import Image
 from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
-    atomic_write,
-    cache_dir,
+    TINY_MODEL,
     check_architecture,
     checkpoint_weights,
     local_checkpoint,
@@ -46,10 +45,10 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     remote_checkpoint,
 )
 from gcsemb.errors import ModelLoadError
+from gcsemb.storage.cache import atomic_write, cache_dir
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL = str(Path(__file__).resolve().parent / "models" / "tiny-clip.json")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _LOADED: dict[ModelSpec, Embedder] = {}
@@ -184,7 +183,7 @@ def load_embedder(
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"auto"`` (see :func:`auto_precision`: bf16 where the GPU runs it natively,
             fp16 on older GPUs, fp32 on a CPU), or one of PRECISIONS.
-        token: Credentials for a ``gs://`` checkpoint, as for the data (see gcsemb.auth), or
+        token: Credentials for a ``gs://`` checkpoint, as for the data (see gcsemb.storage.auth), or
             a :class:`~gcsemb.storage.Store` whose access to reuse.
 
     Returns:

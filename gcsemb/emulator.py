@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gcsemb.auth import ANONYMOUS
 from gcsemb.errors import GcsembError
 from gcsemb.extras import require
 from gcsemb.storage import Store, gcs_filesystem, open_store
+from gcsemb.storage.auth import ANONYMOUS
 
 if TYPE_CHECKING:
     import gcsfs

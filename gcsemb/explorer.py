@@ -242,7 +242,7 @@ class ExplorerState:
     def thumbnails(self, size_px: int = DEFAULT_SIZE_PX) -> list[bytes | None]:
         """JPEG thumbnails of the current results (None where unavailable).
 
-        Only images under the dataset's source are fetched (:mod:`gcsemb.fetch_scope`).
+        Only images under the dataset's source are fetched (:mod:`gcsemb.storage.scope`).
 
         Example:
             >>> jpegs = state.thumbnails(size_px=128)  # doctest: +SKIP

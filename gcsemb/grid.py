@@ -2,7 +2,7 @@
 
 :func:`grid_content` computes what the grid shows (images, labels, shape), :func:`fetch_grid`
 fetches the thumbnails and :func:`draw_grid` draws them; :func:`image_grid` does all three. A
-DataFrame's images are fetched only under its dataset's source (:mod:`gcsemb.fetch_scope`); the
+DataFrame's images are fetched only under its dataset's source (:mod:`gcsemb.storage.scope`); the
 URIs of a list are fetched as given. Labels are drawn as written (a ``$`` is a dollar sign).
 
 Example:
@@ -137,7 +137,7 @@ def image_grid(
             :func:`~gcsemb.search.search_image` (``uri``, ``score``), of
             :func:`~gcsemb.search.near_duplicates` (``uri_a``, ``uri_b``, ``score``: one pair
             per row, side by side), or a list of URIs. A DataFrame's images are fetched only
-            under its dataset's source (:func:`gcsemb.fetch_scope.dataset_scope`); the URIs of
+            under its dataset's source (:func:`gcsemb.storage.scope.dataset_scope`); the URIs of
             a list are fetched as given.
         ncols: Images per row (default: 5; pairs: 2 pairs per row).
         fig: Figure to draw into (cleared); None makes one sized to the grid.

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from gcsemb import ivf
-from gcsemb.storage import Store, open_store, protocols
+from gcsemb.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,13 @@ def _changes(index: Index, listing: dict[str, dict[str, Any]]) -> tuple[str, lis
 
 def _local_copy(store: Store, url: str, manifest: dict[str, Any]) -> Path:
     """A local folder holding the index files (the folder itself for a local dataset)."""
-    if "file" in protocols(store.fs):
+    if store.backend.local:
         return Path(store.fs._strip_protocol(url))
-    from gcsemb.checkpoints import cache_dir
+    from gcsemb.storage.cache import cache_path
+    from gcsemb.storage.files import atomic_path
 
     key = hashlib.sha1(store.uri(store.fs._strip_protocol(url)).encode()).hexdigest()[:16]
-    local = cache_dir() / "index" / key
+    local = cache_path("index", key)
     names = ["centroids.npy"] + [f"{s}/{a}.npy" for s in manifest["segments"] for a in ARRAYS]
     for name in names:
         target = local / name
@@ -189,9 +190,8 @@ def _local_copy(store: Store, url: str, manifest: dict[str, Any]) -> Path:
         size = store.fs.size(remote)
         if target.exists() and target.stat().st_size == size:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        store.fs.get_file(remote, str(target) + ".part")
-        os.replace(str(target) + ".part", target)
+        with atomic_path(target, size) as tmp:
+            store.fs.get_file(remote, tmp)
     return local
 
 
@@ -248,9 +248,7 @@ def _check(centroids: np.ndarray, segments: list[ivf.IVF], keys: list[np.ndarray
 
 def _save_array(store: Store, path: str, array: np.ndarray) -> None:
     """``np.save`` straight into the store's file (streamed: no copy of a large array)."""
-    if "file" in protocols(store.fs):
-        store.fs.makedirs(os.path.dirname(path), exist_ok=True)
-    with store.fs.open(path, "wb") as f:
+    with store.output(path) as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -353,7 +351,7 @@ def _add_segment(
     manifest["shards"] = [*(manifest.get("shards") or []), *covered]
     old = set(manifest.get("segments") or [])
     manifest["segments"] = [p.name for p in parts]
-    store.fs.pipe_file(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())
+    store.write(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())
     for name in old - set(manifest["segments"]):
         try:
             store.fs.rm(f"{path}/{name}", recursive=True)

@@ -58,8 +58,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import os
@@ -70,14 +68,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
 from gcsemb.config import WRITE_RETRY_SECONDS
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
 from gcsemb.report import duration as _duration
-from gcsemb.storage import Store, explain, parse_time, protocols
+from gcsemb.storage import Store, explain, parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +225,7 @@ class Lease:
         self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
         self.folder = f"{store.path.rstrip('/')}/{LEASE_DIR}"
         self.path = f"{self.folder}/{run}.{uuid.uuid4().hex[:8]}.json"
-        self.uri = _where(store, self.path)
+        self.uri = store.where(self.path)
         self.dst = store.url
         self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), _boot_id()
         self.held = self.lost = False
@@ -596,20 +593,19 @@ class Lease:
         return json.dumps(doc, indent=1).encode()
 
     def _put(self, state: str, heartbeat: float, generation: int | None) -> int | None:
-        """Write this run's claim. On GCS only if its generation is still ``generation``.
+        """Write this run's claim, if its generation is still ``generation`` (0: if absent).
+
+        The precondition holds where the store keeps generations (GCS).
 
         Returns:
-            The new generation on GCS, else None.
+            The new generation, where the store keeps them, else None.
 
         Raises:
-            FileExistsError: GCS refused the precondition: the claim changed or went.
+            FileExistsError: The store refused the precondition: the claim changed or went.
         """
         data = self._payload(state, heartbeat)
         try:
-            if self.store.gcs:
-                return _gcs_put(self.store.fs, self.path, data, generation)
-            _put(self.store, self.path, data)
-            return None
+            return self.store.write(self.path, data, if_generation=generation)
         except FileExistsError:
             raise
         except Exception as e:
@@ -621,20 +617,13 @@ class Lease:
             self._delete(self.uri, None)
 
     def _delete(self, uri: str, generation: int | None) -> None:
-        """Delete a claim (on GCS only if its generation is still ``generation``).
+        """Delete a claim (only if its generation is still ``generation``, where kept).
 
         Raises:
-            FileExistsError: GCS refused the precondition: the claim changed.
+            FileExistsError: The store refused the precondition: the claim changed.
         """
-        fs = self.store.fs
-        path = fs._strip_protocol(uri)
         try:
-            if self.store.gcs:
-                bucket, key = path.split("/", 1)
-                kw = {"ifGenerationMatch": str(generation)} if generation else {}
-                fs.call("DELETE", "b/{}/o/{}", bucket, key, **kw)
-            else:
-                fs.rm_file(path)
+            self.store.delete(self.store.fs._strip_protocol(uri), if_generation=generation)
         except FileNotFoundError:
             pass  # already gone
         except FileExistsError:
@@ -650,21 +639,22 @@ class Lease:
         unchanged, whichever is longer: no claim looks younger than it is for long, whatever
         clock or dates its writer had.
         """
-        from gcsemb.storage import cat_many
-
         try:
-            entries, now = _list(self.store, self.folder)
+            listed, now = self.store.entries(self.folder)
         except Exception as e:
-            raise explain(e, _where(self.store, self.folder), self.store, "index") from e
+            raise explain(e, self.store.where(self.folder), self.store, "index") from e
         now = self.clock() if now is None else now
-        datas = cat_many(self.store, [path for path, _, _ in entries])
+        entries = [e for e in listed if _is_claim(e.path)]
+        datas = self.store.read_many([e.path for e in entries])
         claims, seen, looked = [], {}, time.monotonic()
-        for (path, generation, written), data in zip(entries, datas, strict=True):
+        for (path, generation, written), data in zip(
+            ((e.path, e.generation, e.updated) for e in entries), datas, strict=True
+        ):
             if isinstance(data, FileNotFoundError):
                 continue  # withdrawn or released since the listing
             if isinstance(data, BaseException):
-                raise explain(data, _where(self.store, path), self.store, "index") from data
-            claim = _parse(data, _where(self.store, path), generation, written)
+                raise explain(data, self.store.where(path), self.store, "index") from data
+            claim = _parse(data, self.store.where(path), generation, written)
             version = (claim.uri, claim.generation, claim.heartbeat, claim.state)
             seen[version] = self._seen.get(version, looked)
             claims.append(replace(claim, age=max(now - written, looked - seen[version])))
@@ -672,102 +662,7 @@ class Lease:
         return claims
 
 
-# --- storage helpers -----------------------------------------------------------------------
-
-
-def _gcs_put(fs: Any, path: str, data: bytes, generation: int | None) -> int:
-    """Upload a small object with a generation precondition (0: only if absent).
-
-    fake-gcs-server ignores the precondition, and the lease does not depend on it. If GCS
-    answers 412, the object is read back: a retried request whose first try had already
-    landed is not a conflict.
-    """
-    bucket, key = path.split("/", 1)
-    location = getattr(fs, "_location", None) or "https://storage.googleapis.com"
-    kw = {} if generation is None else {"ifGenerationMatch": str(generation)}
-    try:
-        out = fs.call(
-            "POST",
-            f"{location}/upload/storage/v1/b/{{}}/o",
-            bucket,
-            uploadType="media",
-            name=key,
-            headers={"Content-Type": "application/json"},
-            data=data,
-            json_out=True,
-            **kw,
-        )
-        return int(out["generation"])
-    except FileExistsError:
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # GCS reports MD5
-        try:
-            meta = fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True)
-        except FileNotFoundError:
-            raise FileExistsError(path) from None
-        if meta.get("md5Hash") == md5:
-            return int(meta["generation"])
-        raise
-
-
-def _put(store: Store, path: str, data: bytes) -> None:
-    """Write a small object whole. A local file is replaced atomically (never read half-done)."""
-    fs = store.fs
-    if "file" in protocols(fs) or "local" in protocols(fs):
-        folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:6]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
-def _list(store: Store, folder: str) -> tuple[list[tuple[str, int | None, float]], float | None]:
-    """The claims in ``folder`` and the storage's time now, never cached.
-
-    Returns:
-        (path, GCS generation, time of the last write) per claim, and on GCS the server's time
-        (the listing's ``Date``, or the newest write if later: its second is cut off), else None.
-    """
-    fs = store.fs
-    if store.gcs:
-        bucket, _, key = folder.partition("/")
-        found, token, now = [], None, 0.0
-        while True:
-            headers, body = fs.call(
-                "GET",
-                "b/{}/o",
-                bucket,
-                prefix=f"{key}/",
-                fields="items(name,generation,updated),nextPageToken",
-                pageToken=token,
-            )
-            page, now = json.loads(body), max(now, _date(headers))
-            for item in page.get("items", []):
-                if _is_claim(item["name"]):
-                    found.append(
-                        (f"{bucket}/{item['name']}", int(item["generation"]), _ts(item["updated"]))
-                    )
-            token = page.get("nextPageToken")
-            if not token:
-                return found, max([now, *(written for _, _, written in found)])
-    try:
-        infos = fs.ls(folder, detail=True, refresh=True)
-    except FileNotFoundError:
-        return [], None
-    claims = [
-        (info["name"], None, _mtime(info))
-        for info in infos
-        if info.get("type") == "file" and _is_claim(info["name"])
-    ]
-    return claims, None
-
-
-def _where(store: Store, path: str) -> str:
-    """How messages name ``path``: a full URI, or a plain path for a local folder."""
-    local = {"file", "local"} & set(protocols(store.fs))
-    return path if local else store.uri(path)
+# --- claims ---------------------------------------------------------------------------------
 
 
 def _alive(pid: int) -> bool:
@@ -796,14 +691,6 @@ def _boot_id() -> str | None:
         return None
 
 
-def _date(headers: Any) -> float:
-    """The server's time, from a response's ``Date`` header (0 without one)."""
-    try:
-        return parsedate_to_datetime(headers.get("Date", "")).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-
-
 def _is_claim(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return base.endswith(".json") and not base.startswith(".")
@@ -828,15 +715,6 @@ def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holde
         )
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return Holder("(unreadable claim)", "?", 0, mtime, mtime, HELD, "?", uri, generation)
-
-
-def _mtime(info: dict[str, Any]) -> float:
-    value = info.get("mtime") or info.get("updated") or info.get("created") or 0.0
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        return _ts(value)
-    return float(value)
 
 
 def _iso(t: float) -> str:

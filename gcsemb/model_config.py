@@ -96,7 +96,7 @@ def recorded_architecture(arch: str, text: str) -> Path:
     Raises:
         GcsembError: The config fails :func:`check_model_config` (the reason, in words).
     """
-    from gcsemb.checkpoints import atomic_write, cache_dir
+    from gcsemb.storage.cache import atomic_write, cache_dir
 
     config = check_model_config(text)
     data = json.dumps(config, sort_keys=True, indent=1)

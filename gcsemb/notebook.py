@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcsemb.auth import in_colab
+from gcsemb.checkpoints import TINY_MODEL
 from gcsemb.storage import Store, open_store
+from gcsemb.storage.auth import in_colab
 
 DEMO_IMAGES = 120  # photographs uploaded by the demo (plus 3 broken files and 1 exact copy)
 
@@ -68,11 +69,6 @@ def cache_on_drive(folder: str = "gcsemb-cache") -> Path | None:
     return path
 
 
-def _tiny_model() -> str:
-    # gcsemb.embedder.TINY_MODEL without importing torch (listing needs no model)
-    return str(Path(__file__).resolve().parent / "models" / "tiny-clip.json")
-
-
 def authenticate(src: str | None = None, token: Any = None) -> Any:
     """Sign in where needed and print which identity gcsemb will use (never a secret).
 
@@ -81,23 +77,24 @@ def authenticate(src: str | None = None, token: Any = None) -> Any:
       (a pop-up asks the user to allow access), then uses those credentials.
     - Vertex AI Workbench: the VM's service account, found through the metadata server.
     - Elsewhere: application default credentials (``gcloud auth application-default login``),
-      ``GOOGLE_APPLICATION_CREDENTIALS``, or whatever ``token`` names (see :mod:`gcsemb.auth`).
+      ``GOOGLE_APPLICATION_CREDENTIALS``, or whatever ``token`` names (see
+      :mod:`gcsemb.storage.auth`).
 
     Args:
         src: The notebook's source URL, or None for the demo.
-        token: Anything :func:`gcsemb.auth.resolve` accepts.
+        token: Anything :func:`gcsemb.storage.auth.resolve` accepts.
 
     Returns:
-        The :class:`gcsemb.auth.Identity` (its repr shows only the description), or None when no
-        credentials are needed.
+        The :class:`gcsemb.storage.auth.Identity` (its repr shows only the description), or None
+        when no credentials are needed.
     """
-    from gcsemb.auth import resolve
-    from gcsemb.storage import is_gcs
+    from gcsemb.storage import backend_class
+    from gcsemb.storage.auth import resolve
 
     if src is None:
         print("No bucket given: no sign-in needed (the local emulator takes no credentials).")
         return None
-    if not is_gcs(src):
+    if not backend_class(src).signs_in:
         print(f"{src} is not in GCS: no sign-in needed.")
         return None
     if in_colab() and token is None:
@@ -285,7 +282,7 @@ def setup(
         dst: Where the parquet dataset goes; default ``gs://<bucket>/embeddings``.
         model: open_clip architecture (default ``ViT-B-32``; the demo's tiny model without src).
         pretrained: Weights tag or checkpoint (default ``laion2b_s34b_b79k``; random in the demo).
-        token: Credentials (see :mod:`gcsemb.auth`).
+        token: Credentials (see :mod:`gcsemb.storage.auth`).
         project: Google Cloud project (billing for requester-pays buckets).
         n_images: How many sample photographs the demo uploads.
         embedded: The notebook needs the embeddings to exist: the demo makes them here (as
@@ -320,7 +317,7 @@ def setup(
     session = Session(
         source,
         source.at(f"gs://{DEMO_BUCKET}/embeddings"),
-        model or _tiny_model(),
+        model or TINY_MODEL,
         emulator,
         n_images,
         _pretrained=pretrained,

@@ -32,9 +32,6 @@ def embed(
     model: str = _GIVEN,
     pretrained: str | None = _GIVEN,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
     limit: int | None = None,
     extensions: frozenset[str] | None = IMAGE_EXTENSIONS,
     progress: bool = True,
@@ -57,10 +54,9 @@ def embed(
         model: open_clip architecture name or model-config JSON path (default ``ViT-B-32``).
         pretrained: Weights tag, local or gs:// checkpoint; ``None`` for random weights
             (default ``laion2b_s34b_b79k``).
-        token: Credentials for ``src``, ``dst`` and a gs:// checkpoint (see :mod:`gcsemb.auth`).
-        project: Google Cloud project (requester-pays billing).
-        requester_pays: Bill reads to ``project``.
-        endpoint: Another GCS endpoint, e.g. an emulator (see :func:`gcsemb.open_store`).
+        token: Credentials for ``src``, ``dst`` and a gs:// checkpoint (see
+            :mod:`gcsemb.storage.auth`). For billing (requester-pays) or another endpoint, pass
+            ``src`` as a :func:`~gcsemb.storage.open_store` handle: ``dst`` gets its access.
         limit: Consider only the first N images of the listing.
         extensions: File endings counted as images.
         progress: Show a progress bar (tqdm.auto: a widget in notebooks) and an estimate.
@@ -96,8 +92,7 @@ def embed(
     from gcsemb.run import prepare
 
     run = prepare(
-        src, dst, cfg, token=token, project=project, requester_pays=requester_pays,
-        endpoint=endpoint,
+        src, dst, cfg, token=token
     )  # fmt: skip
     try:
         if isinstance(engine, RayEngine):

@@ -148,7 +148,7 @@ def umap_project(
             least ``n_neighbors`` columns, cosine distance); default: computed here.
         dst: Where to save/reuse the projection when ``data`` is not a URL (the dataset folder).
         model_tag: The model tag (``model`` column) to project when the dataset holds several.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or a
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.storage.auth`), or a
             :class:`~gcsemb.storage.Store` whose access to reuse; default: the access the data
             was read with.
         reuse: Read a saved projection with the same images and parameters instead of computing
@@ -369,7 +369,7 @@ def _save(
         }
     )
     try:
-        write_parquet(saved.fs, saved.path, table)
+        write_parquet(saved, saved.path, table)
     except Exception as e:  # a read-only dataset still gets its plot
         log.warning(
             "cannot save the projection to %s (%s); it will be computed again", saved.url, e

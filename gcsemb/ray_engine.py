@@ -46,23 +46,20 @@ from gcsemb import errors
 from gcsemb.config import RayEngine, default_batch_size
 from gcsemb.errors import GcsembError
 from gcsemb.extras import require
-from gcsemb.local_files import followed_type
 from gcsemb.run import Run, run_metadata
 from gcsemb.stages import DEDUPE_WINDOW, Counts, Failure, Item, decode, fetch, plan
 from gcsemb.storage import (
     IMAGE_EXTENSIONS,
     OBJECT_FIELDS,
-    ZB_HNS_ENV,
     ObjectInfo,
     Store,
     explain,
     glob_base,
     list_images,
     normalize_extensions,
-    object_from_info,
-    object_from_resource,
     object_schema,
 )
+from gcsemb.storage.gcs import ZB_HNS_ENV
 from gcsemb.writer import ShardWriter
 
 BLOCK_ROWS = 1024  # images per listing block: the unit a fetch/decode task takes
@@ -155,8 +152,8 @@ def preprocessor(model: str, pretrained: str | None) -> Preprocessor:
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
     from torchvision.transforms import Compose, Normalize, ToTensor
 
-    from gcsemb.checkpoints import cache_dir
     from gcsemb.embedder import architecture, image_size
+    from gcsemb.storage.cache import cache_dir
 
     arch = architecture(model)
     tag_cfg = (open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}) or {}
@@ -206,38 +203,27 @@ def fan_out(
     Returns:
         The parts and the glob pattern (a regex source) every listed name must match, if any.
     """
-    fs, path, gcs = src.fs, src.path, src.gcs
+    path = src.path
     base, regex = glob_base(path)
     if regex is None:
         base = path.rstrip("/") or path
     elif not base:  # a glob in the bucket name (list_images explains it) or at a local root
         return [Part(src.url, done=done)], None
     try:
-        entries = fs.ls(base, detail=True, refresh=True) if gcs else fs.ls(base, detail=True)
+        folders, objects = src.backend.children(base)
     except FileNotFoundError:  # no such folder: list_images tells a bucket from a prefix
         return [Part(src.url, done=done)], None
     except Exception as e:
         raise explain(e, src.url, src, "list") from e
     exts = normalize_extensions(extensions)
-    folders, top = [], []
-    for info in entries:
-        name = info["name"].rstrip("/")
-        kind = info.get("type")
-        if not gcs and kind == "other":  # a local link, pipe or device: what it leads to
-            kind = followed_type(name)
-        if kind == "directory":
-            folders.append(name)
-        elif (
-            kind != "file"
-            or (exts and os.path.splitext(name)[1].lower() not in exts)
-            or (regex and not regex.match(name))
-        ):  # a pipe, a device, a broken link: never read
+    top = []
+    for obj in objects:  # regular files only: never a pipe, a device, a broken link
+        name = src.fs._strip_protocol(obj.uri)
+        if (exts and os.path.splitext(name)[1].lower() not in exts) or (
+            regex and not regex.match(name)
+        ):
             continue
-        elif gcs:
-            bucket, _, key = name.partition("/")
-            top.append(object_from_resource(bucket, key, info))
-        else:
-            top.append(object_from_info(fs, info))
+        top.append(obj)
     base_uri = src.uri(base)
     by_folder: dict[str, dict[str, Any]] = defaultdict(dict)  # the done index, split by folder
     for uri, row in done.items():

@@ -29,7 +29,7 @@ from gcsemb.dataset import done_index, failed_index
 from gcsemb.errors import BadURL
 from gcsemb.model_config import architecture_record
 from gcsemb.report import EmbedSummary
-from gcsemb.storage import Store, explain, open_store, protocols
+from gcsemb.storage import Store, explain, open_store
 from gcsemb.writer import run_id, spill_dir, upload_spill
 
 if TYPE_CHECKING:
@@ -43,18 +43,13 @@ def open_stores(
     dst: str | Store,
     *,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
 ) -> tuple[Store, Store]:
     """The handles of a run: ``dst`` is reached with ``src``'s access (credentials resolved once).
 
     Raises:
         BadURL: ``dst`` lies inside ``src`` (its shards would be listed as images).
     """
-    src_store = open_store(
-        src, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
+    src_store = open_store(src, token=token)
     dst_store = open_store(dst, token=src_store)
     src_uri = src_store.uri(src_store.path).rstrip("/")
     dst_uri = dst_store.uri(dst_store.path).rstrip("/")
@@ -74,8 +69,6 @@ def check_writable(dst: Store) -> None:
         AccessDenied: The identity may not write there; the message names the role it needs.
     """
     try:
-        if "file" in protocols(dst.fs):
-            dst.fs.makedirs(dst.path, exist_ok=True)
         note = write_probe(dst)
     except Exception as e:
         raise explain(e, dst.url, dst, "write") from e
@@ -194,9 +187,6 @@ def prepare(
     config: EmbedConfig,
     *,
     token: Any = None,
-    project: str | None = None,
-    requester_pays: bool | str = False,
-    endpoint: str | None = None,
 ) -> Run:
     """Open the handles, name the weights, upload rows an earlier run could not write.
 
@@ -207,9 +197,7 @@ def prepare(
         DestinationUnwritable: Rows kept by an earlier run still cannot be uploaded (DST's
             lease is given back: the next run is not kept waiting by this one).
     """
-    src_store, dst_store = open_stores(
-        src, dst, token=token, project=project, requester_pays=requester_pays, endpoint=endpoint
-    )
+    src_store, dst_store = open_stores(src, dst, token=token)
     summary = EmbedSummary(src_store.url, dst_store.url)
     summary.model = model_tag(config.model, config.pretrained, token=src_store)
     run = Run(src_store, dst_store, config, summary)

@@ -430,10 +430,10 @@ def _read_image(uri: str, token: Any) -> bytes:
                 "(df.uri), a local image path, or a gs:// URL."
             )
         return path.read_bytes()
-    from gcsemb.storage import cat_many, explain, open_store
+    from gcsemb.storage import explain, open_store
 
     store = open_store(uri, token=token)
-    (data,) = cat_many(store, [store.path])
+    (data,) = store.read_many([store.path])
     if isinstance(data, BaseException):
         raise explain(data, uri, store, "read") from data
     return data

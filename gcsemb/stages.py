@@ -25,7 +25,7 @@ from typing import Any
 from gcsemb.dataset import is_done
 from gcsemb.decode import PixelBudget, decode_image, decoder_versions
 from gcsemb.errors import AuthError, GcsembError
-from gcsemb.storage import ObjectInfo, Store, cat_many, explain
+from gcsemb.storage import ObjectInfo, Store, explain
 
 DEDUPE_WINDOW = 20_000  # identical bytes farther apart than this many images are embedded twice
 
@@ -207,7 +207,7 @@ def fetch(store: Store, items: list[Item], budget: PixelBudget | None = None) ->
         for it in todo:
             it.held = it.obj.size
     paths = [store.fs._strip_protocol(it.obj.uri) for it in todo]
-    results = cat_many(store, paths, [it.obj.size for it in todo])  # no more than listed
+    results = store.read_many(paths, [it.obj.size for it in todo])  # no more than listed
     for it, got in zip(todo, results, strict=True):
         if isinstance(got, BaseException):
             err = explain(got, it.obj.uri, store, "read")

@@ -10,11 +10,11 @@ replaced in the bucket gets a fresh thumbnail; the next plot of the same images 
 
 A dataset may come from anyone, and its ``uri`` column names what would be fetched. So
 :func:`row_thumbnails` fetches the rows of a dataset only under the source it was embedded from
-(:mod:`gcsemb.fetch_scope`); the others are left blank, with one log line saying why. URIs you pass
-yourself (a list, to :func:`thumbnails`) are fetched as given. Every read is capped (ranged): at
-the row's ``size`` when known, and at :data:`MAX_SOURCE_BYTES`; one fetch holds at most 512 MiB of
-caps. An image is decoded only in the formats its name implies, as in a run (a PCX file named
-``.jpg`` gets no thumbnail).
+(:mod:`gcsemb.storage.scope`); the others are left blank, with one log line saying why. URIs
+you pass yourself (a list, to :func:`thumbnails`) are fetched as given. Every read is capped
+(ranged): at the row's ``size`` when known, and at :data:`MAX_SOURCE_BYTES`; one fetch holds at
+most 512 MiB of caps. An image is decoded only in the formats its name implies, as in a run (a
+PCX file named ``.jpg`` gets no thumbnail).
 
 Example:
     >>> from gcsemb.thumbnails import thumbnails
@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from gcsemb.fetch_scope import FetchScope, dataset_scope
+from gcsemb.storage.scope import FetchScope, dataset_scope
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ MAX_SOURCE_BYTES = 64 << 20
 
 def cache_root() -> Path:
     """The folder thumbnails are cached in: ``gcsemb.checkpoints.cache_dir() / "thumbnails"``."""
-    from gcsemb.checkpoints import cache_dir
+    from gcsemb.storage.cache import cache_dir
 
     return cache_dir() / "thumbnails"
 
@@ -117,7 +117,7 @@ def thumbnail_bytes(
         md5s: Their md5 (the dataset's ``md5`` column), so a changed image is fetched again.
             None: cached per URI only.
         size_px: Longest side of the thumbnails, in pixels.
-        token: Credentials for ``gs://`` (see :mod:`gcsemb.auth`), or the
+        token: Credentials for ``gs://`` (see :mod:`gcsemb.storage.auth`), or the
             :class:`~gcsemb.storage.Store` whose access to reuse (a dataset's, for its images).
         cache: Read and write the disk cache (``cache_root()``).
         workers: Threads decoding images.
@@ -297,12 +297,12 @@ def _chunks(uris: list[str], caps: dict[str, int]) -> Iterator[list[str]]:
 
 def _fetch(uris: list[str], caps: list[int], token: Any) -> list[bytes | None]:
     """The bytes of each URI (None on failure), all requests of the batch in flight at once."""
-    from gcsemb.storage import cat_many, open_store
+    from gcsemb.storage import open_store
 
     try:
         store = open_store(uris[0], token=token)
         paths = [store.fs._strip_protocol(u) for u in uris]
-        got = cat_many(store, paths, list(caps))
+        got = store.read_many(paths, list(caps))
     except Exception as e:  # e.g. credentials refused for the whole batch
         log.warning("cannot fetch thumbnails from %s: %s", uris[0], e)
         return [None] * len(uris)
@@ -318,7 +318,7 @@ def _fetch(uris: list[str], caps: list[int], token: Any) -> list[bytes | None]:
 
 def _store(path: Path, data: bytes) -> None:
     """Write a thumbnail into the cache atomically; a read-only cache only costs re-fetching."""
-    from gcsemb.checkpoints import atomic_write
+    from gcsemb.storage.cache import atomic_write
 
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -6,7 +6,7 @@ computes coordinates once; :func:`gcsemb.plot_content.projection_plot` computes 
 go; the functions here fetch the thumbnails and draw. :func:`plot_projection` does it all, into
 your own Axes or a new figure. Thumbnails are fetched concurrently and cached on disk
 (:mod:`gcsemb.thumbnails`), so re-plotting is fast; a dataset's rows fetch only images from the
-source it was embedded from (:mod:`gcsemb.fetch_scope`). Every label is drawn as written: a ``$``
+source it was embedded from (:mod:`gcsemb.storage.scope`). Every label is drawn as written: a ``$``
 in a folder name, a query or a title is a dollar sign, never mathtext. Grids of search results:
 :func:`image_grid` (:mod:`gcsemb.grid`).
 
@@ -92,7 +92,7 @@ def plot_projection(
         token: Credentials for fetching thumbnails from ``gs://`` (or a
             :class:`~gcsemb.storage.Store` whose access to reuse); default: the access the
             dataset was read with (``coords.attrs["store"]``). Only images under the
-            dataset's source are fetched (:func:`gcsemb.fetch_scope.dataset_scope`).
+            dataset's source are fetched (:func:`gcsemb.storage.scope.dataset_scope`).
         point_size: Marker area in points^2 (default: from the number of points).
         alpha: Marker opacity (default: from the number of points, so dense areas read darker).
         legend: Draw the legend or colour bar.

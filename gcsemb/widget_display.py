@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gcsemb.auth import in_colab
 from gcsemb.extras import require
+from gcsemb.storage.auth import in_colab
 
 _COLAB_READY = False
 

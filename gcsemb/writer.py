@@ -33,12 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcsemb.checkpoints import cache_dir
 from gcsemb.config import WRITE_RETRY_SECONDS
 from gcsemb.dataset import ERROR_SCHEMA, ERRORS_DIR, schema
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
 from gcsemb.lease import LeaseLost
-from gcsemb.storage import ObjectInfo, Store, explain, protocols
+from gcsemb.storage import ObjectInfo, Store, explain
+from gcsemb.storage.cache import cache_dir
+from gcsemb.storage.files import atomic_path
 
 if TYPE_CHECKING:
     from gcsemb.lease import Lease
@@ -50,17 +51,11 @@ class DestinationUnwritable(GcsembError):
     """DST refused writes for longer than the retry window; the rows are kept locally."""
 
 
-def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
-    """Write a parquet file so that it appears whole or not at all."""
+def write_parquet(store: Store, path: str, table: pa.Table) -> None:
+    """Write a parquet file so that it appears whole or not at all (:meth:`Store.write`)."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    if "file" in protocols(fs):
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
-        fs.pipe_file(tmp, buf.getvalue())
-        fs.mv(tmp, path)  # a rename: atomic on one filesystem
-    else:
-        fs.pipe_file(path, buf.getvalue())  # an object store publishes an upload only when whole
+    store.write(path, buf.getvalue())
 
 
 def spill_dir(dst: Store) -> Path:
@@ -226,7 +221,7 @@ class ShardWriter:
             if self.lease is not None:
                 self.lease.check()
             try:
-                write_parquet(self.store.fs, path, table)
+                write_parquet(self.store, path, table)
                 return
             except Exception as e:
                 error = explain(e, self.store.url, self.store, "write")
@@ -253,10 +248,8 @@ class ShardWriter:
 
 def write_parquet_local(path: Path, table: pa.Table) -> None:
     """Write a parquet file on this machine atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def upload_spill(dst: Store) -> int:
@@ -277,7 +270,7 @@ def upload_spill(dst: Store) -> int:
         if table is None:
             continue
         try:
-            write_parquet(dst.fs, f"{dst.path.rstrip('/')}/{name}", table)
+            write_parquet(dst, f"{dst.path.rstrip('/')}/{name}", table)
         except Exception as e:
             raise DestinationUnwritable(
                 f"{len(files)} files of rows kept by an earlier run wait in {folder}, but "

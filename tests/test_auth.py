@@ -20,9 +20,9 @@ import pytest
 from google.oauth2 import service_account
 from servers import ACCESS_TOKEN, StubServer, metadata_server, private_bucket
 
-from gcsemb.auth import Identity, resolve
 from gcsemb.errors import AccessDenied, AuthError
-from gcsemb.storage import cat_many, list_images, open_store
+from gcsemb.storage import list_images, open_store
+from gcsemb.storage.auth import Identity, resolve
 
 EMAIL = "embedder@demo-project.iam.gserviceaccount.com"
 
@@ -37,7 +37,7 @@ def _read_all(url: str, token) -> dict[str, bytes]:
     """List and fetch as the pipeline does; the bytes prove the front let us in."""
     store = open_store(url, token=token)
     objects = list(list_images(store))
-    got = cat_many(store, [store.fs._strip_protocol(o.uri) for o in objects])
+    got = store.read_many([store.fs._strip_protocol(o.uri) for o in objects])
     return {o.uri.rsplit("/", 1)[1]: data for o, data in zip(objects, got, strict=True)}
 
 
@@ -111,9 +111,10 @@ def test_metadata_server(tmp_path):
     with storage, md:
         host = md.url.removeprefix("http://")
         code = (
-            "from gcsemb.storage import list_images\n"
-            f"print([o.uri for o in list_images('gs://private/photos', token='metadata', "
-            f"endpoint={storage.url!r})])"
+            "from gcsemb.storage import list_images, open_store\n"
+            "store = open_store('gs://private/photos', token='metadata', "
+            f"endpoint={storage.url!r})\n"
+            "print([o.uri for o in list_images(store)])"
         )
         env = {**os.environ, "GCE_METADATA_HOST": host, "GCE_METADATA_IP": host}
         env.pop("STORAGE_EMULATOR_HOST", None)

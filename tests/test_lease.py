@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import objstore
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy
 
@@ -31,11 +32,14 @@ SHORT = {"poll": 0.05, "heartbeat": 0.3, "stale_after": 1.0}  # a holder dead af
 STORAGE_SECOND = 2.1  # GCS's Date header counts whole seconds: wait past 1 s by its clock
 
 
-@pytest.fixture(params=["gcs", "local"])
+@pytest.fixture(params=["gcs", "local", "objstore"])
 def dst(request, tmp_path):
-    """A destination on the private-bucket front, or a local folder that does not exist yet."""
+    """A destination on the private-bucket front, a local folder that does not exist yet, or the
+    test backend (an object store in a folder that enforces generations: tests/objstore.py)."""
     if request.param == "local":
         return open_store(str(tmp_path / "emb"))
+    if request.param == "objstore":
+        return open_store(f"{objstore.SCHEME}://{tmp_path}/emb")
     bucket = request.getfixturevalue("bucket")
     return open_store(f"gs://{bucket}/emb")
 
@@ -61,7 +65,7 @@ def plant(store, name: str, claim: dict | str, mtime: float | None = None) -> st
     """Write a claim into DST/_lease/ as another machine (or a hostile user) would."""
     data = claim if isinstance(claim, str) else json.dumps(claim)
     path = f"{store.path}/{LEASE_DIR}/{name}"
-    if store.gcs:
+    if not store.backend.local:
         store.fs.pipe_file(path, data.encode())
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -148,7 +152,7 @@ def _race(store, n: int, round_: int) -> tuple[list[Lease], list[DestinationBusy
     return winners, refused
 
 
-@pytest.mark.parametrize("where", ["gcs", "local"])
+@pytest.mark.parametrize("where", ["gcs", "local", "objstore"])
 def test_racing_runs_exactly_one_wins(where, gcs, bucket, tmp_path, monkeypatch):
     """Six runs at once, five rounds: one holds the lease, five are refused naming it."""
     if where == "gcs":  # every request delayed at random: writes and listings interleave
@@ -156,6 +160,8 @@ def test_racing_runs_exactly_one_wins(where, gcs, bucket, tmp_path, monkeypatch)
         proxy = front(gcs, monkeypatch, lambda n, method, path: time.sleep(jitter.random() / 100))
         proxy.__enter__()
         store = open_store(f"gs://{bucket}/emb")
+    elif where == "objstore":
+        store = open_store(f"{objstore.SCHEME}://{tmp_path}/emb")
     else:
         store = open_store(str(tmp_path / "emb"))
     try:

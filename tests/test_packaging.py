@@ -131,3 +131,24 @@ def test_the_version_is_the_one_pyproject_declares():
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert gcsemb.__version__ == version and "__version__" in dir(gcsemb)
+
+
+SCHEME_BRANCHES = re.compile(
+    r"\bis_gcs\(|(?<!storage)\.gcs\b|\bprotocols\(|[\"'](?:gs|gcs|file)[\"'] in\b"
+    r"|in \([\"'](?:gs|gcs|file)[\"']|startswith\([\"'](?:gs|gcs|file)://|== [\"'](?:gs|gcs)[\"']"
+)
+BACKENDS = {"gcsemb/storage/gcs.py", "gcsemb/storage/files.py"}
+
+
+def test_only_the_storage_backends_branch_on_the_url_scheme():
+    """A new backend (S3, Azure, a local object store) is one file: no other module asks
+    which storage a URL names (tests/objstore.py runs the lease and the writer that way)."""
+    root = Path(__file__).resolve().parents[1]
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for path in sorted((root / "gcsemb").rglob("*.py"))
+        if str(path.relative_to(root)) not in BACKENDS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SCHEME_BRANCHES.search(line)
+    ]
+    assert not found, "\n".join(found)

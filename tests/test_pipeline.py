@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import objstore
 import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -126,16 +127,20 @@ def test_identical_bytes_are_fetched_once(photos, bucket, tiny_ckpt, monkeypatch
     np.testing.assert_array_equal(matrix[copy], matrix[twin])
 
 
-def test_killed_run_resumes_exactly_once(tmp_path, tiny_ckpt):
+@pytest.mark.parametrize("kind", ["local", "objstore"])
+def test_killed_run_resumes_exactly_once(kind, tmp_path, tiny_ckpt):
+    """Also through the test backend (tests/objstore.py): the writer needs only a Store."""
     from gcsemb.samples import sample_images
 
     src, dst = tmp_path / "photos", tmp_path / "emb"
+    dst_url = f"{objstore.SCHEME}://{dst}" if kind == "objstore" else str(dst)
     for name, data in sample_images(120):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
     code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import objstore\n"
         "from gcsemb.pipeline import embed\n"
-        f"embed({str(src)!r}, {str(dst)!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
+        f"embed({str(src)!r}, {dst_url!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
         "progress=False, batch_size=4, rows_per_shard=4, decode_workers=1)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code])
@@ -146,7 +151,7 @@ def test_killed_run_resumes_exactly_once(tmp_path, tiny_ckpt):
     child.wait()
     written = len(pd.read_parquet(dst)) if list(dst.glob("part-*.parquet")) else 0
     assert 0 < written < 120, "the kill should land mid-run"
-    summary = run(str(src), str(dst), tiny_ckpt)
+    summary = run(str(src), dst_url, tiny_ckpt)
     assert summary.skipped == written and summary.embedded + summary.duplicates == 120 - written
     raw = pd.read_parquet(dst)  # every shard, no de-duplication by us
     assert len(raw) == 120 and raw["uri"].is_unique

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from gcsemb.dataset import read_embeddings, schema
-from gcsemb.storage import cat_many, list_images, open_store
+from gcsemb.storage import list_images, open_store
 from gcsemb.thumbnails import MAX_SOURCE_BYTES, row_thumbnails, thumbnail_bytes
 
 MODEL = "tiny-clip/random-seed0"
@@ -245,7 +245,7 @@ def test_a_local_folder_lists_regular_files_only_and_the_run_finishes(
     from gcsemb.pipeline import embed
 
     photos = _odd_folder(tmp_path)
-    caplog.set_level(logging.WARNING, logger="gcsemb.local_files")
+    caplog.set_level(logging.WARNING, logger="gcsemb.storage.local_files")
     names = sorted(Path(o.uri).name for o in list_images(str(photos)))
     assert names == ["a.jpg", "b.jpg", "linked.jpg"]
     said = " ".join(r.getMessage() for r in caplog.records)
@@ -268,7 +268,7 @@ def test_a_local_read_stops_at_the_listed_size(tmp_path):
 
     (photos / "a.jpg").unlink()
     (photos / "a.jpg").symlink_to("/dev/zero")  # swapped after the listing
-    (got,) = cat_many(store, [path], [obj.size])
+    (got,) = store.read_many([path], [obj.size])
     assert isinstance(got, OSError) and "character device" in str(got)
 
     (photos / "a.jpg").unlink()
@@ -277,7 +277,7 @@ def test_a_local_read_stops_at_the_listed_size(tmp_path):
         f.truncate(1 << 30)
     tracemalloc.start()
     try:
-        (got,) = cat_many(store, [path], [obj.size])
+        (got,) = store.read_many([path], [obj.size])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -285,7 +285,7 @@ def test_a_local_read_stops_at_the_listed_size(tmp_path):
 
     (photos / "a.jpg").unlink()
     os.mkfifo(photos / "a.jpg")  # a pipe: refused at once, not read forever
-    (got,) = cat_many(store, [path], [obj.size])
+    (got,) = store.read_many([path], [obj.size])
     assert isinstance(got, OSError) and "named pipe" in str(got)
 
 

@@ -25,6 +25,7 @@ from gcsemb.embedder import TINY_MODEL
 from gcsemb.pipeline import embed
 from gcsemb.report import STAGES, StageClock, bound_stage
 from gcsemb.samples import encode, sample_images
+from gcsemb.storage import open_store
 
 
 def _photos(folder: Path, count: int, size: tuple[int, int] | None = None) -> None:
@@ -92,12 +93,11 @@ def test_slow_requests_with_little_in_flight_are_bound_by_fetching(gcs, bucket, 
 
     with GatewayProxy(gcs.emulator.url, token=ACCESS_TOKEN, fault=slow) as proxy:
         summary = embed(
-            f"gs://{bucket}/photos",
+            open_store(f"gs://{bucket}/photos", endpoint=proxy.url),
             f"gs://{bucket}/emb",
             model=TINY_MODEL,
             pretrained=tiny_ckpt,
             progress=False,
-            endpoint=proxy.url,
             io_workers=1,
             fetch_batch=4,
         )

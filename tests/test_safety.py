@@ -33,9 +33,9 @@ from servers import StubServer  # noqa: E402
 from gcsemb.dataset import read_embeddings  # noqa: E402
 from gcsemb.embedder import TINY_MODEL, load_embedder, save_random_checkpoint  # noqa: E402
 from gcsemb.errors import GcsembError  # noqa: E402
-from gcsemb.fetch_scope import dataset_scope  # noqa: E402
 from gcsemb.pipeline import embed  # noqa: E402
 from gcsemb.search import search_image, search_text  # noqa: E402
+from gcsemb.storage.scope import dataset_scope  # noqa: E402
 from gcsemb.thumbnails import thumbnail_bytes  # noqa: E402
 from gcsemb.viz import image_grid, plot_projection  # noqa: E402
 

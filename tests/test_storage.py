@@ -9,7 +9,7 @@ from gcsfs.core import GCSFileSystem
 from servers import StubServer, deny
 
 from gcsemb.errors import AccessDenied, BadURL, NotFound
-from gcsemb.storage import cat_many, list_images, open_store
+from gcsemb.storage import list_images, open_store
 
 # Every character GCS allows that a URL, a glob or a shell treats specially.
 ODD_NAMES = [
@@ -39,7 +39,7 @@ def test_odd_names_list_and_read_back_literally(gcs, bucket):
     assert sorted(found) == sorted(f"gs://{bucket}/{n}" for n in ODD_NAMES)
     store = open_store(f"gs://{bucket}")
     uris = sorted(found)
-    got = cat_many(store, [store.fs._strip_protocol(u) for u in uris])
+    got = store.read_many([store.fs._strip_protocol(u) for u in uris])
     for uri, data in zip(uris, got, strict=True):
         # the URI we print is the one we read back: each object's own bytes, nothing else
         assert data == uri.split("/", 3)[3].encode(), uri
@@ -176,7 +176,7 @@ def test_bad_url(url, gcs):
 @pytest.mark.parametrize(("status", "fragment"), [(403, "may not list"), (401, "not public")])
 def test_denied_access_names_identity_and_fix(status, fragment):
     with StubServer(deny(status)) as server, pytest.raises(AccessDenied) as err:
-        list(list_images("gs://private/photos", token="anon", endpoint=server.url))
+        list(list_images(open_store("gs://private/photos", token="anon", endpoint=server.url)))
     message = str(err.value)
     assert fragment in message and "anonymous" in message
     assert "gcloud auth application-default login" in message

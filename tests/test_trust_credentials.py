@@ -35,9 +35,9 @@ from servers import (
     service_account,
 )
 
-from gcsemb.auth import resolve
 from gcsemb.errors import AccessDenied, AuthError
 from gcsemb.storage import list_images, open_store
+from gcsemb.storage.auth import resolve
 
 EMAIL = "embedder@demo-project.iam.gserviceaccount.com"
 OTHER = "other@demo-project.iam.gserviceaccount.com"
@@ -333,7 +333,7 @@ def test_dst_gets_exactly_the_access_a_local_src_was_given(
     photos.mkdir()
     dst_url = f"gs://{bucket}/emb"
     access = dict(project="billing-project", requester_pays=True, endpoint=gcs.url)
-    src, dst = open_stores(str(photos), dst_url, token=other_key, **access)
+    src, dst = open_stores(open_store(str(photos), token=other_key, **access), dst_url)
     assert dst.identity.description == f"service account {OTHER}"  # not the machine's ADC
     assert (dst.endpoint, dst.project, dst.requester_pays) == (
         gcs.url,
@@ -357,7 +357,7 @@ def test_dst_gets_exactly_the_access_a_local_src_was_given(
         keyed.at(dst_url)
     # unless DST is given its own access: a Store of its own keeps it
     own = open_store(dst_url, token=sa_info, endpoint=gcs.url)
-    _, dst = open_stores(str(photos), own, token=other_key, **access)
+    _, dst = open_stores(open_store(str(photos), token=other_key, **access), own)
     assert dst.identity.description == f"service account {SERVICE_ACCOUNT}"
     assert (dst.project, dst.requester_pays) == (None, False)
     dst.fs.pipe_file(f"{dst.path}/own", b"2")

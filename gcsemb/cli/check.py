@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gcsemb.cli.common import Command, add_credentials, credentials, printable
+from gcsemb.cli.common import Command, add_credentials, printable, store_of
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
 
 DESCRIPTION = f"""\
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Say which identity is in use and whether it may list, read and write at URL."""
     from gcsemb.check import check
 
-    report = check(args.url, write=not args.no_write, **credentials(args))
+    report = check(store_of(args, args.url), write=not args.no_write)
     lines = [f"identity: {report.identity}", *map(str, report.checks)]
     print("\n".join(map(printable, lines)))  # an object's name never forges a line
     return 0 if report.ok else 1

@@ -14,9 +14,12 @@ import textwrap
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
+
+if TYPE_CHECKING:
+    from gcsemb.storage import Store
 
 WIDTH = 79  # hand-wrapped help text fits an 80-column terminal
 DEBUG_HELP = "show tracebacks and gcsfs logs"
@@ -94,15 +97,14 @@ def command_options() -> argparse.ArgumentParser:
     return parent
 
 
-def add_credentials(parser: argparse.ArgumentParser, *, billing: bool = True) -> None:
-    """``--token``; with ``billing`` also ``--project`` and ``--requester-pays``."""
+def add_credentials(parser: argparse.ArgumentParser) -> None:
+    """``--token``, ``--project`` and ``--requester-pays``: what :func:`store_of` opens with."""
     group = parser.add_argument_group("credentials")
     group.add_argument("--token", type=token_value, help=TOKEN_HELP)
-    if billing:
-        group.add_argument(
-            "--project", help="Google Cloud project (billing for requester-pays buckets)"
-        )
-        group.add_argument("--requester-pays", action="store_true", help="bill reads to --project")
+    group.add_argument(
+        "--project", help="Google Cloud project (billing for requester-pays buckets)"
+    )
+    group.add_argument("--requester-pays", action="store_true", help="bill reads to --project")
 
 
 def token_value(value: str) -> str:
@@ -113,7 +115,7 @@ def token_value(value: str) -> str:
     Raises:
         argparse.ArgumentTypeError: ``-`` and nothing on stdin.
     """
-    from gcsemb.auth import json_text
+    from gcsemb.storage.auth import json_text
 
     if value == "-":
         if sys.stdin.isatty():
@@ -126,13 +128,17 @@ def token_value(value: str) -> str:
     return value
 
 
-def credentials(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``token``, ``project`` and ``requester_pays`` keywords from the parsed options."""
-    return {
-        "token": args.token,
-        "project": args.project,
-        "requester_pays": args.requester_pays,
-    }
+def store_of(args: argparse.Namespace, url: str) -> Store:
+    """The handle for ``url`` with the access the options give.
+
+    That is ``--token``, ``--project`` and ``--requester-pays``; the endpoint comes from
+    ``STORAGE_EMULATOR_HOST``.
+    """
+    from gcsemb.storage import open_store
+
+    return open_store(
+        url, token=args.token, project=args.project, requester_pays=args.requester_pays
+    )
 
 
 _BIDI = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}

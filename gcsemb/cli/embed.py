@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from gcsemb.cli.common import Command, add_credentials, credentials
+from gcsemb.cli.common import Command, add_credentials, store_of
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
 
 THROUGHPUT = ("batch_size", "io_workers", "fetch_batch", "decode_workers", "rows_per_shard")
@@ -174,11 +174,10 @@ def run(args: argparse.Namespace) -> int:
 
     pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
     summary = embed(
-        args.src,
+        store_of(args, args.src),
         args.dst,
         model=args.model,
         pretrained=pretrained,
-        **credentials(args),
         limit=args.limit,
         progress=not args.no_progress,
         engine=engine_of(args),

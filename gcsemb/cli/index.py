@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from gcsemb.cli.common import Command, add_credentials
+from gcsemb.cli.common import Command, add_credentials, store_of
 
 DESCRIPTION = """\
 Build the neighbour index of DST in DST/_index/<model-tag>/ (plain .npy files:
@@ -25,7 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-tag", help="the model column value to index, when DST holds several")
     p.add_argument("--rebuild", action="store_true", help="build anew (e.g. after tenfold growth)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_credentials(p, billing=False)
+    add_credentials(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     index = build_index(
-        args.dst,
+        store_of(args, args.dst),
         model_tag=args.model_tag,
         rebuild=args.rebuild,
         progress=not args.no_progress,
-        token=args.token,
     )
     print(
         f"{index.url}: {len(index.keys):,} rows of {index.model_tag}, "

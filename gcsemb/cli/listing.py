@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, credentials, human_size, printable
+from gcsemb.cli.common import Command, add_credentials, human_size, printable, store_of
 
 DESCRIPTION = """\
 List the image objects under a gs:// prefix, a glob or a local folder, with the
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from gcsemb.storage import list_images
 
     objects = list_images(
-        args.url,
-        **credentials(args),
+        store_of(args, args.url),
         limit=args.limit,
         extensions=None if args.all_files else args.extensions,
     )

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, printable, save_figure, use_agg
+from gcsemb.cli.common import Command, add_credentials, printable, save_figure, store_of, use_agg
 from gcsemb.errors import GcsembError
 
 DESCRIPTION = """\
@@ -55,7 +55,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dpi", type=int, default=150, help="grid PNG resolution (default 150)")
     p.add_argument("--model-tag", help="the model column value to search, when DST holds several")
-    add_credentials(p, billing=False)
+    add_credentials(p)
 
 
 def print_results(results: Any, fmt: str, out: TextIO) -> None:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.query and not args.image:
         raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')
     df, matrix, dataset = embeddings_of(
-        args.dst, token=args.token, model_tag=args.model_tag, lean=True
+        store_of(args, args.dst), model_tag=args.model_tag, lean=True
     )
     options = dict(
         k=args.k,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gcsemb.cli.common import Command, add_credentials, save_figure, use_agg
+from gcsemb.cli.common import Command, add_credentials, save_figure, store_of, use_agg
 from gcsemb.umap_backends import BACKENDS
 
 DESCRIPTION = """\
@@ -55,17 +55,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", help="plot title (default: UMAP of N images)")
     p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
     p.add_argument("--model-tag", help="the model column value to plot, when DST holds several")
-    add_credentials(p, billing=False)
+    add_credentials(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """Project a dataset with UMAP and save the scatter plot, with thumbnails, as a PNG."""
     use_agg()
     from gcsemb.projection import umap_project
-    from gcsemb.storage import open_store
     from gcsemb.viz import THUMBNAIL_GID, plot_projection
 
-    dataset = open_store(args.dst, token=args.token)  # credentials resolved once
+    dataset = store_of(args, args.dst)  # credentials resolved once
     coords = umap_project(
         dataset,
         model_tag=args.model_tag,

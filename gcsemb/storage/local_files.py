@@ -10,7 +10,7 @@ the listing says how many entries were left out and why (each one is logged at D
 blocking on a pipe) and reads at most one byte more than the listed size.
 
 Example:
-    >>> from gcsemb.local_files import regular_files
+    >>> from gcsemb.storage.local_files import regular_files
     >>> [info["name"] for info in regular_files("/etc/hostname")]  # doctest: +SKIP
     ['/etc/hostname']
 """
