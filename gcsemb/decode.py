@@ -18,28 +18,44 @@ FITS, SPIDER, ...) only run on files whose extension names them.
 
 Importing this module sets two process-wide PIL settings once: ``ImageFile.LOAD_TRUNCATED_IMAGES``
 is forced to False (truncated files are refused, not padded with grey), and all PIL plugins are
-registered. Nothing global is changed per call.
+registered (by :mod:`gcsemb.image_formats`). Nothing global is changed per call.
+
+The format policy and sniffing live in :mod:`gcsemb.image_formats`, the pixel limits and the
+budget in :mod:`gcsemb.pixel_budget` (their public names are importable from here too), the mode
+conversion in :mod:`gcsemb.rgb_conversion`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import importlib.metadata
 import io
-import posixpath
 import re
-import struct
 import sys
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import PIL
-from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError, features
+from PIL import Image, ImageFile, UnidentifiedImageError, features
+
+from gcsemb.image_formats import (
+    COMMON_FORMATS,
+    allowed_formats,
+    decoder_versions,
+    extension,
+    identify,
+    implied_format,
+    looks_truncated,
+    sniff,
+)
+from gcsemb.pixel_budget import (
+    DEFAULT_BUDGET,
+    DEFAULT_BUDGET_BYTES,
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_PIXELS,
+    PixelBudget,
+    decoded_bytes,
+)
+from gcsemb.rgb_conversion import to_rgb
 
 __all__ = [
     "COMMON_FORMATS",
@@ -55,52 +71,8 @@ __all__ = [
     "decoder_versions",
 ]
 
-DEFAULT_MAX_PIXELS = 89_478_485
-"""PIL's default ``Image.MAX_IMAGE_PIXELS`` (the warning limit): about 9459x9459 pixels."""
-
-DEFAULT_MAX_DECODED_BYTES = 512 * 2**20
-"""Largest decoded image accepted, in bytes of PIL's storage (see :func:`decoded_bytes`).
-
-512 MiB admits everything the default pixel cap does, whatever the bit depth: PIL stores at most
-4 bytes per pixel, and 89.5 Mpx x 4 B = 341 MiB (a 9000x9000 16-bit scan is 154 MiB, an 8000x8000
-float TIFF 244 MiB, a 9000x9000 RGB photo 309 MiB). It binds when ``max_pixels`` is raised
-(scans, astronomy): then an 8-bit grayscale image may have four times the pixels of an RGB one, and
-one image never needs more than half of :data:`DEFAULT_BUDGET_BYTES`.
-"""
-
-DEFAULT_BUDGET_BYTES = 2**30
-"""Decoded pixels in flight across all decode threads: 1 GiB.
-
-Two images at :data:`DEFAULT_MAX_DECODED_BYTES` decode at once; photos never wait (a 12 MP JPEG
-decoded at full size costs 96 MB, reduced for the model about 2 MB). With the pipeline's one decode
-thread per core, a 16-core machine meeting 16 large TIFFs would otherwise hold 16 x 256 MB.
-"""
-
-COMMON_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"})
-"""Formats any image name may hold (a PNG named .jpg is common); MPO is opened as JPEG."""
-
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.init()  # register every plugin now, so the allow-list below sees them all
 
-# EPS is rendered by a Ghostscript subprocess: not something to run on arbitrary bucket contents.
-_REFUSED_FORMATS = frozenset({"EPS"})
-_EXTENSIONS = {  # beyond PIL's own Image.EXTENSION (pillow-heif registers HEIF when imported)
-    ".heic": "HEIF",
-    ".heif": "HEIF",
-    ".hif": "HEIF",
-    ".pjpeg": "JPEG",
-    ".pjp": "JPEG",
-    ".jif": "JPEG",
-}
-_MAGIC = {  # leading bytes -> format, to name what was meant when PIL could not even open it
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG": "PNG",
-    b"GIF8": "GIF",
-    b"RIFF": "WebP",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
 _MODE_NAMES = {
     "I;16": "16-bit grayscale",
     "I;16L": "16-bit grayscale",
@@ -112,10 +84,6 @@ _MODE_NAMES = {
     "P": "palette",
     "1": "1-bit",
 }
-_BRANDS = {b"avif": "AVIF", b"avis": "AVIF"} | dict.fromkeys(
-    (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1"), "HEIF"
-)
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TRANSPOSE = {  # EXIF orientation -> the operation making it upright, as ImageOps.exif_transpose
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -132,80 +100,10 @@ _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform =
 # waited 54 times. A whole photo per call; a huge file in blocks of this size, so that the copy
 # PIL reads each block into stays small beside the file itself.
 _DECODER_BLOCK = 16 * 2**20
-_STRIP_PIXELS = 1 << 20  # conversions work on strips this big: float32 temporaries of 4 MB
 # Only images above 16 Mpx (a 4096x4096; phones take 12 MP) are reduced for min_side: smaller
 # ones come back at full size, as before, their RGB copy costing at most 64 MiB.
 _HUGE_PIXELS = 4096 * 4096
 _REDUCING_GAP = 2  # reduce to >= 2 x min_side, as Image.thumbnail: the final resize stays fair
-
-
-class PixelBudget:
-    """A byte budget for decoded pixels, shared by decode threads; first come, first served.
-
-    A thread holds an image's estimated bytes while its pixels are decoded and reduced. A request
-    that does not fit waits until enough is released; one bigger than the whole budget waits
-    until nothing else is held and then runs alone, so the budget never deadlocks.
-
-    Example:
-        >>> budget = PixelBudget(100)
-        >>> with budget.hold(60):
-        ...     budget.in_use
-        60
-    """
-
-    def __init__(self, limit: int = DEFAULT_BUDGET_BYTES) -> None:
-        """Creates a budget of ``limit`` bytes (> 0)."""
-        if limit <= 0:
-            raise ValueError(f"PixelBudget limit must be > 0, got {limit}")
-        self.limit = limit
-        self.in_use = 0
-        self.peak = 0  # the most ever held at once, for tests and benchmarks
-        self._cond = threading.Condition()
-        self._queue: deque[object] = deque()
-
-    @contextmanager
-    def hold(self, nbytes: int) -> Iterator[None]:
-        """Waits until ``nbytes`` fit (or nothing else is held), holds them for the block."""
-        nbytes = self.acquire(nbytes)
-        try:
-            yield
-        finally:
-            self.release(nbytes)
-
-    def acquire(self, nbytes: int) -> int:
-        """Waits until ``nbytes`` fit (or nothing else is held) and takes them; returns them.
-
-        For holds that outlive a block (bytes fetched by one thread and freed by another):
-        every :meth:`acquire` needs its :meth:`release`, possibly in parts.
-        """
-        nbytes = max(0, int(nbytes))
-        ticket = object()
-        with self._cond:
-            self._queue.append(ticket)
-            try:
-                while self._queue[0] is not ticket or (
-                    self.in_use and self.in_use + nbytes > self.limit
-                ):
-                    self._cond.wait()
-            finally:  # granted, or interrupted while waiting: either way leave the queue
-                self._queue.remove(ticket)
-                self._cond.notify_all()
-            self.in_use += nbytes
-            self.peak = max(self.peak, self.in_use)
-        return nbytes
-
-    def release(self, nbytes: int) -> None:
-        """Gives back ``nbytes`` taken by :meth:`acquire`."""
-        with self._cond:
-            self.in_use -= max(0, int(nbytes))
-            self._cond.notify_all()
-
-    def __repr__(self) -> str:
-        return f"PixelBudget(limit={self.limit}, in_use={self.in_use}, peak={self.peak})"
-
-
-DEFAULT_BUDGET = PixelBudget()
-"""The budget :func:`decode_image` uses unless told otherwise: one per process."""
 
 
 @dataclass(frozen=True)
@@ -250,123 +148,9 @@ def _failed(reason: str, environmental: bool = False) -> Decoded:
     return Decoded(None, 0, 0, reason[:300], environmental)
 
 
-def decoder_versions() -> dict[str, str | None]:
-    """Versions of Pillow and the libraries it decodes with; None where one is missing.
-
-    Meant to be stored with each decode failure, so that a later run can tell whether the
-    environment changed, e.g. ``{"Pillow": "13.0.0", "libjpeg-turbo": "3.2.0", ...,
-    "libavif": "1.4.2", "pillow-heif": None}``.
-    """
-    return dict(_decoder_versions())
-
-
-@functools.cache
-def _decoder_versions() -> dict[str, str | None]:
-    try:
-        heif: str | None = importlib.metadata.version("pillow-heif")
-    except importlib.metadata.PackageNotFoundError:
-        heif = None
-    return {
-        "Pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"),
-        "libjpeg-turbo": features.version_feature("libjpeg_turbo"),
-        "zlib": features.version("zlib"),
-        "zlib-ng": features.version_feature("zlib_ng"),
-        "libtiff": features.version("libtiff"),
-        "libwebp": features.version("webp"),
-        "libavif": features.version("avif"),
-        "openjpeg": features.version("jpg_2000"),
-        "pillow-heif": heif,
-    }
-
-
-def _extension(name: str | None) -> str:
-    return posixpath.splitext(name or "")[1].lower()
-
-
-def _implied(name: str | None) -> str | None:
-    """The format an object's name implies (MPO counts as JPEG), None when none is known."""
-    ext = _extension(name)
-    if not ext:  # Pillow 11 may register "" (an image saved without a name): no extension
-        return None
-    fmt = _EXTENSIONS.get(ext) or Image.EXTENSION.get(ext)
-    return "JPEG" if fmt == "MPO" else fmt
-
-
-def allowed_formats(name: str | None = None) -> list[str]:
-    """The PIL format ids :func:`decode_image` may use for an object of this name.
-
-    Policy: a name whose extension PIL knows (``.jpg``, ``.png``, ``.psd``, ...) allows the
-    common formats (:data:`COMMON_FORMATS`, as registered in this process) plus the one the
-    extension names; the exotic decoders (PSD, FITS, SPIDER, ICNS, IM, PCX, XBM, ...) run only
-    when the extension names them. No extension, or one PIL does not know, allows every
-    registered format. EPS is never allowed (it runs Ghostscript).
-
-    Args:
-        name: The object's name or URI; only its extension is used.
-
-    Returns:
-        Format ids for ``Image.open(formats=...)``.
-
-    Example:
-        >>> "PSD" in allowed_formats("a.jpg"), "PSD" in allowed_formats("a.psd")
-        (False, True)
-    """
-    implied = _implied(name)
-    return [
-        f
-        for f in Image.ID
-        if f not in _REFUSED_FORMATS and (implied is None or f in COMMON_FORMATS or f == implied)
-    ]
-
-
-def decoded_bytes(size: tuple[int, int], mode: str) -> int:
-    """Bytes PIL stores for an image: 1 per pixel for 1/L/P, 2 for I;16, else 4 (RGB too)."""
-    try:
-        m = ImageMode.getmode(mode)
-    except KeyError:
-        return size[0] * size[1] * 4
-    return size[0] * size[1] * (4 if len(m.bands) > 1 else int(m.typestr[-1]))
-
-
-def _sniff(data: bytes) -> str:
-    """The format named by the leading bytes, or "image"."""
-    if data[4:8] == b"ftyp":  # ISO media: the brand names it
-        return _BRANDS.get(data[8:12], "image")
-    return next((name for magic, name in _MAGIC.items() if data.startswith(magic)), "image")
-
-
-def _is_spider(data: bytes) -> bool:
-    from PIL import SpiderImagePlugin  # it has no accept() check; use its own header test
-
-    return len(data) >= 108 and any(
-        SpiderImagePlugin.isSpiderHeader(struct.unpack(f"{e}27f", data[:108])) for e in "<>"
-    )
-
-
-def _identify(data: bytes, skip: list[str]) -> str | None:
-    """The first format outside ``skip`` whose cheap prefix check accepts the bytes."""
-    for fmt in Image.ID:
-        accept = Image.OPEN[fmt][1] if fmt in Image.OPEN else None
-        try:
-            if fmt not in skip and (_is_spider(data) if fmt == "SPIDER" else accept(data[:16])):
-                return fmt
-        except Exception:  # accept is None, or a plugin's check choked on odd bytes
-            continue
-    return None
-
-
-def _is_truncated(data: bytes, error: BaseException) -> bool:
-    """Whether a decode error means the file was cut short."""
-    if isinstance(error, EOFError) or "truncated" in str(error).lower():
-        return True
-    # RIFF (WebP) declares its length; libwebp only says "could not create decoder object"
-    return data.startswith(b"RIFF") and int.from_bytes(data[4:8], "little") + 8 > len(data)
-
-
 def _not_an_image(data: bytes) -> Decoded:
     """Names what the bytes look like when no allowed PIL plugin recognised them."""
-    head, kind = data[:512].lstrip().lower(), _sniff(data)
+    head, kind = data[:512].lstrip().lower(), sniff(data)
     if b"<svg" in head:
         return _failed("unsupported format (SVG vector image)")
     if kind == "HEIF" and kind not in Image.ID:
@@ -392,100 +176,6 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _strips(im: Image.Image, factor: int = 1) -> Iterator[tuple[int, Image.Image]]:
-    """Copies of horizontal strips of about a million pixels: (top row, strip)."""
-    width, height = im.size
-    rows = max(factor, _STRIP_PIXELS // max(width, 1) // factor * factor)
-    for top in range(0, height, rows):
-        yield top, im.crop((0, top, width, min(height, top + rows)))
-
-
-def _map_strips(
-    im: Image.Image,
-    factor: int,
-    convert: Callable[[Image.Image], Image.Image],
-    mode: str = "RGB",
-) -> Image.Image:
-    """``convert(im).reduce(factor).convert(mode)``, strip by strip: no full-size temporary."""
-    width, height = im.size
-    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
-    for top, strip in _strips(im, factor):
-        small = convert(strip)
-        small = small.reduce(factor) if factor > 1 else small
-        out.paste(small if small.mode == mode else small.convert(mode), (0, top // factor))
-    return out
-
-
-def _float32(strip: Image.Image) -> np.ndarray:
-    """A strip's pixels as a new float32 array, NaN and infinities set to 0."""
-    a = np.array(strip, dtype=np.float32)
-    return np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _gray_to_rgb(im: Image.Image, factor: int = 1) -> Image.Image:
-    """Maps a 16-bit, 32-bit integer or float grayscale image to 8-bit RGB, box-reduced by factor.
-
-    16-bit keeps the high byte. 32-bit and float data in [0, 1] (float) or [0, 255] is scaled as
-    is, data in [0, 65535] as 16-bit, anything else stretched from its minimum to its maximum
-    over the full-size image. NaN and infinities count as 0. Arithmetic is integer or float32,
-    a strip at a time; a huge image is reduced (in float32) before it is scaled.
-    """
-    if im.mode.startswith("I;16"):
-        return _map_strips(im, factor, lambda s: Image.fromarray((np.asarray(s) >> 8).astype("u1")))
-    float_data, extremes = im.mode == "F", [np.inf, -np.inf]
-
-    def clean(strip: Image.Image) -> Image.Image:
-        a = _float32(strip)
-        extremes[:] = min(extremes[0], float(a.min())), max(extremes[1], float(a.max()))
-        return Image.fromarray(a)
-
-    if factor > 1:
-        im = _map_strips(im, factor, clean, mode="F")
-    else:
-        for _, strip in _strips(im):
-            clean(strip)
-    lo, hi = extremes
-    if lo >= 0 and hi <= (1.0 if float_data else 255):
-        scale, lo = (255.0 if float_data else 1.0), 0.0
-    elif lo >= 0 and hi <= 65535:
-        scale, lo = 1 / 257, 0.0  # 16-bit data in a 32-bit container (e.g. old PNG "I" mode)
-    else:
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0  # arbitrary range: stretch to 0..255
-
-    def to_8bit(strip: Image.Image) -> Image.Image:
-        a = _float32(strip)
-        a -= np.float32(lo)
-        a *= np.float32(scale)
-        a += np.float32(0.5)
-        return Image.fromarray(np.clip(a, 0, 255, out=a).astype(np.uint8))
-
-    return _map_strips(im, 1, to_8bit)
-
-
-def _composite(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Converts an 8-bit image of any mode to RGB, compositing transparency over background."""
-    if im.mode in _ALPHA_MODES or im.info.get("transparency") is not None:
-        rgba = im.convert("RGBA")  # applies palette / colour-key transparency too
-        out = Image.new("RGB", im.size, background)
-        out.paste(rgba, mask=rgba)  # alpha 0 -> exactly background, alpha 255 -> exactly image
-        return out
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _to_rgb(im: Image.Image, background: tuple[int, int, int], factor: int = 1) -> Image.Image:
-    """A loaded image of any mode as RGB, box-reduced by ``factor``, without full-size copies.
-
-    Transparency of 16-bit, 32-bit and float images is rare and dropped.
-    """
-    if im.mode.startswith("I") or im.mode == "F":
-        return _gray_to_rgb(im, factor)
-    if im.mode in ("RGB", "L") and im.info.get("transparency") is None:
-        # conversion commutes with the box average
-        im = im.reduce(factor) if factor > 1 else im
-        return im if im.mode == "RGB" else im.convert("RGB")
-    return _map_strips(im, factor, lambda strip: _composite(strip, background))
-
-
 def _reduction(size: tuple[int, int], min_side: int | None) -> int:
     """The box-reduce factor for a huge image: both sides stay >= _REDUCING_GAP x min_side."""
     if not min_side or size[0] * size[1] <= _HUGE_PIXELS:
@@ -494,6 +184,7 @@ def _reduction(size: tuple[int, int], min_side: int | None) -> int:
 
 
 def _too_large(im: Image.Image, nbytes: int, limit: int) -> str:
+    """Why an image whose decoded pixels take ``nbytes`` is refused under ``limit``."""
     mode = _MODE_NAMES.get(im.mode, im.mode)
     return (
         f"too large: {im.size[0]}x{im.size[1]} {mode} = {nbytes / 2**20:.0f} MiB decoded"
@@ -501,7 +192,120 @@ def _too_large(im: Image.Image, nbytes: int, limit: int) -> str:
     )
 
 
-def decode_image(  # noqa: C901 (every failure PIL can raise, named in one place)
+@dataclass(frozen=True)
+class _Plan:
+    """How an opened image is decoded, read from its header before any pixel is.
+
+    Attributes:
+        width: Stored width of the full-size image.
+        height: Stored height of the full-size image.
+        nbytes: Bytes of the decoded pixels (after a JPEG's reduced decode).
+        out_bytes: Bytes of the RGB result, after the box reduction.
+        factor: The box-reduce factor (1: none).
+    """
+
+    width: int
+    height: int
+    nbytes: int
+    out_bytes: int
+    factor: int
+
+
+def _plan(
+    im: Image.Image,
+    fmt: str,
+    *,
+    min_side: int | None,
+    max_pixels: int,
+    max_decoded_bytes: int,
+) -> _Plan | str:
+    """Checks an opened image's header and sets up a JPEG's reduced decode.
+
+    Args:
+        im: The image, opened but not loaded; a JPEG's draft mode is set here.
+        fmt: Its format, for the messages.
+        min_side: As :func:`decode_image`'s.
+        max_pixels: As :func:`decode_image`'s.
+        max_decoded_bytes: As :func:`decode_image`'s.
+
+    Returns:
+        The :class:`_Plan`, or why the image is refused.
+    """
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        return f"empty {fmt} ({width}x{height} pixels)"
+    if width * height > max_pixels:
+        return f"decompression bomb: {width}x{height} pixels exceeds limit of {max_pixels}"
+    if min_side and fmt in ("JPEG", "MPO"):
+        im.draft("RGB", (min_side, min_side))  # both sides stay >= min_side
+    nbytes = decoded_bytes(im.size, im.mode)
+    if nbytes > max_decoded_bytes:
+        return _too_large(im, nbytes, max_decoded_bytes)
+    factor = _reduction(im.size, min_side)
+    out_bytes = decoded_bytes((-(-im.size[0] // factor), -(-im.size[1] // factor)), "RGB")
+    return _Plan(width, height, nbytes, out_bytes, factor)
+
+
+def _upright(rgb: Image.Image, orientation: int, plan: _Plan) -> Decoded:
+    """The decoded result: ``rgb`` turned upright, with the upright full size."""
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    if orientation >= 5:
+        return Decoded(rgb, plan.height, plan.width)
+    return Decoded(rgb, plan.width, plan.height)
+
+
+def _unidentified(data: bytes, name: str | None, formats: list[str]) -> Decoded:
+    """The failure for bytes no allowed decoder opened: another format's, or not an image."""
+    implied = implied_format(name)
+    other = identify(data, formats) if implied else None
+    if other:
+        ext = extension(name)
+        return _failed(f"not a {implied}: the bytes are a {other} file (refused for {ext})")
+    return _not_an_image(data)
+
+
+def _failure(
+    error: Exception,
+    data: bytes,
+    *,
+    fmt: str,
+    name: str | None,
+    formats: list[str],
+    max_pixels: int,
+) -> Decoded:
+    """The failure for an exception PIL raised while opening or decoding ``data``.
+
+    Args:
+        error: What PIL raised.
+        data: The file's bytes.
+        fmt: The format, as far as it is known.
+        name: The object's name, as given to :func:`decode_image`.
+        formats: The formats that were allowed to open it.
+        max_pixels: As :func:`decode_image`'s.
+
+    Returns:
+        A failed :class:`Decoded` naming the cause; ``environmental`` for a missing decoder or
+        out of memory.
+    """
+    if isinstance(error, Image.DecompressionBombError):  # PIL's own limit, hit in open()
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        if pixels and int(pixels[1]) > max_pixels:
+            return _failed(f"decompression bomb: {pixels[1]} pixels exceeds limit of {max_pixels}")
+        return _failed(f"decompression bomb: {error}")
+    if isinstance(error, UnidentifiedImageError):  # an OSError: before the one below
+        return _unidentified(data, name, formats)
+    if isinstance(error, (OSError, EOFError, SyntaxError)):
+        if re.search(r"decoder \S+ not available", str(error)):
+            return _failed(f"unsupported {fmt}: {error}", environmental=True)
+        cause = "truncated" if looks_truncated(data, error) else "corrupt"
+        return _failed(f"{cause} {fmt}: {str(error) or type(error).__name__}")
+    if isinstance(error, MemoryError):
+        return _failed(f"out of memory decoding {fmt}", environmental=True)
+    return _failed(f"cannot decode {fmt}: {type(error).__name__}: {error}")
+
+
+def decode_image(
     data: bytes,
     *,
     min_side: int | None = None,
@@ -551,56 +355,24 @@ def decode_image(  # noqa: C901 (every failure PIL can raise, named in one place
     """
     if not data:
         return _failed("empty file (0 bytes)")
-    fmt = _sniff(data)  # replaced by PIL's name once the header is read
+    fmt = sniff(data)  # replaced by PIL's name once the header is read
     formats = allowed_formats(name)
     try:
         im = Image.open(io.BytesIO(data), formats=formats)
         im.decodermaxblock = max(im.decodermaxblock, min(len(data), _DECODER_BLOCK))
         fmt = im.format or fmt
-        width, height = im.size
-        if width <= 0 or height <= 0:
-            return _failed(f"empty {fmt} ({width}x{height} pixels)")
-        if width * height > max_pixels:
-            return _failed(
-                f"decompression bomb: {width}x{height} pixels exceeds limit of {max_pixels}"
-            )
-        if min_side and fmt in ("JPEG", "MPO"):
-            im.draft("RGB", (min_side, min_side))  # both sides stay >= min_side
-        nbytes = decoded_bytes(im.size, im.mode)
-        if nbytes > max_decoded_bytes:
-            return _failed(_too_large(im, nbytes, max_decoded_bytes))
-        factor = _reduction(im.size, min_side)
-        out_bytes = decoded_bytes((-(-im.size[0] // factor), -(-im.size[1] // factor)), "RGB")
-        with budget.hold(nbytes + out_bytes) if budget else nullcontext():
+        plan = _plan(
+            im, fmt, min_side=min_side, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes
+        )
+        if isinstance(plan, str):
+            return _failed(plan)
+        with budget.hold(plan.nbytes + plan.out_bytes) if budget else nullcontext():
             im.load()  # decodes the pixels (first frame): truncation and corruption surface here
             orientation = _orientation(im)
-            rgb = _to_rgb(im, background, factor)
+            rgb = to_rgb(im, background, plan.factor)
             del im  # the full-size pixels go before the budget is released
-            if nbytes >= _TRIM_BYTES:
+            if plan.nbytes >= _TRIM_BYTES:
                 _trim()
-        if orientation in _TRANSPOSE:
-            rgb = rgb.transpose(_TRANSPOSE[orientation])
-        if orientation >= 5:
-            width, height = height, width
-        return Decoded(rgb, width, height)
-    except Image.DecompressionBombError as e:  # PIL's own limit, hit in open(); not an OSError
-        pixels = re.search(r"\((\d+) pixels\)", str(e))
-        if pixels and int(pixels[1]) > max_pixels:
-            return _failed(f"decompression bomb: {pixels[1]} pixels exceeds limit of {max_pixels}")
-        return _failed(f"decompression bomb: {e}")
-    except UnidentifiedImageError:
-        implied = _implied(name)
-        other = _identify(data, formats) if implied else None
-        if other:
-            ext = _extension(name)
-            return _failed(f"not a {implied}: the bytes are a {other} file (refused for {ext})")
-        return _not_an_image(data)
-    except (OSError, EOFError, SyntaxError) as e:
-        if re.search(r"decoder \S+ not available", str(e)):
-            return _failed(f"unsupported {fmt}: {e}", environmental=True)
-        cause = "truncated" if _is_truncated(data, e) else "corrupt"
-        return _failed(f"{cause} {fmt}: {str(e) or type(e).__name__}")
-    except MemoryError:
-        return _failed(f"out of memory decoding {fmt}", environmental=True)
-    except Exception as e:  # last resort: one bad image must never stop a bucket
-        return _failed(f"cannot decode {fmt}: {type(e).__name__}: {e}")
+        return _upright(rgb, orientation, plan)
+    except Exception as e:  # one bad image must never stop a bucket: each cause named
+        return _failure(e, data, fmt=fmt, name=name, formats=formats, max_pixels=max_pixels)

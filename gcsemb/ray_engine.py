@@ -553,8 +553,21 @@ def _list(
 def _run(
     ray: Any, blocks: list[Any], run: Run, engine: RayEngine, *, limit: int | None, progress: bool
 ) -> None:
-    cfg, summary, source = run.config, run.summary, run.src
-    workers, gpus_per_worker = engine.workers, engine.gpus_per_worker
+    """Run fetch, decode, embed and write on Ray Data over the listed blocks; fills the summary.
+
+    Args:
+        ray: The ``ray`` module, initialised.
+        blocks: References to the listing's Arrow blocks of objects to embed.
+        run: The prepared run: its settings, source, destination and summary.
+        engine: The cluster's actors: ``workers`` (None: one per ``gpus_per_worker`` GPUs of
+            the cluster) and ``gpus_per_worker``.
+        limit: At most this many images embedded in all.
+        progress: Show Ray Data's progress bars (restored afterwards).
+
+    Raises:
+        GcsembError: The one a worker raised, out of Ray's wrappers (see :func:`_reraise`).
+    """
+    summary = run.summary
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
     context.enable_progress_bars = progress
@@ -562,52 +575,7 @@ def _run(
         ds = ray.data.from_arrow_refs(blocks)
         if limit is not None:
             ds = ds.limit(limit)
-        if workers is None:
-            gpus = ray.cluster_resources().get("GPU", 0)
-            workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
-        ds = ds.map_batches(
-            fetch_rows,
-            batch_size=cfg.fetch_batch,
-            batch_format="pyarrow",
-            num_cpus=FETCH_CPUS,
-            fn_kwargs={"src": source},
-        )
-        ds = ds.map_batches(
-            decode_rows,
-            batch_size=cfg.fetch_batch,
-            batch_format="pyarrow",
-            fn_kwargs={"model": cfg.model, "pretrained": cfg.pretrained},
-            # the memory one full-size image may take; it also keeps Ray Data from fusing these
-            # tasks into the embedding actors (it fuses maps with equal resource requests), so
-            # decoding stays spread over every CPU of the cluster
-            memory=DECODE_MEMORY,
-        )
-        ds = ds.map_batches(
-            Embed,
-            batch_size=cfg.batch_size or default_batch_size("cuda" if gpus_per_worker else "cpu"),
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={
-                "model": cfg.model,
-                "pretrained": cfg.pretrained,
-                "device": cfg.device,
-                "precision": cfg.precision,
-                "access": source,
-                "tag": summary.model,
-            },
-            **({"num_gpus": gpus_per_worker} if gpus_per_worker else {}),
-        )
-        ds = ds.map_batches(
-            write_rows,
-            batch_size=cfg.rows_per_shard,
-            batch_format="pyarrow",
-            num_cpus=FETCH_CPUS,
-            fn_kwargs={
-                "dst": run.dst,
-                "model": summary.model,
-                "metadata": run_metadata(source, cfg),
-            },
-        )
+        ds = _stages(ray, ds, run, engine)
         for row in ds.iter_rows():
             summary.embedded += row["embedded"]
             summary.duplicates += row["duplicates"]
@@ -616,6 +584,76 @@ def _run(
         _reraise(e)
     finally:
         context.enable_progress_bars = saved
+
+
+def _workers(ray: Any, engine: RayEngine) -> int:
+    """The embedding actors: ``engine.workers``, else one per ``gpus_per_worker`` GPUs."""
+    if engine.workers is not None:
+        return engine.workers
+    gpus_per_worker = engine.gpus_per_worker
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
+
+
+def _stages(ray: Any, ds: Any, run: Run, engine: RayEngine) -> Any:
+    """The dataset ``ds`` of objects through fetch, decode, embed and write: one row per shard.
+
+    Args:
+        ray: The ``ray`` module, initialised.
+        ds: A Ray dataset of the objects to embed (:data:`OBJECT_SCHEMA`).
+        run: The prepared run: its settings, source, destination and summary.
+        engine: The cluster's actors.
+
+    Returns:
+        The lazy Ray dataset of the write tasks' counts (``embedded``, ``duplicates``,
+        ``failed``).
+    """
+    cfg, summary, source = run.config, run.summary, run.src
+    gpus_per_worker = engine.gpus_per_worker
+    workers = _workers(ray, engine)
+    ds = ds.map_batches(
+        fetch_rows,
+        batch_size=cfg.fetch_batch,
+        batch_format="pyarrow",
+        num_cpus=FETCH_CPUS,
+        fn_kwargs={"src": source},
+    )
+    ds = ds.map_batches(
+        decode_rows,
+        batch_size=cfg.fetch_batch,
+        batch_format="pyarrow",
+        fn_kwargs={"model": cfg.model, "pretrained": cfg.pretrained},
+        # the memory one full-size image may take; it also keeps Ray Data from fusing these
+        # tasks into the embedding actors (it fuses maps with equal resource requests), so
+        # decoding stays spread over every CPU of the cluster
+        memory=DECODE_MEMORY,
+    )
+    ds = ds.map_batches(
+        Embed,
+        batch_size=cfg.batch_size or default_batch_size("cuda" if gpus_per_worker else "cpu"),
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "device": cfg.device,
+            "precision": cfg.precision,
+            "access": source,
+            "tag": summary.model,
+        },
+        **({"num_gpus": gpus_per_worker} if gpus_per_worker else {}),
+    )
+    return ds.map_batches(
+        write_rows,
+        batch_size=cfg.rows_per_shard,
+        batch_format="pyarrow",
+        num_cpus=FETCH_CPUS,
+        fn_kwargs={
+            "dst": run.dst,
+            "model": summary.model,
+            "metadata": run_metadata(source, cfg),
+        },
+    )
 
 
 def _reraise(exc: BaseException) -> NoReturn:

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image, ImageFile
 
 import gcsemb.decode as decode_module
+import gcsemb.rgb_conversion as rgb_conversion
 from gcsemb.decode import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -446,7 +447,7 @@ def test_arbitrary_range_is_stretched_exactly():
 def test_conversion_in_strips_equals_whole_image(make, monkeypatch):
     data = encode(make(), "TIFF")
     whole = decode_image(data)
-    monkeypatch.setattr(decode_module, "_STRIP_PIXELS", 1000)  # 200 strips of 3-4 rows
+    monkeypatch.setattr(rgb_conversion, "_STRIP_PIXELS", 1000)  # 200 strips of 3-4 rows
     strips = decode_image(data)
     assert whole.ok and strips.ok
     assert whole.image.tobytes() == strips.image.tobytes()
@@ -467,7 +468,7 @@ def test_huge_images_are_reduced_early_and_look_the_same(make, monkeypatch):
     data = encode(make(), "PNG" if make().mode != "F" else "TIFF")
     full = decode_image(data)
     monkeypatch.setattr(decode_module, "_HUGE_PIXELS", 0)  # treat 1600x1200 as huge
-    monkeypatch.setattr(decode_module, "_STRIP_PIXELS", 50_000)
+    monkeypatch.setattr(rgb_conversion, "_STRIP_PIXELS", 50_000)
     small = decode_image(data, min_side=100)
     assert small.ok, small.error
     assert (small.width, small.height) == (full.width, full.height) == (1600, 1200)

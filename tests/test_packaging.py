@@ -1,7 +1,8 @@
-"""Packaging promises: conda and pip agree, and `import gcsemb` stays light."""
+"""Packaging promises: conda and pip agree, `import gcsemb` stays light, functions stay short."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -143,12 +144,61 @@ BACKENDS = {"gcsemb/storage/gcs.py", "gcsemb/storage/files.py"}
 def test_only_the_storage_backends_branch_on_the_url_scheme():
     """A new backend (S3, Azure, a local object store) is one file: no other module asks
     which storage a URL names (tests/objstore.py runs the lease and the writer that way)."""
-    root = Path(__file__).resolve().parents[1]
     found = [
-        f"{path.relative_to(root)}:{number}: {line.strip()}"
-        for path in sorted((root / "gcsemb").rglob("*.py"))
-        if str(path.relative_to(root)) not in BACKENDS
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "gcsemb").rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in BACKENDS
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if SCHEME_BRANCHES.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+FUNCTION_LINES = 60  # of code, the docstring not counted
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the function's end."""
+    body = node.body
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        if len(body) == 1:
+            return 0
+        first = body[1]
+    start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", []))])
+    return node.end_lineno - start + 1
+
+
+def _long_functions(source: str) -> list[tuple[int, str, int]]:
+    """(line, name, lines of code) of each function over FUNCTION_LINES without a '# long:'."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        n = _code_lines(node)
+        own = lines[node.lineno - 1 : node.end_lineno]
+        if n > FUNCTION_LINES and not any("# long:" in line for line in own):
+            found.append((node.lineno, node.name, n))
+    return found
+
+
+def test_the_length_check_counts_code_not_docstrings():
+    body = "".join(f"    x{i} = {i}\n" for i in range(FUNCTION_LINES))
+    doc = '    """Doc.\n\n' + "    more\n" * 30 + '    """\n'
+    assert _long_functions(f"def short():\n{doc}{body}") == []
+    assert _long_functions(f"def long():\n{doc}{body}    return 0\n") == [(1, "long", 61)]
+    reason = "    # long: one table, read top to bottom\n"
+    assert _long_functions(f"def why():\n{doc}{reason}{body}    return 0\n") == []
+
+
+def test_no_function_is_too_long():
+    too_long = [
+        f"{path.relative_to(ROOT)}:{line} {name} ({n} lines)"
+        for path in sorted((ROOT / "gcsemb").rglob("*.py"))
+        for line, name, n in _long_functions(path.read_text())
+    ]
+    assert not too_long, (
+        f"over {FUNCTION_LINES} lines of code (split them, or say why in a '# long: ...' comment "
+        "right after the docstring):\n" + "\n".join(too_long)
+    )
