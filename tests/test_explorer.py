@@ -214,3 +214,30 @@ def test_the_widget_answers_clicks_drags_and_lassos(tmp_path, monkeypatch):
     explorer.clear_button.click()
     assert explorer.state.selection is None and explorer.selection_panel.layout.display == "none"
     assert explorer.highlight(df.uri[:10], "mine") == 10 and "'mine'" in repr(explorer)
+
+
+def test_a_model_choice_is_one_value_and_its_fields_are_keywords_too(monkeypatch):
+    from gcsemb import dataset_embedder, search
+    from gcsemb.dataset_embedder import ModelChoice
+
+    df, matrix, _ = _map(50)
+    df["model"] = "tiny/weights"
+    asked = []
+
+    def loaded(choice, tag, *, token=None, dataset=None):
+        asked.append(choice)
+        return type("Fake", (), {"name": tag, "embed_texts": lambda self, t: matrix[[3]]})()
+
+    monkeypatch.setattr(dataset_embedder.ModelChoice, "load", loaded)
+    chosen = ModelChoice(pretrained="tuned.pt", device="cpu")
+    as_value = search.search_text((df, matrix), "a cat", k=3, embedder=chosen)
+    as_keywords = search.search_text(
+        (df, matrix), "a cat", k=3, pretrained="tuned.pt", device="cpu"
+    )
+    assert as_value.uri.tolist() == as_keywords.uri.tolist() and as_value.uri[0] == df.uri[3]
+    assert asked == [chosen, chosen]
+    state = ExplorerState((df, matrix), ModelChoice(model="tiny"), umap=False, device="cpu")
+    state.query("a dog", 2)
+    assert asked[-1] == ModelChoice(model="tiny", device="cpu")
+    with pytest.raises(TypeError, match="pretrianed"):
+        search.search_text((df, matrix), "a cat", pretrianed="tuned.pt")

@@ -83,6 +83,7 @@ def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the images of a dataset that best match a text (or an image), best first."""
+    from gcsemb.dataset_embedder import ModelChoice
     from gcsemb.search import embeddings_of, search_image, search_text
 
     if not args.query and not args.image:
@@ -90,14 +91,8 @@ def run(args: argparse.Namespace) -> int:
     df, matrix, dataset = embeddings_of(
         args.dst, token=args.token, model_tag=args.model_tag, lean=True
     )
-    options = dict(
-        k=args.k,
-        model=args.model,
-        pretrained=args.pretrained,
-        token=dataset,
-        device=args.device,
-        method=args.method,
-    )
+    chosen = ModelChoice(args.model, args.pretrained, args.device)
+    options = dict(k=args.k, embedder=chosen, token=dataset, method=args.method)
     if args.image:
         results = search_image((df, matrix), args.image, **options)
     else:
