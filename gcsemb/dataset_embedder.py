@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gcsemb.config import DEVICE_HELP, option_field
 from gcsemb.errors import GcsembError
 
 if TYPE_CHECKING:
@@ -59,9 +60,16 @@ class ModelChoice:
         >>> e = ModelChoice(device="cpu").load("ViT-B-32/laion2b_s34b_b79k")  # doctest: +SKIP
     """
 
-    model: str | None = None
-    pretrained: str | None = None
-    device: str = "auto"
+    # metadata: the help of gcsemb search's --model, --pretrained and --device
+    model: str | None = option_field(
+        None, "architecture given to gcsemb embed", shown="the dataset's"
+    )
+    pretrained: str | None = option_field(
+        None,
+        "weights given to gcsemb embed (needed only for a checkpoint the dataset's record "
+        "does not find)",
+    )
+    device: str = option_field("auto", DEVICE_HELP)
 
     def load(
         self, tag: str, *, token: Any = None, dataset: Mapping[str, Any] | None = None

@@ -45,12 +45,12 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     normalize_tag,
     remote_checkpoint,
 )
+from gcsemb.config import PRECISIONS
 from gcsemb.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 TINY_MODEL = str(Path(__file__).resolve().parent / "models" / "tiny-clip.json")
-PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _LOADED: dict[ModelSpec, Embedder] = {}
 # open_clip 3 loads checkpoints with torch.load(weights_only=True); say so where it can be said

@@ -7,7 +7,15 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, printable, save_figure, use_agg
+from gcsemb.cli.common import (
+    Command,
+    add_credentials,
+    add_field,
+    printable,
+    save_figure,
+    use_agg,
+)
+from gcsemb.dataset_embedder import ModelChoice
 from gcsemb.errors import GcsembError
 
 DESCRIPTION = """\
@@ -39,13 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="table (default) or jsonl: one {uri, score} object per line",
     )
     p.add_argument("--out", help="also draw the results as an image grid PNG (path or gs://)")
-    p.add_argument("--model", help="architecture given to gcsemb embed (default: the dataset's)")
-    p.add_argument(
-        "--pretrained",
-        help="weights given to gcsemb embed (needed only for a checkpoint the dataset's record "
-        "does not find)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    for flag in ("--model", "--pretrained", "--device"):
+        add_field(p, flag, ModelChoice)
     p.add_argument(
         "--method",
         choices=("auto", "exact", "index"),
@@ -83,7 +86,6 @@ def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the images of a dataset that best match a text (or an image), best first."""
-    from gcsemb.dataset_embedder import ModelChoice
     from gcsemb.search import embeddings_of, search_image, search_text
 
     if not args.query and not args.image:
