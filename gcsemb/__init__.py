@@ -39,6 +39,7 @@ _EXPORTS = {
     "build_index": "gcsemb.index",
     "knn_graph": "gcsemb.neighbours",
     "load_embedder": "gcsemb.embedder",
+    "ModelChoice": "gcsemb.dataset_embedder",
     "umap_project": "gcsemb.projection",
     "plot_projection": "gcsemb.viz",
     "image_grid": "gcsemb.grid",

@@ -9,18 +9,58 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 BATCH_SIZE = {"cpu": 32, "cuda": 256}  # default images per forward pass, by device type
 MIB = 1 << 20
 DECODES = ("auto", "cpu", "gpu")
+MAX_OBJECT_BYTES = 256 * MIB
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 WRITE_RETRY_SECONDS = 600.0
 """How long a write to DST (a shard, or the claim that takes DST's lease) is retried, with backoff
 up to a minute, before the run gives up on it (a shard's rows are then kept locally): an outage of
 Cloud Storage or of the network rarely lasts longer, and ten minutes of waiting costs less than
 recomputing a shard's embeddings on a GPU."""
+
+
+def option_field(default: Any, text: str, *, shown: str | None = None) -> Any:
+    """A dataclass field with a default, and its help on the command line (see :func:`field_help`).
+
+    ``shown``: how the help states the default, where it is not the field's own value.
+    """
+    metadata = {"help": text} if shown is None else {"help": text, "shown": shown}
+    return field(default=default, metadata=metadata)
+
+
+def field_help(owner: Any, name: str) -> str:
+    """The command-line help of the dataclass field ``name`` of ``owner``, with its default.
+
+    Example:
+        >>> field_help(EmbedConfig, "io_workers")
+        'fetch groups in flight at once (default: 4)'
+        >>> field_help(RayEngine, "gpus_per_worker")
+        'ray: GPUs per embedding actor (default: 0: embed on CPU)'
+    """
+    spec = {f.name: f for f in fields(owner)}[name]
+    shown = spec.metadata.get("shown", spec.default)
+    if shown is None or isinstance(shown, bool) or shown is MISSING:
+        return spec.metadata["help"]
+    return f"{spec.metadata['help']} (default: {shown})"
+
+
+def field_default(owner: Any, name: str) -> Any:
+    """The default of the dataclass field ``name`` of ``owner`` (None: one made per instance).
+
+    Example:
+        >>> field_default(EmbedConfig, "model")
+        'ViT-B-32'
+    """
+    default = {f.name: f for f in fields(owner)}[name].default
+    return None if default is MISSING else default
 
 
 def default_batch_size(device_type: str) -> int:
@@ -67,23 +107,48 @@ class EmbedConfig:
         wait_for_lease: Seconds to wait while another run writes to DST (0: stop at once).
     """
 
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = DEFAULT_PRETRAINED
-    batch_size: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    decode: str = "auto"
-    fetch_batch: int = 32
-    io_workers: int = 4
-    decode_workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
-    rows_per_shard: int = 5000
+    # metadata: the command line's help (``gcsemb embed --help``) and, where the default is not
+    # the field's own value, how that help states it
+    model: str = option_field(DEFAULT_MODEL, "open_clip architecture or config JSON")
+    pretrained: str | None = option_field(
+        DEFAULT_PRETRAINED, "weights tag, checkpoint path or gs:// URL; 'random' for random weights"
+    )
+    batch_size: int | None = option_field(
+        None,
+        "images per forward pass",
+        shown=f"{BATCH_SIZE['cpu']} on a CPU, {BATCH_SIZE['cuda']} on a GPU",
+    )
+    device: str = option_field("auto", DEVICE_HELP)
+    precision: str = option_field(
+        "auto", "auto: bf16 where the GPU runs it natively, fp16 on older GPUs, fp32 on a CPU"
+    )
+    decode: str = option_field(
+        "auto",
+        "where JPEGs are decoded: gpu (in batches, with nvJPEG), cpu (threads), or auto: on the "
+        "GPU when the model runs on CUDA",
+    )
+    fetch_batch: int = option_field(32, "objects fetched together by one group")
+    io_workers: int = option_field(4, "fetch groups in flight at once")
+    decode_workers: int = field(
+        default_factory=lambda: max(2, os.cpu_count() or 2),
+        metadata={"help": "CPU threads decoding", "shown": "the CPU cores"},
+    )
+    rows_per_shard: int = option_field(5000, "rows per parquet shard")
     seconds_per_shard: float = 60.0
-    max_object_bytes: int = 256 * MIB
+    max_object_bytes: int = option_field(
+        MAX_OBJECT_BYTES,
+        "objects larger than this are recorded as too large, never downloaded",
+        shown=f"{MAX_OBJECT_BYTES // MIB} MiB",
+    )
     max_bytes_in_flight: int = 1024 * MIB
     decode_memory: int = 1024 * MIB
     write_retry_seconds: float = WRITE_RETRY_SECONDS
-    retry_failed: bool = False
-    wait_for_lease: float = 0.0
+    retry_failed: bool = option_field(
+        False, "try every recorded failure again (by default: those with an environmental cause)"
+    )
+    wait_for_lease: float = option_field(
+        0.0, "wait this long while another run writes to DST", shown="0: stop at once"
+    )
 
     def __post_init__(self) -> None:
         if self.decode not in DECODES:
@@ -108,6 +173,12 @@ class RayEngine:
         RayEngine(address='auto', workers=None, gpus_per_worker=1)
     """
 
-    address: str | None = None
-    workers: int | None = None
-    gpus_per_worker: float = 0
+    address: str | None = option_field(
+        None, "ray: cluster to join (auto, ray://HOST:10001, vertex_ray://...)"
+    )
+    workers: int | None = option_field(
+        None, "ray: embedding actors", shown="one per --gpus-per-worker"
+    )
+    gpus_per_worker: float = option_field(
+        0, "ray: GPUs per embedding actor", shown="0: embed on CPU"
+    )

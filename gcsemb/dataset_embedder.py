@@ -2,8 +2,9 @@
 
 Text and new images are embedded with the model that embedded the dataset (its tag is in the
 ``model`` column, ``"<architecture>/<weights>"``). :func:`embedder_for` loads it, or checks the one
-passed, and :func:`dataset_weights` says which weights to load, from only what cannot run or fetch
-anything a dataset's author chose:
+passed; a :class:`ModelChoice` says how to load it (what is not chosen comes from the dataset), and
+:func:`dataset_weights` says which weights to load, from only what cannot run or fetch anything a
+dataset's author chose:
 
 - an open_clip weights tag of the dataset's architecture (``laion2b_s34b_b79k``), or random weights;
 - a checkpoint (``name#hash``): the local file the dataset records, when its sha256 is still the
@@ -26,53 +27,129 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gcsemb.checkpoints import BUNDLED_MODELS
+from gcsemb.config import DEVICE_HELP, option_field
 from gcsemb.errors import GcsembError
 
 if TYPE_CHECKING:
     from gcsemb.embedder import Embedder
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model embeds the queries of a dataset (texts, new images), before it is loaded.
+
+    Every field left as is comes from the dataset: its model tag names the architecture, and
+    :func:`dataset_weights` recovers the weights where that is safe. Pass one wherever an
+    ``embedder=`` is taken (:func:`gcsemb.search_text`, :class:`gcsemb.Explorer`, ...), or its
+    fields as keywords there (``pretrained="/models/tuned.pt"``).
+
+    Attributes:
+        model: open_clip architecture or model-config JSON, as given to :func:`gcsemb.embed`
+            (None: the dataset's, when open_clip or gcsemb ships it).
+        pretrained: Weights tag or checkpoint path/URL, as given to :func:`gcsemb.embed`
+            (None: recovered from the dataset by :func:`dataset_weights`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``: where queries are embedded.
+
+    Example:
+        >>> ModelChoice(pretrained="/models/tuned.pt")
+        ModelChoice(model=None, pretrained='/models/tuned.pt', device='auto')
+        >>> e = ModelChoice(device="cpu").load("ViT-B-32/laion2b_s34b_b79k")  # doctest: +SKIP
+    """
+
+    # metadata: the help of gcsemb search's --model, --pretrained and --device
+    model: str | None = option_field(
+        None, "architecture given to gcsemb embed", shown="the dataset's"
+    )
+    pretrained: str | None = option_field(
+        None,
+        "weights given to gcsemb embed (needed only for a checkpoint the dataset's record "
+        "does not find)",
+    )
+    device: str = option_field("auto", DEVICE_HELP)
+
+    def load(
+        self, tag: str, *, token: Any = None, dataset: Mapping[str, Any] | None = None
+    ) -> Embedder:
+        """The embedder of the dataset model tagged ``tag``, loaded as chosen and checked.
+
+        Args:
+            tag: The dataset's ``model`` column value, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
+            token: Credentials for a ``gs://`` checkpoint passed as ``pretrained``.
+            dataset: What the dataset records about how it was made (``df.attrs["dataset"]``):
+                the checkpoint's location and sha256.
+
+        Raises:
+            GcsembError: The weights cannot be recovered safely, or the loaded model is another.
+        """
+        from gcsemb.embedder import load_embedder
+
+        model = self.model if self.model is not None else _dataset_model(tag, dataset)
+        pretrained = self.pretrained
+        if pretrained is None:
+            pretrained = dataset_weights(tag, dataset)
+        return _checked(tag, load_embedder(model, pretrained, device=self.device, token=token))
+
+
+def chosen_model(
+    embedder: Embedder | ModelChoice | None = None, **choice: Any
+) -> Embedder | ModelChoice:
+    """``embedder``, or the :class:`ModelChoice` that ``choice``'s keywords change.
+
+    What the public functions do with their ``embedder=`` and ``model=``/``pretrained=``/
+    ``device=`` shorthand: a loaded embedder wins (the keywords are then not needed).
+
+    Example:
+        >>> chosen_model(None, pretrained="tuned.pt")
+        ModelChoice(model=None, pretrained='tuned.pt', device='auto')
+        >>> chosen_model(ModelChoice(model="ViT-B-16"), device="cpu")
+        ModelChoice(model='ViT-B-16', pretrained=None, device='cpu')
+    """
+    if embedder is None:
+        return ModelChoice(**choice)
+    if isinstance(embedder, ModelChoice):
+        return replace(embedder, **choice)
+    return embedder
+
+
 def embedder_for(
     tag: str,
     *,
-    embedder: Embedder | None = None,
-    model: str | None = None,
-    pretrained: str | None = None,
+    embedder: Embedder | ModelChoice | None = None,
     token: Any = None,
-    device: str = "auto",
     dataset: Mapping[str, Any] | None = None,
+    **choice: Any,
 ) -> Embedder:
     """The embedder of the model tagged ``tag`` (``"<arch>/<weights>"``), checked to match.
 
     Args:
         tag: The dataset's ``model`` column value, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
-        embedder: Use this one (it is only checked against ``tag``).
-        model: open_clip architecture or config JSON (default: the tag's architecture, when
-            open_clip or gcsemb ships it).
-        pretrained: Weights tag or checkpoint path/URL, as given to :func:`gcsemb.embed`
-            (default: recovered from ``tag`` and ``dataset`` by :func:`dataset_weights`).
+        embedder: An embedder already loaded (it is only checked against ``tag``), or the
+            :class:`ModelChoice` to load (default: everything recovered from the dataset).
         token: Credentials for a ``gs://`` checkpoint passed as ``pretrained``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         dataset: What the dataset records about how it was made (``df.attrs["dataset"]``):
             the checkpoint's location and sha256.
+        **choice: ``model=``, ``pretrained=``, ``device=``: the fields of a :class:`ModelChoice`.
 
     Raises:
         GcsembError: The weights cannot be recovered safely, or the loaded model is another one.
 
     Example:
         >>> e = embedder_for("ViT-B-32/laion2b_s34b_b79k")  # doctest: +SKIP
+        >>> e = embedder_for(tag, embedder=ModelChoice(pretrained="tuned.pt"))  # doctest: +SKIP
     """
-    if embedder is None:
-        if model is None:
-            model = _dataset_model(tag, dataset)
-        if pretrained is None:
-            pretrained = dataset_weights(tag, dataset)
-        from gcsemb.embedder import load_embedder
+    chosen = chosen_model(embedder, **choice)
+    if isinstance(chosen, ModelChoice):
+        return chosen.load(tag, token=token, dataset=dataset)
+    return _checked(tag, chosen)
 
-        embedder = load_embedder(model, pretrained, device=device, token=token)
+
+def _checked(tag: str, embedder: Embedder) -> Embedder:
+    """``embedder`` if it is the model tagged ``tag``."""
     if not _comparable(tag, embedder.name):
         raise GcsembError(
             f"The dataset was embedded with {tag} but the model loaded is {embedder.name}: "
@@ -138,7 +215,7 @@ def _dataset_model(tag: str, dataset: Mapping[str, Any] | None) -> str:
     (:func:`gcsemb.model_config.check_model_config`) and written into gcsemb's cache.
     """
     arch = tag.partition("/")[0]
-    bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    bundled = BUNDLED_MODELS / f"{arch}.json"
     recorded = str((dataset or {}).get("architecture") or "")
     problem = ""
     if _NAME.fullmatch(arch) and not arch.endswith(".json"):
@@ -177,6 +254,7 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
     naming ``/etc/shadow`` gets nothing opened, hashed or remembered.
     """
     from gcsemb.checkpoints import content_hash, trusted_checkpoint
+    from gcsemb.storage import local_path
 
     sha = str(info.get("checkpoint_sha256") or "").lower()
     where = str(info.get("checkpoint") or "")
@@ -188,8 +266,8 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
             f"Pass it again: {again}."
         )
     problem = ""
-    local = where.removeprefix("file://") if where.startswith("file://") else where
-    if local and "://" not in local:
+    local = local_path(where)
+    if local:
         path = Path(local)
         if not path.is_absolute():
             problem = f"{where} is not an absolute path"
@@ -213,7 +291,7 @@ def _recorded_checkpoint(name: str, hash8: str, info: dict[str, Any]) -> Path:
     if cached is not None:
         _announce(f"{cached} from gcsemb's cache for {where or name}", sha)
         return cached
-    if "://" in local:
+    if local is None:
         raise GcsembError(
             f"The dataset was embedded with {what} from {where} (sha256 {sha}). gcsemb does not "
             "fetch a location written in a dataset, and no file with that sha256 is in its "
@@ -264,7 +342,7 @@ def _comparable(tag: str, name: str) -> bool:
 
 def _architecture_path(arch: str) -> str:
     """``arch`` if open_clip knows it, else gcsemb's bundled config of that name."""
-    bundled = Path(__file__).resolve().parent / "models" / f"{arch}.json"
+    bundled = BUNDLED_MODELS / f"{arch}.json"
     if bundled.is_file():
         import open_clip
 

@@ -44,12 +44,12 @@ from gcsemb.checkpoints import (  # noqa: F401  (defaults re-exported)
     normalize_tag,
     remote_checkpoint,
 )
+from gcsemb.config import PRECISIONS
 from gcsemb.errors import ModelLoadError
 from gcsemb.storage.cache import atomic_write, cache_dir
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _LOADED: dict[ModelSpec, Embedder] = {}
 # open_clip 3 loads checkpoints with torch.load(weights_only=True); say so where it can be said

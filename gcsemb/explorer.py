@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gcsemb.dataset_embedder import embedder_for
+from gcsemb.dataset_embedder import ModelChoice, chosen_model, embedder_for
 from gcsemb.map_picture import Overlay
 from gcsemb.search import (
     RESULT_COLUMNS,
@@ -114,16 +114,14 @@ class ExplorerState:
     Args:
         data: A dataset URL, the ``(df, matrix)`` pair of :func:`gcsemb.read_embeddings`, or a
             DataFrame with an ``embedding`` column.
-        embedder: The dataset's model, for text queries (default: recovered from the dataset's
-            model tag, or built from ``model``/``pretrained``, on the first text query).
-        model: Architecture, as given to :func:`gcsemb.embed`.
-        pretrained: Weights, as given to :func:`gcsemb.embed` (default: recovered from the
-            dataset, see :func:`gcsemb.dataset_embedder.dataset_weights`).
+        embedder: The dataset's model for text queries, loaded, or the
+            :class:`~gcsemb.dataset_embedder.ModelChoice` that loads it on the first text query
+            (default: recovered from the dataset's model tag).
         token: Credentials for ``gs://`` (default: the access the dataset was read with).
         coords: A projection from :func:`gcsemb.umap_project`; None computes it (or reuses
             the one saved next to the dataset) unless ``umap=False``.
         umap: Compute the UMAP map when ``coords`` is None.
-        device: Where text queries are embedded.
+        **choice: ``model=``, ``pretrained=``, ``device=``: a ModelChoice's fields, as keywords.
 
     Attributes:
         df: The dataset's rows.
@@ -137,30 +135,28 @@ class ExplorerState:
 
     Example:
         >>> state = ExplorerState((df, X), embedder=embedder, umap=False)  # doctest: +SKIP
+        >>> state = ExplorerState(dst, ModelChoice(pretrained="tuned.pt"))  # doctest: +SKIP
         >>> state.query("a photo of a cat", k=3).uri.tolist()  # doctest: +SKIP
     """
 
     def __init__(
         self,
         data: Any,
-        embedder: Embedder | None = None,
+        embedder: Embedder | ModelChoice | None = None,
         *,
-        model: str | None = None,
-        pretrained: str | None = None,
         token: Any = None,
         coords: pd.DataFrame | None = None,
         umap: bool = True,
-        device: str = "auto",
+        **choice: Any,
     ) -> None:
         import pandas as pd
 
+        self._embedder = chosen_model(embedder, **choice)
+        self._embedder_checked = False
         self.df, self.matrix, dataset = embeddings_of(data, token=token)
         if not len(self.df):
             raise ValueError("The dataset holds no embeddings: run gcsemb.embed(src, dst) first.")
         self.access = token if token is not None else dataset
-        self._embedder: Embedder | None = embedder
-        self._weights = {"model": model, "pretrained": pretrained, "device": device}
-        self._embedder_checked = False
         if coords is None and umap:
             from gcsemb.projection import umap_project
 
@@ -234,7 +230,6 @@ class ExplorerState:
                 embedder=self._embedder,
                 token=self.access,
                 dataset=self.df.attrs.get("dataset"),  # a checkpoint it records, if unchanged
-                **self._weights,
             )
             self._embedder_checked = True
         return self._embedder

@@ -39,7 +39,15 @@ import numpy as np
 
 from gcsemb.search import embeddings_of, model_tag_of
 from gcsemb.storage import Store, open_store
-from gcsemb.umap_backends import available, choose_backend, describe, fit_layout, without_self
+from gcsemb.umap_backends import (
+    MIN_DIST,
+    N_NEIGHBORS,
+    available,
+    choose_backend,
+    describe,
+    fit_layout,
+    without_self,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +112,8 @@ def fingerprint(uris: Sequence[str], md5s: Sequence[str | None] | None = None) -
 def umap_project(
     data: Any,
     *,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
+    n_neighbors: int = N_NEIGHBORS,
+    min_dist: float = MIN_DIST,
     metric: str = "cosine",
     seed: int | None = None,
     n_epochs: int | None = None,

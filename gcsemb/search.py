@@ -1,9 +1,10 @@
 """Search an embeddings dataset: by text, by image, and for near-duplicate pairs.
 
 Text and new images are embedded with the same model that embedded the dataset (its tag is in the
-``model`` column). Pass an :class:`~gcsemb.embedder.Embedder`, or ``model=``/``pretrained=`` as
-given to :func:`gcsemb.embed`; with neither, the weights are recovered from the dataset, but only
-from what cannot run or fetch anything a dataset's author chose (see
+``model`` column). Pass an :class:`~gcsemb.embedder.Embedder`, or a
+:class:`~gcsemb.dataset_embedder.ModelChoice` (``model=``/``pretrained=`` as given to
+:func:`gcsemb.embed`, also accepted as keywords); with neither, the weights are recovered from the
+dataset, but only from what cannot run or fetch anything a dataset's author chose (see
 :mod:`gcsemb.dataset_embedder`).
 
 Every search returns a DataFrame, best first: ``uri``, ``score`` (cosine similarity, 1.0 is an
@@ -13,6 +14,7 @@ Example:
     >>> from gcsemb.search import search_text, search_image
     >>> df, X = gcsemb.read_embeddings("gs://my-bucket/embeddings")  # doctest: +SKIP
     >>> search_text((df, X), "a dog on a beach", k=5)  # doctest: +SKIP
+    >>> search_text((df, X), "a dog", embedder=ModelChoice(device="cpu"))  # doctest: +SKIP
     >>> search_image((df, X), df.uri[0], k=5)  # the image itself comes first  # doctest: +SKIP
     >>> near_duplicates((df, X), threshold=0.97)  # doctest: +SKIP
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.dataset import embedding_matrix
-from gcsemb.dataset_embedder import embedder_for
+from gcsemb.dataset_embedder import ModelChoice, chosen_model, embedder_for
 from gcsemb.storage import Store
 
 if TYPE_CHECKING:
@@ -280,12 +282,10 @@ def search_text(
     query: str,
     *,
     k: int = 10,
-    embedder: Embedder | None = None,
-    model: str | None = None,
-    pretrained: str | None = None,
+    embedder: Embedder | ModelChoice | None = None,
     token: Any = None,
-    device: str = "auto",
     method: str = "auto",
+    **choice: Any,
 ) -> pd.DataFrame:
     """The ``k`` images that best match a text, with the text tower of the dataset's model.
 
@@ -294,14 +294,12 @@ def search_text(
             DataFrame with an ``embedding`` column. Pass the pair when searching repeatedly.
         query: What to look for, e.g. ``"a red car at night"``.
         k: How many results.
-        embedder: The dataset's model, already loaded.
-        model: Architecture or config JSON, as given to :func:`gcsemb.embed` (default: from the
-            dataset's model tag).
-        pretrained: Weights, as given to :func:`gcsemb.embed` (default: recovered from the
-            dataset when that is safe, see :func:`~gcsemb.dataset_embedder.dataset_weights`).
+        embedder: The dataset's model, already loaded, or the
+            :class:`~gcsemb.dataset_embedder.ModelChoice` that loads its text tower (default:
+            the dataset's model, its weights recovered when that is safe).
         token: Credentials for ``gs://``.
-        device: Where to run the text tower.
         method: ``"exact"``, ``"index"`` or ``"auto"`` (see :func:`ranked`).
+        **choice: ``model=``, ``pretrained=``, ``device=``: a ModelChoice's fields, as keywords.
 
     Returns:
         A DataFrame with ``uri``, ``score`` (cosine similarity) and ``md5``, best first.
@@ -310,21 +308,14 @@ def search_text(
         >>> search_text("gs://my-bucket/embeddings", "a cat on a sofa", k=5)  # doctest: +SKIP
                                         uri     score                       md5
         0  gs://my-bucket/photos/cat-17.jpg  0.312871  lU1kSQ0Q...
+        >>> search_text(dst, "a cat", pretrained="/models/tuned.pt")  # doctest: +SKIP
     """
     if not isinstance(query, str) or not query.strip():
         raise ValueError("Give a non-empty text to search for, e.g. 'a photo of a cat'.")
+    chosen = chosen_model(embedder, **choice)
     df, matrix, dataset = embeddings_of(data, token=token, lean=True)
-    access = token or dataset
-    embedder = _dataset_embedder(
-        df,
-        "text",
-        embedder=embedder,
-        model=model,
-        pretrained=pretrained,
-        token=access,
-        device=device,
-    )
-    return ranked(df, matrix, embedder.embed_texts([query])[0], k, method=method, kind="text")
+    text_tower = _dataset_embedder(df, "text", chosen, token=token or dataset)
+    return ranked(df, matrix, text_tower.embed_texts([query])[0], k, method=method, kind="text")
 
 
 def search_image(
@@ -332,12 +323,10 @@ def search_image(
     image: Any,
     *,
     k: int = 10,
-    embedder: Embedder | None = None,
-    model: str | None = None,
-    pretrained: str | None = None,
+    embedder: Embedder | ModelChoice | None = None,
     token: Any = None,
-    device: str = "auto",
     method: str = "auto",
+    **choice: Any,
 ) -> pd.DataFrame:
     """The ``k`` images most similar to an image of the dataset or a new one.
 
@@ -347,13 +336,12 @@ def search_image(
             back first), another image's URI or local path, a PIL image, image bytes, or an
             embedding vector.
         k: How many results.
-        embedder: The dataset's model, for images not in the dataset.
-        model: As given to :func:`gcsemb.embed` (default: from the dataset's tag).
-        pretrained: As given to :func:`gcsemb.embed` (default: see
-            :func:`~gcsemb.dataset_embedder.dataset_weights`).
+        embedder: The dataset's model, for images not in the dataset: loaded, or the
+            :class:`~gcsemb.dataset_embedder.ModelChoice` that loads it (default: see
+            :func:`search_text`).
         token: Credentials for ``gs://``.
-        device: Where to run the image tower.
         method: ``"exact"``, ``"index"`` or ``"auto"`` (see :func:`ranked`).
+        **choice: ``model=``, ``pretrained=``, ``device=``: a ModelChoice's fields, as keywords.
 
     Returns:
         A DataFrame with ``uri``, ``score`` and ``md5``, best first.
@@ -363,21 +351,14 @@ def search_image(
         >>> hits.uri[0]  # doctest: +SKIP
         'gs://my-bucket/photos/cat-17.jpg'
     """
+    chosen = chosen_model(embedder, **choice)
     df, matrix, dataset = embeddings_of(data, token=token, lean=True)
     access = token or dataset
     if isinstance(image, np.ndarray) and image.ndim == 1:
         return ranked(df, matrix, image / (np.linalg.norm(image) or 1.0), k, method=method)
 
     def load() -> Embedder:
-        return _dataset_embedder(
-            df,
-            "image",
-            embedder=embedder,
-            model=model,
-            pretrained=pretrained,
-            token=access,
-            device=device,
-        )
+        return _dataset_embedder(df, "image", chosen, token=access)
 
     if isinstance(image, str | os.PathLike):
         uri = str(image)
@@ -394,30 +375,15 @@ def search_image(
 
 
 def _dataset_embedder(
-    df: pd.DataFrame,
-    what: str,
-    *,
-    embedder: Embedder | None,
-    model: str | None,
-    pretrained: str | None,
-    token: Any,
-    device: str,
+    df: pd.DataFrame, what: str, chosen: Embedder | ModelChoice, *, token: Any
 ) -> Embedder:
-    """The model of the rows (checked against ``embedder`` when one is given) to embed ``what``."""
+    """The model of the rows (checked against ``chosen`` when it is loaded) to embed ``what``."""
     tag = model_tag_of(df)
     if tag is not None:
-        return embedder_for(
-            tag,
-            embedder=embedder,
-            model=model,
-            pretrained=pretrained,
-            token=token,
-            device=device,
-            dataset=df.attrs.get("dataset"),
-        )
-    if embedder is None:
+        return embedder_for(tag, embedder=chosen, token=token, dataset=df.attrs.get("dataset"))
+    if isinstance(chosen, ModelChoice):
         raise ValueError(f"No model tag in the rows: pass embedder= to embed the {what}.")
-    return embedder
+    return chosen
 
 
 def _read_image(uri: str, token: Any) -> bytes:

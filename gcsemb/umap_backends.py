@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # numpy loads where it is used: the CLI imports BACKENDS for 
     import numpy as np
 
 BACKENDS = ("auto", "umap-learn", "cuml")
+N_NEIGHBORS = 15
+"""UMAP's neighbourhood by default (:func:`gcsemb.umap_project`, ``gcsemb umap``)."""
+MIN_DIST = 0.1
+"""UMAP's ``min_dist`` by default (:func:`gcsemb.umap_project`, ``gcsemb umap``)."""
 SPECTRAL_MAX = 100_000  # init="auto": umap-learn's spectral init up to here, PCA beyond
 CUML_HINT = (
     "pip install cuml-cu12 (Colab's GPU runtime ships it) on a machine with an NVIDIA GPU, "

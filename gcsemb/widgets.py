@@ -37,6 +37,7 @@ from gcsemb.widget_display import enable_colab_widgets, import_ipywidgets, widge
 if TYPE_CHECKING:
     import pandas as pd
 
+    from gcsemb.dataset_embedder import ModelChoice
     from gcsemb.embedder import Embedder
 
 
@@ -44,19 +45,20 @@ class Explorer:
     """Search a dataset by text, browse neighbours of an image, and see them on the UMAP map.
 
     Args:
-        data: A dataset URL, the ``(df, matrix)`` pair of :func:`gcsemb.read_embeddings`, or a
-            DataFrame with an ``embedding`` column (this argument and the next six, as well as
-            ``device``, are those of :class:`gcsemb.explorer.ExplorerState`).
-        embedder: The dataset's model, for text queries (default: recovered from the dataset).
-        model: Architecture, as given to :func:`gcsemb.embed`.
-        pretrained: Weights, as given to :func:`gcsemb.embed`.
-        token: Credentials for ``gs://``.
-        coords: A projection from :func:`gcsemb.umap_project`, or None.
-        umap: Show the UMAP map (computed, or reused from beside the dataset, when no coords).
+        data: A dataset URL, the ``(df, matrix)`` pair of :func:`gcsemb.read_embeddings`, a
+            DataFrame with an ``embedding`` column, or an
+            :class:`~gcsemb.explorer.ExplorerState` already made (shown as it is: its results,
+            selection and highlights too).
+        embedder: The dataset's model for text queries, loaded, or a
+            :class:`~gcsemb.dataset_embedder.ModelChoice` (default: recovered from the dataset).
         k: Initial number of results.
         color_by: Column colouring the map (if the projection has it).
         thumbnail_px: Displayed thumbnail width in pixels.
-        device: Where text queries are embedded.
+        **options: The rest of :class:`~gcsemb.explorer.ExplorerState`'s arguments, for a
+            ``data`` that is not a state yet: ``token=`` (credentials for ``gs://``),
+            ``coords=`` (a projection from :func:`gcsemb.umap_project`), ``umap=`` (show the
+            UMAP map, computed or reused from beside the dataset, when there are no coords),
+            and the model choice's ``model=``, ``pretrained=``, ``device=``.
 
     Attributes:
         state: What the explorer shows (:class:`gcsemb.explorer.ExplorerState`).
@@ -64,39 +66,39 @@ class Explorer:
         selected: Their URIs (highlighted on the map).
         widget: The root widget (displayed when the Explorer is the cell's value).
 
+    Raises:
+        TypeError: ``data`` is a state, and ``embedder`` or ``options`` are given too (they
+            made the state: they cannot change it).
+
     Example:
         >>> ex = Explorer((df, X), model=TINY_MODEL, pretrained="tiny.pt")  # doctest: +SKIP
         >>> ex.query("a photo of a cat").uri[0]  # doctest: +SKIP
         >>> ex.select(ex.selected[0])  # neighbours of the best match  # doctest: +SKIP
+        >>> state = ExplorerState(dst, umap=False)  # doctest: +SKIP
+        >>> state.query("a dog", k=5); Explorer(state)  # its results, as widgets  # doctest: +SKIP
     """
 
     def __init__(
         self,
         data: Any,
-        embedder: Embedder | None = None,
+        embedder: Embedder | ModelChoice | None = None,
         *,
-        model: str | None = None,
-        pretrained: str | None = None,
-        token: Any = None,
-        coords: pd.DataFrame | None = None,
-        umap: bool = True,
         k: int = 12,
         color_by: str = "folder",
         thumbnail_px: int = 112,
-        device: str = "auto",
+        **options: Any,
     ) -> None:
         w = import_ipywidgets()
         enable_colab_widgets()
-        self.state = ExplorerState(
-            data,
-            embedder,
-            model=model,
-            pretrained=pretrained,
-            token=token,
-            coords=coords,
-            umap=umap,
-            device=device,
-        )
+        if not isinstance(data, ExplorerState):
+            data = ExplorerState(data, embedder, **options)
+        elif embedder is not None or options:
+            given = ", ".join(["embedder"] * (embedder is not None) + sorted(options))
+            raise TypeError(
+                f"Explorer(state) shows the state as it was made; {given} would not change it: "
+                "pass them to ExplorerState(...), or the dataset to Explorer(...)."
+            )
+        self.state = data
         self._px = int(thumbnail_px)
         self._syncing = False
         self._make_controls(w, k)
@@ -111,6 +113,10 @@ class Explorer:
         else:
             self.plot.layout.display = "none"
         self.widget = self._assemble(w)
+        if self.state.last is not None:  # a state already searched: its results, as tiles
+            self._show_results(time.perf_counter())
+        if self.state.selection is not None:
+            self._show_selection(time.perf_counter())
 
     def _make_controls(self, w: Any, k: int) -> None:
         """The text and URI boxes, the ``k`` slider, the button, status line, tiles and map."""
@@ -212,8 +218,7 @@ class Explorer:
         k = self._set_k(k)
         started = time.perf_counter()
         results = self.state.query(text, k)
-        self._sync(self.text, text)
-        self._show(f"Top {len(results)} for <i>{html.escape(text)}</i>", started)
+        self._show_results(started)
         return results
 
     def select(self, uri: str, k: int | None = None) -> pd.DataFrame:
@@ -225,9 +230,7 @@ class Explorer:
         k = self._set_k(k)
         started = time.perf_counter()
         results = self.state.select(uri, k)
-        self._sync(self.uri_box, uri)
-        name = html.escape(uri.rsplit("/", 1)[-1])
-        self._show(f"Top {len(results)} neighbours of <i>{name}</i>", started)
+        self._show_results(started)
         return results
 
     def pick(self, x: float, y: float, k: int | None = None) -> pd.DataFrame:
@@ -301,6 +304,17 @@ class Explorer:
             control.value = value
         finally:
             self._syncing = False
+
+    def _show_results(self, started: float) -> None:
+        """The state's results, under a heading naming the text or image that made them."""
+        (kind, value), n = self.state.last, len(self.state.results)
+        if kind == "text":
+            self._sync(self.text, value)
+            self._show(f"Top {n} for <i>{html.escape(value)}</i>", started)
+        else:
+            self._sync(self.uri_box, value)
+            name = html.escape(value.rsplit("/", 1)[-1])
+            self._show(f"Top {n} neighbours of <i>{name}</i>", started)
 
     def _show(self, heading: str, started: float) -> None:
         results = self.state.results

@@ -163,3 +163,17 @@ def test_python_dash_m_runs_the_cli():
         [sys.executable, "-m", "gcsemb.cli", "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "examples:" in out.stdout
+
+
+def test_embed_defaults_are_the_configs_and_its_help_shows_them(capsys):
+    from gcsemb.cli import build_parser
+    from gcsemb.cli.embed import engine_of, settings_of
+    from gcsemb.config import EmbedConfig
+
+    args = build_parser().parse_args(["embed", "src", "dst"])
+    chosen = EmbedConfig(model=args.model, pretrained=args.pretrained, **settings_of(args))
+    assert chosen == EmbedConfig() and engine_of(args) == "local"
+    embed = " ".join(_help(capsys, "embed").split())
+    for shown in ("(default: ViT-B-32)", "(default: laion2b_s34b_b79k)", "(default: 4)"):
+        assert shown in embed, shown
+    assert "(default: 32 on a CPU, 256 on a GPU)" in embed and "(default: 256 MiB)" in embed

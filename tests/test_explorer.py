@@ -214,3 +214,48 @@ def test_the_widget_answers_clicks_drags_and_lassos(tmp_path, monkeypatch):
     explorer.clear_button.click()
     assert explorer.state.selection is None and explorer.selection_panel.layout.display == "none"
     assert explorer.highlight(df.uri[:10], "mine") == 10 and "'mine'" in repr(explorer)
+
+
+def test_the_widget_shows_a_state_made_before_as_it_is(tmp_path, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from gcsemb.widgets import Explorer
+
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    df, matrix, coords = _map(200, photos=tmp_path / "photos")
+    state = ExplorerState((df, matrix), coords=coords)
+    state.select(df.uri[7], 4)
+    state.select_box(-8, -8, 8, 6)
+    explorer = Explorer(state, k=4)
+    assert explorer.state is state and explorer.selected[0] == df.uri[7]
+    assert [tile.uri for tile in explorer.result_box.children] == state.selected
+    assert explorer.uri_box.value == df.uri[7] and "neighbours of" in explorer.status.value
+    assert explorer.selection_panel.layout.display == "flex"
+    with pytest.raises(TypeError, match="coords, umap would not change it"):
+        Explorer(state, coords=coords, umap=False)
+
+
+def test_a_model_choice_is_one_value_and_its_fields_are_keywords_too(monkeypatch):
+    from gcsemb import dataset_embedder, search
+    from gcsemb.dataset_embedder import ModelChoice
+
+    df, matrix, _ = _map(50)
+    df["model"] = "tiny/weights"
+    asked = []
+
+    def loaded(choice, tag, *, token=None, dataset=None):
+        asked.append(choice)
+        return type("Fake", (), {"name": tag, "embed_texts": lambda self, t: matrix[[3]]})()
+
+    monkeypatch.setattr(dataset_embedder.ModelChoice, "load", loaded)
+    chosen = ModelChoice(pretrained="tuned.pt", device="cpu")
+    as_value = search.search_text((df, matrix), "a cat", k=3, embedder=chosen)
+    as_keywords = search.search_text(
+        (df, matrix), "a cat", k=3, pretrained="tuned.pt", device="cpu"
+    )
+    assert as_value.uri.tolist() == as_keywords.uri.tolist() and as_value.uri[0] == df.uri[3]
+    assert asked == [chosen, chosen]
+    state = ExplorerState((df, matrix), ModelChoice(model="tiny"), umap=False, device="cpu")
+    state.query("a dog", 2)
+    assert asked[-1] == ModelChoice(model="tiny", device="cpu")
+    with pytest.raises(TypeError, match="pretrianed"):
+        search.search_text((df, matrix), "a cat", pretrianed="tuned.pt")

@@ -84,6 +84,21 @@ class Command:
         parser.set_defaults(func=self.run)
 
 
+def add_field(group: Any, flag: str, owner: Any, *, name: str = "", **options: Any) -> None:
+    """Add ``flag`` for the field ``name`` (default: the flag's) of the dataclass ``owner``.
+
+    Its default and help are the field's (:func:`gcsemb.config.field_help`): stated once, in
+    :mod:`gcsemb.config`. ``options`` go to ``add_argument`` (``default=None``: only a flag
+    given is passed on, the config's default applies).
+    """
+    from gcsemb.config import field_default, field_help
+
+    name = name or flag.lstrip("-").replace("-", "_")
+    if options.get("action") != "store_true":
+        options.setdefault("default", field_default(owner, name))
+    group.add_argument(flag, help=field_help(owner, name), **options)
+
+
 def add_debug(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     """Add ``--debug``; ``inherited``: a command's copy, which keeps ``gcsemb --debug CMD``."""
     default = argparse.SUPPRESS if inherited else False

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from gcsemb.cli.common import Command, add_credentials, store_of
+from gcsemb.cli.common import Command, add_credentials, add_field, store_of
+from gcsemb.config import DECODES, MIB, PRECISIONS, EmbedConfig, RayEngine, field_default
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
 
 THROUGHPUT = ("batch_size", "io_workers", "fetch_batch", "decode_workers", "rows_per_shard")
@@ -62,59 +63,31 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _model_options(group: Any) -> None:
-    group.add_argument("--model", default="ViT-B-32", help="open_clip architecture or config JSON")
-    group.add_argument(
-        "--pretrained",
-        default="laion2b_s34b_b79k",
-        help="weights tag, checkpoint path or gs:// URL; 'random' for random weights",
-    )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    group.add_argument(
-        "--decode",
-        default="auto",
-        choices=("auto", "cpu", "gpu"),
-        help="where JPEGs are decoded: auto (on the GPU with nvJPEG when the model runs on "
-        "CUDA), cpu, gpu",
-    )
+    add_field(group, "--model", EmbedConfig)
+    add_field(group, "--pretrained", EmbedConfig)
+    add_field(group, "--device", EmbedConfig)
+    add_field(group, "--precision", EmbedConfig, choices=("auto", *PRECISIONS))
+    add_field(group, "--decode", EmbedConfig, choices=DECODES)
 
 
 def _throughput_options(group: Any) -> None:
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per forward pass (default: 32 on a CPU, 256 on a GPU)",
-    )
-    group.add_argument("--io-workers", type=int, help="fetch groups in flight at once (default 4)")
-    group.add_argument(
-        "--fetch-batch", type=int, help="objects fetched together by one group (default 32)"
-    )
-    group.add_argument(
-        "--decode-workers", type=int, help="CPU threads decoding (default: the CPU cores)"
-    )
-    group.add_argument("--rows-per-shard", type=int, help="rows per parquet shard (default 5000)")
-    group.add_argument(
+    # default None: only the flags given are passed on (the config's defaults apply, and the
+    # batch size and decode threads depend on the machine)
+    for flag in THROUGHPUT:
+        add_field(group, "--" + flag.replace("_", "-"), EmbedConfig, type=int, default=None)
+    add_field(
+        group,
         "--max-object-mb",
+        EmbedConfig,
+        name="max_object_bytes",
         type=float,
-        default=256,
-        help="objects larger than this are recorded as too large, never downloaded (256)",
+        default=field_default(EmbedConfig, "max_object_bytes") / MIB,
     )
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="try every recorded failure again (by default: those with an environmental cause)",
-    )
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="wait this long while another run writes to DST (default: stop at once)",
-    )
+    add_field(p, "--retry-failed", EmbedConfig, action="store_true")
+    add_field(p, "--wait", EmbedConfig, name="wait_for_lease", type=float, metavar="SECONDS")
     p.add_argument(
         "--format",
         choices=("text", "json"),
@@ -131,26 +104,15 @@ def _engine_options(group: Any) -> None:
         choices=("local", "ray"),
         help="local: this machine; ray: a Ray cluster (pip install 'gcsemb[ray]')",
     )
-    group.add_argument(
-        "--address", help="ray: cluster to join (auto, ray://HOST:10001, vertex_ray://...)"
-    )
-    group.add_argument(
-        "--workers", type=int, help="ray: embedding actors (default: one per --gpus-per-worker)"
-    )
-    group.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0,
-        help="ray: GPUs per embedding actor (0: embed on CPU)",
-    )
+    add_field(group, "--address", RayEngine)
+    add_field(group, "--workers", RayEngine, type=int)
+    add_field(group, "--gpus-per-worker", RayEngine, type=float)
 
 
 def engine_of(args: argparse.Namespace) -> Any:
     """``"local"``, or the :class:`~gcsemb.config.RayEngine` the ray flags describe."""
     if args.engine != "ray":
         return "local"
-    from gcsemb.config import RayEngine
-
     return RayEngine(args.address, args.workers, args.gpus_per_worker)
 
 
@@ -164,7 +126,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "decode": args.decode,
         "retry_failed": args.retry_failed,
         "wait_for_lease": args.wait,
-        "max_object_bytes": int(args.max_object_mb * 2**20),
+        "max_object_bytes": int(args.max_object_mb * MIB),
     }
 
 

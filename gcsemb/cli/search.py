@@ -7,7 +7,16 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gcsemb.cli.common import Command, add_credentials, printable, save_figure, store_of, use_agg
+from gcsemb.cli.common import (
+    Command,
+    add_credentials,
+    add_field,
+    printable,
+    save_figure,
+    store_of,
+    use_agg,
+)
+from gcsemb.dataset_embedder import ModelChoice
 from gcsemb.errors import GcsembError
 
 DESCRIPTION = """\
@@ -39,13 +48,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="table (default) or jsonl: one {uri, score} object per line",
     )
     p.add_argument("--out", help="also draw the results as an image grid PNG (path or gs://)")
-    p.add_argument("--model", help="architecture given to gcsemb embed (default: the dataset's)")
-    p.add_argument(
-        "--pretrained",
-        help="weights given to gcsemb embed (needed only for a checkpoint the dataset's record "
-        "does not find)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    for flag in ("--model", "--pretrained", "--device"):
+        add_field(p, flag, ModelChoice)
     p.add_argument(
         "--method",
         choices=("auto", "exact", "index"),
@@ -90,14 +94,8 @@ def run(args: argparse.Namespace) -> int:
     df, matrix, dataset = embeddings_of(
         store_of(args, args.dst), model_tag=args.model_tag, lean=True
     )
-    options = dict(
-        k=args.k,
-        model=args.model,
-        pretrained=args.pretrained,
-        token=dataset,
-        device=args.device,
-        method=args.method,
-    )
+    chosen = ModelChoice(args.model, args.pretrained, args.device)
+    options = dict(k=args.k, embedder=chosen, token=dataset, method=args.method)
     if args.image:
         results = search_image((df, matrix), args.image, **options)
     else:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gcsemb.cli.common import Command, add_credentials, save_figure, store_of, use_agg
-from gcsemb.umap_backends import BACKENDS
+from gcsemb.umap_backends import BACKENDS, MIN_DIST, N_NEIGHBORS
 
 DESCRIPTION = """\
 Project the embeddings under DST to 2-D with UMAP (cosine, on all cores) and
@@ -37,8 +37,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         default="folder",
         help="column to colour by: folder (default), width, height, size, ... or none",
     )
-    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood (default 15)")
-    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
+    p.add_argument(
+        "--n-neighbors",
+        type=int,
+        default=N_NEIGHBORS,
+        help=f"UMAP neighbourhood (default {N_NEIGHBORS})",
+    )
+    p.add_argument(
+        "--min-dist", type=float, default=MIN_DIST, help=f"UMAP min_dist (default {MIN_DIST})"
+    )
     p.add_argument(
         "--seed",
         type=int,

@@ -22,7 +22,7 @@ Example:
 """
 
 from gcsemb.storage.auth import Identity
-from gcsemb.storage.backend import Access, Backend, backend_class, register
+from gcsemb.storage.backend import Access, Backend, backend_class, local_path, register
 from gcsemb.storage.explain import explain, http_status
 from gcsemb.storage.gcs import EMULATOR_ENV, gcs_filesystem, receives_found_credentials
 from gcsemb.storage.handle import Store, open_store
@@ -52,6 +52,7 @@ __all__ = [
     "glob_base",
     "http_status",
     "list_images",
+    "local_path",
     "normalize_extensions",
     "object_schema",
     "open_store",

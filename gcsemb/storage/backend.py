@@ -290,6 +290,18 @@ def backend_class(url: str) -> type[Backend]:
     return _BACKENDS.get(scheme, Backend)
 
 
+def local_path(url: str) -> str | None:
+    """The path on this machine that ``url`` names (``file://`` dropped), or None if remote.
+
+    Example:
+        >>> local_path("file:///models/tuned.pt"), local_path("gs://bucket/tuned.pt")
+        ('/models/tuned.pt', None)
+    """
+    if not backend_class(url).local:
+        return None
+    return url.split("://", 1)[1] if "://" in url else url
+
+
 def within(store: Store, path: str, limit: int | None, data: bytes) -> bytes:
     """``data``, unless the object held more than ``limit`` bytes (then an error)."""
     if limit is not None and len(data) > limit:
