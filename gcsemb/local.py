@@ -136,6 +136,7 @@ class _Loop:
             metadata=run_metadata(self.run.src, cfg),
             retry_seconds=cfg.write_retry_seconds,
             lease=self.run.lease,  # looked at before each shard: none after a takeover
+            run=self.run.id,
         )
         bar = tqdm(desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
         estimate = _Estimate(bar, self.counts)

@@ -34,6 +34,7 @@ import os
 import pickle
 import re
 import sys
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -429,8 +430,13 @@ class Embed:
         return batch.drop_columns(["tensor"]).append_column("embedding", vectors)
 
 
-def write_rows(batch: pa.Table, dst: Store, model: str, metadata: dict[str, str]) -> pa.Table:
+def write_rows(
+    batch: pa.Table, dst: Store, model: str, metadata: dict[str, str], run: str
+) -> pa.Table:
     """Write stage: one :class:`~gcsemb.writer.ShardWriter` flush per batch (atomic shards).
+
+    Shards are named ``part-<run>-<task>-00000.parquet``: the run's id, then this task's own
+    suffix (tasks run at once on many machines, so each needs its own name).
 
     Returns one row of counts (embedded, duplicates, failed) for the driver's summary.
     """
@@ -444,6 +450,7 @@ def write_rows(batch: pa.Table, dst: Store, model: str, metadata: dict[str, str]
         rows_per_shard=batch.num_rows + 1,
         seconds_per_shard=float("inf"),
         metadata=metadata,
+        run=f"{run}-{uuid.uuid4().hex[:8]}",
     )
     counts = {"embedded": 0, "duplicates": 0, "failed": 0}
     cols = batch.select(["md5", "width", "height", "aliases"]).to_pydict()
@@ -652,6 +659,7 @@ def _stages(ray: Any, ds: Any, run: Run, engine: RayEngine) -> Any:
             "dst": run.dst,
             "model": summary.model,
             "metadata": run_metadata(source, cfg),
+            "run": run.id,
         },
     )
 

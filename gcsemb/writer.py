@@ -12,7 +12,7 @@ kept and where. The next run to the same DST (same URL at the same endpoint) upl
 A spilled file that cannot be read is moved aside with a warning; its images are embedded again.
 
 Example:
-    >>> writer = ShardWriter(dst_store, "ViT-B-32/laion2b_s34b_b79k", 512)  # doctest: +SKIP
+    >>> writer = ShardWriter(dst, "ViT-B-32/laion2b_s34b_b79k", 512, run=run.id)  # doctest: +SKIP
     >>> writer.add(obj, obj.md5, 640, 480, vector)  # doctest: +SKIP
     >>> writer.flush()  # doctest: +SKIP
 """
@@ -24,7 +24,6 @@ import io
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,13 +70,6 @@ def spill_dir(dst: Store) -> Path:
     return cache_dir() / "spill" / key
 
 
-def run_id() -> str:
-    """A shard-name prefix that sorts by start time (to the microsecond) and never collides."""
-    now = time.time()
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    return f"{stamp}-{int(now * 1e6) % 1_000_000:06d}{uuid.uuid4().hex[:4]}"
-
-
 @dataclass
 class ShardWriter:
     """Collects rows and writes them as parquet shards under ``store``.
@@ -91,6 +83,8 @@ class ShardWriter:
         metadata: More parquet metadata for every shard (the source, the weights, the config).
         retry_seconds: How long a failing write is retried before its rows are spilled.
         lease: DST's lease, looked at before each shard; once it is lost, rows are spilled.
+        run: The shards' name prefix (``part-<run>-00000.parquet``): the run's id
+            (:attr:`gcsemb.run.Run.id`, the same that names its lease claim).
     """
 
     store: Store
@@ -101,7 +95,7 @@ class ShardWriter:
     metadata: dict[str, str] = field(default_factory=dict)
     retry_seconds: float = WRITE_RETRY_SECONDS
     lease: Lease | None = None
-    run: str = field(default_factory=run_id)
+    run: str = field(kw_only=True)
     shards: int = 0
     error_shards: int = 0
     written_rows: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -151,6 +152,9 @@ def test_killed_run_resumes_exactly_once(kind, tmp_path, tiny_ckpt):
     child.wait()
     written = len(pd.read_parquet(dst)) if list(dst.glob("part-*.parquet")) else 0
     assert 0 < written < 120, "the kill should land mid-run"
+    (claim,) = [json.loads(p.read_text()) for p in dst.glob("_lease/*.json")]
+    shards = [p.name for p in dst.glob("part-*.parquet")]
+    assert all(name.startswith(f"part-{claim['run']}-") for name in shards), (claim, shards)
     summary = run(str(src), dst_url, tiny_ckpt)
     assert summary.skipped == written and summary.embedded + summary.duplicates == 120 - written
     raw = pd.read_parquet(dst)  # every shard, no de-duplication by us
