@@ -1,6 +1,6 @@
 """JPEG decoding on the CPU: the reduced-size (draft) fast path, and threads against processes.
 
-(1) ``gcsemb.decode.decode_image`` on JPEGs, with and without ``min_side`` (PIL's ``draft``:
+(1) ``gcsemb.images.decode.decode_image`` on JPEGs, with and without ``min_side`` (PIL's ``draft``:
     the JPEG decoder itself decodes at 1/2, 1/4 or 1/8 size), one thread, median of ``runs``.
 (2) What a decode worker does per image for a 224-pixel model (ViT-B-32) on 12 MP photos:
     ``decode_image(data, min_side=224)`` plus open_clip's preprocess (bicubic resize, centre
@@ -37,7 +37,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from gcsemb.decode import decode_image
+from gcsemb.images.decode import decode_image
 
 MIN_SIDE = 224  # ViT-B-32's input side
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gcsemb.embedder import TINY_MODEL, load_embedder, save_random_checkpoint
+from gcsemb.model.embedder import TINY_MODEL, load_embedder, save_random_checkpoint
 
 COLD = """
 import json, sys, time
 t0 = time.perf_counter()
-from gcsemb.embedder import load_embedder
+from gcsemb.model.embedder import load_embedder
 t1 = time.perf_counter()
 load_embedder(sys.argv[1], sys.argv[2], device="cpu")
 t2 = time.perf_counter()

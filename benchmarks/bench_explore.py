@@ -113,7 +113,7 @@ def generate(size: int, seed: int = 0) -> Bench:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gcsemb.dataset import schema
+    from gcsemb.explore.dataset import schema
 
     path = bench_dir() / f"synthetic-{size}"
     done = path / "_bench" / "done.json"
@@ -229,7 +229,7 @@ def _search(bench: Bench) -> dict[str, Any]:
     import pandas as pd
 
     import gcsemb
-    from gcsemb.search import NPROBE, ranked, top_k
+    from gcsemb.explore.search import NPROBE, ranked, top_k
 
     df, x = gcsemb.read_embeddings(bench.path)
     gcsemb.build_index(bench.path, progress=False)
@@ -272,8 +272,8 @@ def _search_faiss(bench: Bench) -> dict[str, Any]:
     except ImportError:
         return {"skipped": "pip install faiss-cpu to compare"}
     import gcsemb
-    from gcsemb.ivf import nlist_for
-    from gcsemb.search import NPROBE
+    from gcsemb.explore.ivf import nlist_for
+    from gcsemb.explore.search import NPROBE
 
     _, x = gcsemb.read_embeddings(bench.path)
     start = time.perf_counter()
@@ -300,7 +300,7 @@ def _search_fp16(bench: Bench) -> dict[str, Any]:
     import pandas as pd
 
     import gcsemb
-    from gcsemb.search import NPROBE, ranked
+    from gcsemb.explore.search import NPROBE, ranked
 
     start = time.perf_counter()
     df, x = gcsemb.read_embeddings(bench.path, dtype=np.float16)

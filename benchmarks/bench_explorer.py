@@ -4,14 +4,14 @@ The map: 2-D coordinates in 2,000 Gaussian clusters of uneven size plus 2% unifo
 UMAP makes of a large photo collection), 50 folders, and a matrix of random unit vectors (512-d
 float32) standing in for the embeddings. Steps, each the median of several runs:
 
-- open: :class:`gcsemb.explorer.ExplorerState` (KD-tree, grids, URI tables) and the map drawn
-  once (:func:`gcsemb.map_picture.render_map`), then the whole widget
-  (:class:`gcsemb.widgets.Explorer`) when ipywidgets is installed;
+- open: :class:`gcsemb.view.explorer.ExplorerState` (KD-tree, grids, URI tables) and the map drawn
+  once (:func:`gcsemb.view.map_picture.render_map`), then the whole widget
+  (:class:`gcsemb.view.widgets.Explorer`) when ipywidgets is installed;
 - pick (a KD-tree query), box and lasso selections (count and a sample of 24), highlight of
   10,000 URIs, repainting the map with them (the PNG the widget shows);
 - text query, model only: :meth:`ExplorerState.query` with a stand-in text embedder (a row of
-  the matrix), i.e. the search itself (:func:`gcsemb.search.search_text`) plus the explorer's
-  own work, printed apart;
+  the matrix), i.e. the search itself (:func:`gcsemb.explore.search.search_text`) plus the
+  explorer's own work, printed apart;
 - the widget's query, box and lasso (thumbnails of these fake URIs are not fetched);
 - the baseline: ``ax.scatter`` of every point to a PNG, as the explorer drew it before.
 
@@ -125,9 +125,9 @@ def explorer_steps(
         >>> for step, seconds, note in explorer_steps(*synthetic_map(10_000)):  # doctest: +SKIP
         ...     print(step, seconds, note)
     """
-    from gcsemb.explorer import ExplorerState
-    from gcsemb.map_picture import painted_png, render_map
-    from gcsemb.search import search_text
+    from gcsemb.explore.search import search_text
+    from gcsemb.view.explorer import ExplorerState
+    from gcsemb.view.map_picture import painted_png, render_map
 
     if coords is None:
         import pandas as pd
@@ -179,7 +179,7 @@ def _widget_steps(
         import ipywidgets  # noqa: F401
     except ImportError:
         return [("widget steps", float("nan"), "no ipywidgets")]
-    from gcsemb.widgets import Explorer
+    from gcsemb.view.widgets import Explorer
 
     start = time.perf_counter()
     explorer = Explorer((df, matrix), model, coords=coords)

@@ -8,7 +8,7 @@ H100-class GPU with 640x480 JPEGs. Without CUDA this script says so and exits 0.
 (2) Decode alone, the images already in memory: the CPU path (``decode_image(min_side=224)``
     plus open_clip's preprocess in ``decode_workers`` threads, as the pipeline's decode stage;
     with torch's default intra-op threads and with one) against
-    ``gcsemb.tensor_decode.decode_batch`` on the GPU (nvJPEG, resize and crop on the device),
+    ``gcsemb.images.tensor_decode.decode_batch`` on the GPU (nvJPEG, resize and crop on the device),
     and the same tensor path on the CPU for a few images.
 (3) The pipeline, ``gcsemb.embed``, from fake-gcs-server on loopback (gcsemb's bundled
     binary, memory backend, the objects loaded at its start) and from a local folder, with
@@ -91,7 +91,7 @@ def jpegs(count: int) -> list[bytes]:
     """``count`` byte-distinct 640x480 JPEGs made from the sample photographs."""
     from PIL import Image
 
-    from gcsemb.samples import encode, sample_images
+    from gcsemb.demo.samples import encode, sample_images
 
     bases = []
     for _, data in sample_images():
@@ -136,7 +136,7 @@ def preloaded_emulator(data: Path, timeout: float = 600.0) -> Iterator[str]:
     Uploading 16k objects over HTTP takes minutes (the filesystem backend syncs each object,
     the memory backend rescans the bucket on each upload); loading them at start takes seconds.
     """
-    from gcsemb.emulator import _binary, _free_port  # a benchmark may use the private helpers
+    from gcsemb.demo.emulator import _binary, _free_port  # a benchmark may use the private helpers
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -216,9 +216,9 @@ def bench_model(b: Bench, embedder: Any) -> None:
 
 def bench_decode(b: Bench, embedder: Any, datas: list[bytes]) -> None:
     """(2) Decode alone: CPU threads (PIL) against decode_batch on the device."""
-    from gcsemb.config import EmbedConfig
-    from gcsemb.decode import decode_image
-    from gcsemb.tensor_decode import decode_batch
+    from gcsemb.embedding.config import EmbedConfig
+    from gcsemb.images.decode import decode_image
+    from gcsemb.images.tensor_decode import decode_batch
 
     args = b.args
     workers = EmbedConfig().decode_workers
@@ -300,7 +300,7 @@ def stage_report(summary: Any) -> dict[str, Any]:
 def bench_pipeline(b: Bench, embedder: Any, sources: dict[str, Any], out: Path) -> None:
     """(3) gcsemb.embed end to end, decode on the CPU against on the GPU."""
     import gcsemb
-    from gcsemb.tensor_decode import gpu_decode_available
+    from gcsemb.images.tensor_decode import gpu_decode_available
 
     args = b.args
     gpu_ok = embedder.device.type == "cuda" and gpu_decode_available(str(embedder.device))
@@ -364,7 +364,7 @@ def bench_pipeline(b: Bench, embedder: Any, sources: dict[str, Any], out: Path) 
 def tensor_decode_on_cpu(active: bool) -> Iterator[None]:
     """For the CPU dry run: let ``decode="gpu"`` take the batched tensor path on the CPU (what
     it does on CUDA, with libjpeg instead of nvJPEG), so that its code runs without a GPU."""
-    import gcsemb.tensor_decode as td
+    import gcsemb.images.tensor_decode as td
 
     if not active:
         yield
@@ -402,7 +402,7 @@ def parse() -> argparse.Namespace:
     args = p.parse_args()
     cpu = args.device == "cpu"
     if cpu:
-        from gcsemb.embedder import TINY_MODEL
+        from gcsemb.model.embedder import TINY_MODEL
 
         args.model = args.model or TINY_MODEL
         args.precision = args.precision or "fp32"
@@ -438,7 +438,7 @@ def main() -> int:
     import torchvision
 
     import gcsemb
-    from gcsemb.embedder import load_embedder
+    from gcsemb.model.embedder import load_embedder
 
     b = Bench(args)
     device = torch.device(args.device)

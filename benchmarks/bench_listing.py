@@ -216,7 +216,7 @@ def emulator_env(url: str) -> Iterator[None]:
 
 
 def bench_listing(sizes: list[int], backend: str) -> None:
-    from gcsemb.emulator import Emulator
+    from gcsemb.demo.emulator import Emulator
 
     counter = RequestCounter()
     rows = []

@@ -1,10 +1,10 @@
 """Peak memory against image size, kind and count (issue 14): one decode, and a whole run.
 
-(decode) ``gcsemb.decode.decode_image``: each case runs in a fresh subprocess that first reads its
-files, then decodes; the table shows how far the peak resident set (``ru_maxrss``) rose above the
-resident set just before decoding, next to the bytes PIL stores for the decoded pixels
-("decoded"). ``--baseline REV`` also runs the single-image cases with ``gcsemb/decode.py`` as of a
-git revision (e.g. one before issue 14).
+(decode) ``gcsemb.images.decode.decode_image``: each case runs in a fresh subprocess that first
+reads its files, then decodes; the table shows how far the peak resident set (``ru_maxrss``) rose
+above the resident set just before decoding, next to the bytes PIL stores for the decoded pixels
+("decoded"). ``--baseline REV`` also runs the single-image cases with ``gcsemb/images/decode.py`` as
+of a git revision (e.g. one before issue 14).
 
 (e2e) The run issue 14 reported (2.8 GB peak on 2 cores before the work): 40 sample photos plus a
 9000x9000 16-bit PNG, an 8000x8000 float32 TIFF and a 300 MB object named ``.jpg`` (random
@@ -116,7 +116,7 @@ def worker(spec: dict) -> dict:
         module = sys.modules[loader.name] = importlib.util.module_from_spec(loader)
         loader.loader.exec_module(module)
     else:
-        import gcsemb.decode as module
+        import gcsemb.images.decode as module
     datas = [Path(p).read_bytes() for p in spec["paths"]]
     kwargs: dict = {"min_side": spec["min_side"]}
     if "budget" in module.decode_image.__kwdefaults__:
@@ -142,7 +142,7 @@ def measure(spec: dict) -> dict:
 
 
 def decoded_size(path: Path) -> int:
-    from gcsemb.decode import decoded_bytes
+    from gcsemb.images.decode import decoded_bytes
 
     with Image.open(path) as im:
         return decoded_bytes(im.size, im.mode)
@@ -153,7 +153,7 @@ def bench_decode(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     baseline = None
     if args.baseline:
         src = subprocess.run(
-            ["git", "show", f"{args.baseline}:gcsemb/decode.py"],
+            ["git", "show", f"{args.baseline}:gcsemb/images/decode.py"],
             capture_output=True,
             check=True,
             cwd=REPO,
@@ -201,10 +201,10 @@ ISSUE_PEAK_MB = 2800  # issue 14: `gcsemb embed` of this folder before the work,
 CLI_CHILD = """
 import json, resource, sys, time
 overrides = json.loads(sys.argv[1])
-import gcsemb, gcsemb.pipeline
+import gcsemb, gcsemb.embedding.job
 if overrides:  # settings the CLI has no flag for: passed on to embed() as keyword overrides
-    _embed = gcsemb.pipeline.embed
-    gcsemb.pipeline.embed = lambda *a, **k: _embed(*a, **{**k, **overrides})
+    _embed = gcsemb.embedding.job.embed
+    gcsemb.embedding.job.embed = lambda *a, **k: _embed(*a, **{**k, **overrides})
 from gcsemb.cli import main
 started = time.perf_counter()
 rc = main(sys.argv[2:])
@@ -250,7 +250,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def ensure_e2e(cache: Path, paths: dict[str, Path]) -> Path:
     """The folder of issue 14's run: 40 photos, the 16-bit PNG, the float TIFF, 300 MB .jpg."""
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     folder = cache / "e2e"
     photos = folder / "photos"
@@ -275,9 +275,9 @@ def ensure_e2e(cache: Path, paths: dict[str, Path]) -> Path:
 
 FLOOR_CHILD = """
 import json, resource
-import gcsemb.cli, gcsemb.pipeline
-from gcsemb.demo import demo_checkpoint
-from gcsemb.embedder import TINY_MODEL, load_embedder
+import gcsemb.cli, gcsemb.embedding.job
+from gcsemb.demo.job import demo_checkpoint
+from gcsemb.model.embedder import TINY_MODEL, load_embedder
 ckpt = str(demo_checkpoint(TINY_MODEL))
 load_embedder(TINY_MODEL, ckpt)
 with open("/proc/self/status") as f:
@@ -343,7 +343,7 @@ def run_cli(
 
 def bench_e2e(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     """(e2e) Peak RSS of `gcsemb embed` on issue 14's folder, by settings."""
-    from gcsemb.config import EmbedConfig
+    from gcsemb.embedding.config import EmbedConfig
 
     folder = ensure_e2e(args.cache, paths)
     base = floor()

@@ -54,8 +54,8 @@ BUCKET = "gcsemb-bench"
 CHILD = """
 import json, os, resource, sys, time
 import gcsemb
-from gcsemb.embedder import load_embedder
-from gcsemb.decode import decode_image  # imported before the clock starts, as in the parent
+from gcsemb.model.embedder import load_embedder
+from gcsemb.images.decode import decode_image  # imported before the clock starts, as in the parent
 
 def hwm_kib():  # this process's own high-water mark (VmHWM is reset by exec, ru_maxrss is not)
     with open("/proc/self/status") as f:
@@ -293,8 +293,8 @@ def report_of(summary: Any) -> dict[str, Any] | None:
 def stage_report(summary: Any, title: str = "") -> None:
     """Print a run's stage report: per stage busy seconds, items, capacity; bound and hint.
 
-    A stage's ``capacity`` is items per busy second times its workers (gcsemb.report): what it
-    could deliver if it never waited. The bound stage is the one with the lowest capacity.
+    A stage's ``capacity`` is items per busy second times its workers (gcsemb.embedding.report):
+    what it could deliver if it never waited. The bound stage is the one with the lowest capacity.
     """
     report = report_of(summary)
     print(f"\n  stage report{f' ({title})' if title else ''}:", end="")
@@ -322,10 +322,10 @@ def bench_vit(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> No
     """(a) ViT-B-32: gcsemb.embed against the bare model on preprocessed tensors."""
     import torch
 
-    from gcsemb.decode import decode_image
-    from gcsemb.demo import demo_checkpoint, upload_samples
-    from gcsemb.embedder import load_embedder
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.job import demo_checkpoint, upload_samples
+    from gcsemb.demo.samples import sample_images
+    from gcsemb.images.decode import decode_image
+    from gcsemb.model.embedder import load_embedder
 
     bucket = f"{BUCKET}-vit"
     fs = gcs.filesystem()
@@ -406,9 +406,9 @@ def baseline_loop(fs: Any, embedder: Any, names: list[str], dst: str) -> float:
 
 def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """(b) tiny model behind a 30 ms proxy: gcsemb.embed against the one-at-a-time loop."""
-    from gcsemb.config import EmbedConfig
-    from gcsemb.demo import demo_checkpoint
-    from gcsemb.embedder import TINY_MODEL, load_embedder
+    from gcsemb.demo.job import demo_checkpoint
+    from gcsemb.embedding.config import EmbedConfig
+    from gcsemb.model.embedder import TINY_MODEL, load_embedder
     from gcsemb.storage import list_images, open_store
 
     ckpt = str(demo_checkpoint(TINY_MODEL))
@@ -477,8 +477,8 @@ def bench_latency(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -
 
 def bench_memory(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """(c) Peak RSS of a fresh process embedding N and 10 x N images."""
-    from gcsemb.demo import demo_checkpoint
-    from gcsemb.embedder import TINY_MODEL
+    from gcsemb.demo.job import demo_checkpoint
+    from gcsemb.model.embedder import TINY_MODEL
 
     ckpt = str(demo_checkpoint(TINY_MODEL))
     env = {**os.environ, EMULATOR_ENV: gcs.url}
@@ -517,8 +517,8 @@ def bench_memory(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) ->
 
 def bench_rerun(gcs: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """(d) An unchanged re-run against a listing of the same source."""
-    from gcsemb.demo import demo_checkpoint
-    from gcsemb.embedder import TINY_MODEL
+    from gcsemb.demo.job import demo_checkpoint
+    from gcsemb.model.embedder import TINY_MODEL
     from gcsemb.storage import list_images
 
     ckpt = str(demo_checkpoint(TINY_MODEL))
@@ -598,7 +598,7 @@ def photo_sources(count: int) -> list[Any]:
 
     from PIL import Image
 
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     out = []
     for _, data in sample_images(min(count, 306)):
@@ -626,7 +626,7 @@ def photo_jpegs(folder: Path, count: int, size: tuple[int, int], grain: float) -
     import numpy as np
     from PIL import Image
 
-    from gcsemb.samples import encode
+    from gcsemb.demo.samples import encode
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"img{i:04d}.jpg" for i in range(count)]
@@ -655,7 +655,7 @@ def decode_work(embedder: Any) -> Callable[[bytes], Any]:
     """What a decode worker does per image: ``decode_image(data, min_side=<the model's input
     side>)`` (PIL ``draft``: the reduced-size JPEG decode, then the RGB conversion) and the
     model's own open_clip preprocess."""
-    from gcsemb.decode import decode_image
+    from gcsemb.images.decode import decode_image
 
     def work(data: bytes) -> Any:
         decoded = decode_image(data, min_side=embedder.image_size, name="x.jpg")
@@ -728,9 +728,9 @@ def bench_cpu_decode(
     measure); beside it, over the measured threads' rate. On a machine shared with other work
     only the best repeat means much.
     """
-    from gcsemb.config import EmbedConfig
-    from gcsemb.demo import demo_checkpoint
-    from gcsemb.embedder import TINY_MODEL, load_embedder
+    from gcsemb.demo.job import demo_checkpoint
+    from gcsemb.embedding.config import EmbedConfig
+    from gcsemb.model.embedder import TINY_MODEL, load_embedder
 
     ckpt = str(demo_checkpoint(TINY_MODEL))
     embedder = load_embedder(TINY_MODEL, ckpt, device="cpu")
@@ -958,14 +958,14 @@ def main() -> None:
         args.sweep += [(1, fast_io)]
         args.child_sweep += [(passive, fast_io)]
 
-    # gcsfs reads this when imported; against an emulator it must be off (see gcsemb.emulator)
+    # gcsfs reads this when imported; against an emulator it must be off (see gcsemb.demo.emulator)
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     import gcsfs
     import torch
 
-    from gcsemb.config import EmbedConfig
-    from gcsemb.emulator import Emulator
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.emulator import Emulator
+    from gcsemb.demo.samples import sample_images
+    from gcsemb.embedding.config import EmbedConfig
 
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "

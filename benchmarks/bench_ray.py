@@ -52,15 +52,15 @@ def main() -> None:
 
     import ray
 
-    import gcsemb.ray_engine
-    from gcsemb.config import RayEngine
-    from gcsemb.demo import demo_checkpoint, upload_samples
-    from gcsemb.embedder import TINY_MODEL
-    from gcsemb.emulator import Emulator
-    from gcsemb.pipeline import embed
+    import gcsemb.embedding.ray_engine
+    from gcsemb.demo.emulator import Emulator
+    from gcsemb.demo.job import demo_checkpoint, upload_samples
+    from gcsemb.embedding.config import RayEngine
+    from gcsemb.embedding.job import embed
+    from gcsemb.model.embedder import TINY_MODEL
 
     if args.fetch_cpus:
-        gcsemb.ray_engine.FETCH_CPUS = args.fetch_cpus
+        gcsemb.embedding.ray_engine.FETCH_CPUS = args.fetch_cpus
     model = TINY_MODEL if args.model == "tiny" else args.model
     ckpt = str(demo_checkpoint(model))
     with Emulator(buckets=["bench"]) as gcs:

@@ -96,7 +96,7 @@ def child(which: str, n: int, out: str, options: dict[str, Any]) -> None:
     # umap's verbose stage lines (timestamped) go to OUT.log: where the time goes
     with open(f"{out}.log", "w") as log, contextlib.redirect_stdout(log):
         if which == "gcsemb":
-            from gcsemb.projection import umap_project
+            from gcsemb.explore.projection import umap_project
 
             coords = umap_project(
                 matrix,
@@ -108,7 +108,7 @@ def child(which: str, n: int, out: str, options: dict[str, Any]) -> None:
             )
             xy = coords[["x", "y"]].to_numpy(np.float32)
         else:
-            from gcsemb.umap_cache import import_umap
+            from gcsemb.explore.umap_cache import import_umap
 
             umap = import_umap()  # the same numba cache: no compile time in either figure
             reducer = umap.UMAP(metric="cosine", n_jobs=-1, low_memory=True, verbose=True)
@@ -142,7 +142,7 @@ def umap_rows(
     work: Path | None = None,
 ) -> list[dict[str, Any]]:
     """gcsemb's and (if ``baseline``) plain umap-learn's figures at ``n`` points."""
-    from gcsemb.umap_backends import neighbourhood_preservation
+    from gcsemb.explore.umap_backends import neighbourhood_preservation
 
     work = work or Path(tempfile.mkdtemp(prefix="bench-umap-"))
     options = {"init": init, "epochs": epochs}
@@ -185,7 +185,7 @@ def umap_step(bench: Any) -> dict[str, Any]:
     of the same run is :func:`umap_rows` (this file's ``main``).
     """
     import gcsemb
-    from gcsemb.umap_backends import neighbourhood_preservation
+    from gcsemb.explore.umap_backends import neighbourhood_preservation
 
     start = time.perf_counter()
     knn = gcsemb.knn_graph(bench.path, K + 1, progress=False)

@@ -78,10 +78,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from gcsemb.projection import umap_project
-    from gcsemb.search import near_duplicates
-    from gcsemb.umap_cache import import_umap
-    from gcsemb.viz import THUMBNAIL_GID, plot_projection
+    from gcsemb.explore.projection import umap_project
+    from gcsemb.explore.search import near_duplicates
+    from gcsemb.explore.umap_cache import import_umap
+    from gcsemb.view.viz import THUMBNAIL_GID, plot_projection
 
     _, import_s = timed(import_umap)
     pool = dummy_images(work / "images")

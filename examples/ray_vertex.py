@@ -59,9 +59,9 @@ def local() -> None:
     import ray
 
     import gcsemb
-    from gcsemb.demo import demo_checkpoint, upload_samples
-    from gcsemb.embedder import TINY_MODEL
-    from gcsemb.emulator import Emulator
+    from gcsemb.demo.emulator import Emulator
+    from gcsemb.demo.job import demo_checkpoint, upload_samples
+    from gcsemb.model.embedder import TINY_MODEL
 
     with Emulator(buckets=["my-bucket"]) as gcs:
         upload_samples(gcs.filesystem(), "my-bucket", 40)

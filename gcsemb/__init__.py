@@ -2,6 +2,22 @@
 
 ``import gcsemb`` is light (no torch, no gcsfs); each helper loads its heavy parts when first used.
 
+The rooms, in the order data flows through them::
+
+    storage/    one handle per URL (Store) and one file per backend (gcs, files): listing,
+                reads, atomic and conditional writes, credentials (auth), the cache root
+    embedding/  gcsemb.embed: config, run preamble, stages, engines (local, Ray), writer,
+                lease, report
+    images/     bytes to pixels: PIL decode in bounded memory, torchvision decode on a GPU
+    model/      the cached open_clip embedder, checkpoints, a dataset's model
+    explore/    reading a dataset lean, the neighbour index, search, near-duplicates, UMAP
+    view/       plots, thumbnails and the notebook Explorer (drawing apart from computing)
+    demo/       the emulator (fake-gcs-server) and sample photos: the embedded default
+    cli/        one module per command of ``gcsemb``
+    notebook.py helpers for notebooks (sign-in, Session); errors.py, extras.py: shared
+
+The names below are imported from ``gcsemb`` directly; they load their room on first use.
+
 Example:
     >>> import gcsemb
     >>> for obj in gcsemb.list_images("gs://my-bucket/photos", limit=3):  # doctest: +SKIP
@@ -15,7 +31,7 @@ import os
 from typing import Any
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
-    # Must be set before gcsfs is imported; see gcsemb.emulator.
+    # Must be set before gcsfs is imported; see gcsemb.demo.emulator.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 _EXPORTS = {
@@ -27,26 +43,26 @@ _EXPORTS = {
     "GcsembError": "gcsemb.errors",
     "AuthError": "gcsemb.errors",
     "AccessDenied": "gcsemb.errors",
-    "DestinationBusy": "gcsemb.lease",
-    "DestinationUnwritable": "gcsemb.writer",
-    "EmbedSummary": "gcsemb.report",
-    "embed": "gcsemb.pipeline",
-    "EmbedConfig": "gcsemb.config",
-    "RayEngine": "gcsemb.config",
-    "read_embeddings": "gcsemb.dataset",
-    "read_errors": "gcsemb.dataset",
-    "iter_embeddings": "gcsemb.dataset",
-    "build_index": "gcsemb.index",
-    "knn_graph": "gcsemb.neighbours",
-    "load_embedder": "gcsemb.embedder",
-    "ModelChoice": "gcsemb.dataset_embedder",
-    "umap_project": "gcsemb.projection",
-    "plot_projection": "gcsemb.viz",
-    "image_grid": "gcsemb.grid",
-    "search_text": "gcsemb.search",
-    "search_image": "gcsemb.search",
-    "near_duplicates": "gcsemb.duplicates",
-    "Explorer": "gcsemb.widgets",
+    "DestinationBusy": "gcsemb.embedding.lease",
+    "DestinationUnwritable": "gcsemb.embedding.writer",
+    "EmbedSummary": "gcsemb.embedding.report",
+    "embed": "gcsemb.embedding.job",
+    "EmbedConfig": "gcsemb.embedding.config",
+    "RayEngine": "gcsemb.embedding.config",
+    "read_embeddings": "gcsemb.explore.dataset",
+    "read_errors": "gcsemb.explore.dataset",
+    "iter_embeddings": "gcsemb.explore.dataset",
+    "build_index": "gcsemb.explore.index",
+    "knn_graph": "gcsemb.explore.neighbours",
+    "load_embedder": "gcsemb.model.embedder",
+    "ModelChoice": "gcsemb.model.dataset_embedder",
+    "umap_project": "gcsemb.explore.projection",
+    "plot_projection": "gcsemb.view.viz",
+    "image_grid": "gcsemb.view.grid",
+    "search_text": "gcsemb.explore.search",
+    "search_image": "gcsemb.explore.search",
+    "near_duplicates": "gcsemb.explore.duplicates",
+    "Explorer": "gcsemb.view.widgets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcsemb.checkpoints import TINY_MODEL
+from gcsemb.model.checkpoints import TINY_MODEL
 from gcsemb.storage import Store, open_store
 from gcsemb.storage.auth import in_colab
 
@@ -145,7 +145,7 @@ class Session:
     def pretrained(self) -> str | None:
         """The weights: for the demo, seeded random weights saved once in the cache."""
         if self.demo and self._pretrained is None:
-            from gcsemb.demo import demo_checkpoint
+            from gcsemb.demo.job import demo_checkpoint
 
             self._pretrained = str(demo_checkpoint(self.model))
         return self._pretrained
@@ -156,20 +156,20 @@ class Session:
         In a notebook a run waits up to 5 minutes for DST's lease (``wait_for_lease``): after a
         disconnect, the run of the lost runtime may still hold it until it goes stale.
         """
-        from gcsemb.pipeline import embed
+        from gcsemb.embedding.job import embed
 
         options.setdefault("wait_for_lease", 300.0)
         return embed(self.src, self.dst, model=self.model, pretrained=self.pretrained, **options)
 
     def embedder(self, **options: Any) -> Any:
         """The session's model, loaded once per process (see :func:`gcsemb.load_embedder`)."""
-        from gcsemb.embedder import load_embedder
+        from gcsemb.model.embedder import load_embedder
 
         return load_embedder(self.model, self.pretrained, token=self.src, **options)
 
     def read(self, **options: Any) -> tuple[Any, Any]:
         """``(df, matrix)`` of the embeddings at ``dst`` (see :func:`gcsemb.read_embeddings`)."""
-        from gcsemb.dataset import read_embeddings
+        from gcsemb.explore.dataset import read_embeddings
 
         return read_embeddings(self.dst, **options)
 
@@ -184,7 +184,7 @@ class Session:
             return
         from PIL import Image, ImageOps
 
-        from gcsemb.samples import encode, sample_images
+        from gcsemb.demo.samples import encode, sample_images
 
         fs = self.emulator.filesystem()
         bucket = self.src.path.split("/", 1)[0]
@@ -242,7 +242,7 @@ class Session:
 
 def _shown(pretrained: str | None) -> str | None:
     """The weights as a repr shows them: a checkpoint URL without its password or signature."""
-    from gcsemb.checkpoints import public_url
+    from gcsemb.model.checkpoints import public_url
 
     return public_url(pretrained) if pretrained else pretrained
 
@@ -253,8 +253,8 @@ _EMULATOR: Any = None  # the demo's emulator: one per kernel, however often setu
 def _demo_emulator(n_images: int) -> tuple[Any, int]:
     """The running demo emulator (started once per kernel) holding the sample images."""
     global _EMULATOR
-    from gcsemb.demo import DEMO_BUCKET, upload_samples
-    from gcsemb.emulator import Emulator
+    from gcsemb.demo.emulator import Emulator
+    from gcsemb.demo.job import DEMO_BUCKET, upload_samples
 
     if _EMULATOR is None or not _EMULATOR.running:
         _EMULATOR = Emulator(buckets=[DEMO_BUCKET]).start()  # dies with the kernel
@@ -291,11 +291,11 @@ def setup(
     Returns:
         The session; call ``close()`` when done (stops the demo's emulator).
     """
-    from gcsemb.widget_display import enable_colab_widgets
+    from gcsemb.view.widget_display import enable_colab_widgets
 
     enable_colab_widgets()  # Colab only, once: progress bars and the explorer render there
     if src is not None:
-        from gcsemb.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED
+        from gcsemb.model.checkpoints import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
         if model not in (None, DEFAULT_MODEL) and pretrained is None:
             raise ValueError(
@@ -310,7 +310,7 @@ def setup(
             model or DEFAULT_MODEL,
             _pretrained=pretrained or DEFAULT_PRETRAINED,
         )
-    from gcsemb.demo import DEMO_BUCKET
+    from gcsemb.demo.job import DEMO_BUCKET
 
     emulator, count = _demo_emulator(n_images)
     source = emulator.store(f"gs://{DEMO_BUCKET}/photos")
@@ -341,7 +341,7 @@ def hardware() -> str:
     import torch
 
     if torch.cuda.is_available():
-        from gcsemb.embedder import auto_precision
+        from gcsemb.model.embedder import auto_precision
 
         props = torch.cuda.get_device_properties(0)
         precision = auto_precision(torch.cuda.get_device_capability(0))

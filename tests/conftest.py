@@ -25,7 +25,7 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from servers import new_pem, service_account  # noqa: E402
 
-from gcsemb.emulator import Emulator  # noqa: E402
+from gcsemb.demo.emulator import Emulator  # noqa: E402
 
 _bucket_ids = itertools.count()
 
@@ -92,7 +92,7 @@ def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny open_clip model with seeded random weights, saved as a user's checkpoint would be."""
-    from gcsemb.embedder import TINY_MODEL, save_random_checkpoint
+    from gcsemb.model.embedder import TINY_MODEL, save_random_checkpoint
 
     os.environ.setdefault("GCSEMB_CACHE", str(tmp_path_factory.mktemp("gcsemb-cache")))
     return str(save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY_MODEL))

@@ -75,8 +75,8 @@ def test_every_key_form_reaches_a_private_bucket(form, gcs, photos, sa_info, key
 
 
 def test_identity_is_resolved_once_per_run(gcs, photos, tiny_ckpt, key_file, oauth):
-    from gcsemb.embedder import TINY_MODEL
-    from gcsemb.pipeline import embed
+    from gcsemb.embedding.job import embed
+    from gcsemb.model.embedder import TINY_MODEL
 
     embed(photos, photos + "-emb", model=TINY_MODEL, pretrained=tiny_ckpt, token=key_file,
           progress=False)  # fmt: skip

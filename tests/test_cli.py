@@ -168,7 +168,7 @@ def test_python_dash_m_runs_the_cli():
 def test_embed_defaults_are_the_configs_and_its_help_shows_them(capsys):
     from gcsemb.cli import build_parser
     from gcsemb.cli.embed import engine_of, settings_of
-    from gcsemb.config import EmbedConfig
+    from gcsemb.embedding.config import EmbedConfig
 
     args = build_parser().parse_args(["embed", "src", "dst"])
     chosen = EmbedConfig(model=args.model, pretrained=args.pretrained, **settings_of(args))

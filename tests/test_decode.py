@@ -1,4 +1,4 @@
-"""Tests for gcsemb.decode: every image is generated in memory with PIL."""
+"""Tests for gcsemb.images.decode: every image is generated in memory with PIL."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import PIL
 import pytest
 from PIL import Image, ImageFile
 
-import gcsemb.decode as decode_module
-import gcsemb.rgb_conversion as rgb_conversion
-from gcsemb.decode import (
+import gcsemb.images.decode as decode_module
+import gcsemb.images.rgb_conversion as rgb_conversion
+from gcsemb.images.decode import (
     DEFAULT_MAX_PIXELS,
     Decoded,
     PixelBudget,
@@ -494,7 +494,7 @@ def test_reduced_image_is_still_upright(monkeypatch):
 
 PEAK = """
 import json, os, resource, sys
-from gcsemb.decode import decode_image
+from gcsemb.images.decode import decode_image
 data = open(sys.argv[1], "rb").read()
 with open("/proc/self/statm") as f:
     rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,4 +1,4 @@
-"""gcsemb.embedder: offline, with a tiny open_clip model and seeded random weights."""
+"""gcsemb.model.embedder: offline, with a tiny open_clip model and seeded random weights."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gcsemb import checkpoints
-from gcsemb import embedder as emb
-from gcsemb.embedder import (
+from gcsemb.model import checkpoints
+from gcsemb.model import embedder as emb
+from gcsemb.model.embedder import (
     TINY_MODEL,
     Embedder,
     ModelLoadError,

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import gcsemb
-from gcsemb.dataset import schema
-from gcsemb.index import index_url
+from gcsemb.explore.dataset import schema
+from gcsemb.explore.index import index_url
 
 MODEL = "tiny/test"
 DIM = 16
@@ -105,7 +105,7 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
     index = gcsemb.build_index(str(folder), progress=False)
     assert len(index.keys) == 600 and len(index.manifest["segments"]) == 1
     write_shard(folder, "c", unit(np.random.default_rng(1), 50), first=600)
-    from gcsemb import index as index_module
+    from gcsemb.explore import index as index_module
 
     read = []
     original = index_module._add_segment
@@ -123,8 +123,8 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
 
 
 def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
-    from gcsemb import index as index_module
-    from gcsemb.search import search_image
+    from gcsemb.explore import index as index_module
+    from gcsemb.explore.search import search_image
 
     monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(index_module, "SEGMENT_BYTES", 256 * DIM * 4)  # 256 rows a segment
@@ -159,7 +159,7 @@ def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
 def test_streaming_shards_never_reads_far_ahead_of_its_consumer(tmp_path, monkeypatch):
     import time
 
-    from gcsemb import shards
+    from gcsemb.explore import shards
     from gcsemb.storage import open_store
 
     folder = tmp_path / "emb"
@@ -216,8 +216,8 @@ def test_cli_index_says_what_it_covers(dst, capsys):
 
 @pytest.mark.parametrize("share", [0.25, 0.0])  # the index's vectors in memory, or on disk only
 def test_search_by_index_matches_exact(dst, monkeypatch, share):
-    from gcsemb import search
-    from gcsemb.search import search_image
+    from gcsemb.explore import search
+    from gcsemb.explore.search import search_image
 
     monkeypatch.setattr(search, "RESIDENT_SHARE", share)
     monkeypatch.setitem(search.NPROBE, "image", 10_000)  # every list: the exact answer
@@ -233,8 +233,8 @@ def test_search_by_index_matches_exact(dst, monkeypatch, share):
 
 
 def test_a_large_dataset_is_searched_from_a_float16_matrix(dst, monkeypatch):
-    from gcsemb import search
-    from gcsemb.search import embeddings_of, search_image
+    from gcsemb.explore import search
+    from gcsemb.explore.search import embeddings_of, search_image
 
     folder, x = dst
     gcsemb.build_index(str(folder), progress=False)

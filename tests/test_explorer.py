@@ -18,9 +18,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.path import Path  # noqa: E402
 
-from gcsemb.explorer import ExplorerState  # noqa: E402
-from gcsemb.map_picture import Overlay, painted_png, render_map  # noqa: E402
-from gcsemb.map_points import MapPoints, density_raster  # noqa: E402
+from gcsemb.view.explorer import ExplorerState  # noqa: E402
+from gcsemb.view.map_picture import Overlay, painted_png, render_map  # noqa: E402
+from gcsemb.view.map_points import MapPoints, density_raster  # noqa: E402
 
 # a wavy lasso crossing many grid cells, in the map's coordinates
 ANGLES = np.linspace(0, 2 * np.pi, 120, endpoint=False)
@@ -176,7 +176,7 @@ def _events(picture, kind, xy, shift=False):
 
 def test_the_widget_answers_clicks_drags_and_lassos(tmp_path, monkeypatch):
     pytest.importorskip("ipywidgets")
-    from gcsemb.widgets import Explorer
+    from gcsemb.view.widgets import Explorer
 
     monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
     df, matrix, coords = _map(600, photos=tmp_path / "photos")
@@ -218,7 +218,7 @@ def test_the_widget_answers_clicks_drags_and_lassos(tmp_path, monkeypatch):
 
 def test_the_widget_shows_a_state_made_before_as_it_is(tmp_path, monkeypatch):
     pytest.importorskip("ipywidgets")
-    from gcsemb.widgets import Explorer
+    from gcsemb.view.widgets import Explorer
 
     monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
     df, matrix, coords = _map(200, photos=tmp_path / "photos")
@@ -235,8 +235,8 @@ def test_the_widget_shows_a_state_made_before_as_it_is(tmp_path, monkeypatch):
 
 
 def test_a_model_choice_is_one_value_and_its_fields_are_keywords_too(monkeypatch):
-    from gcsemb import dataset_embedder, search
-    from gcsemb.dataset_embedder import ModelChoice
+    from gcsemb.model import dataset_embedder, search
+    from gcsemb.model.dataset_embedder import ModelChoice
 
     df, matrix, _ = _map(50)
     df["model"] = "tiny/weights"

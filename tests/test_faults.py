@@ -26,14 +26,14 @@ import pyarrow.parquet as pq
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy, StubServer
 
-from gcsemb.dataset import read_embeddings, read_errors
-from gcsemb.demo import upload_samples
-from gcsemb.embedder import TINY_MODEL
+from gcsemb.demo.job import upload_samples
+from gcsemb.embedding.job import embed
+from gcsemb.embedding.lease import DestinationBusy, LeaseLost
+from gcsemb.embedding.writer import DestinationUnwritable, spill_dir
 from gcsemb.errors import AccessDenied, AuthError, BadURL, ModelLoadError, NotFound
-from gcsemb.lease import DestinationBusy, LeaseLost
-from gcsemb.pipeline import embed
+from gcsemb.explore.dataset import read_embeddings, read_errors
+from gcsemb.model.embedder import TINY_MODEL
 from gcsemb.storage import open_store
-from gcsemb.writer import DestinationUnwritable, spill_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -444,7 +444,7 @@ def test_a_damaged_spill_file_does_not_lock_dst(gcs, photos, tiny_ckpt, monkeypa
         (damaged,) = _kept(photos)
         damaged.write_bytes(damaged.read_bytes()[:100])  # a disk that filled up, a bad sector
         refuse.clear()
-        with caplog.at_level(logging.WARNING, logger="gcsemb.writer"):
+        with caplog.at_level(logging.WARNING, logger="gcsemb.embedding.writer"):
             again = run(photos, None, tiny_ckpt)
         assert not _kept(photos) and damaged.with_name(f"{damaged.name}.damaged").exists()
         assert run(photos, None, tiny_ckpt).embedded == 0  # not busy: nothing left to do

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy
 
-from gcsemb.dataset import read_embeddings, read_errors
-from gcsemb.demo import upload_samples
-from gcsemb.embedder import TINY_MODEL
-from gcsemb.pipeline import embed
+from gcsemb.demo.job import upload_samples
+from gcsemb.embedding.job import embed
+from gcsemb.embedding.writer import DestinationUnwritable, spill_dir
+from gcsemb.explore.dataset import read_embeddings, read_errors
+from gcsemb.model.embedder import TINY_MODEL
 from gcsemb.storage import open_store
-from gcsemb.writer import DestinationUnwritable, spill_dir
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_a_corrupt_or_foreign_file_in_dst_is_skipped_with_a_warning(gcs, photos,
 
 @pytest.mark.parametrize("checksum", ["crc32c", "md5"])
 def test_a_download_that_does_not_match_the_listing_is_recorded(tmp_path, checksum):
-    from gcsemb.stages import Item, fetch
+    from gcsemb.embedding.stages import Item, fetch
     from gcsemb.storage import ObjectInfo
 
     (tmp_path / "a.jpg").write_bytes(b"the bytes that arrived")
@@ -224,8 +224,8 @@ def test_a_download_that_does_not_match_the_listing_is_recorded(tmp_path, checks
 
 def test_failed_fetches_give_their_memory_budget_back(tmp_path):
     # every failed fetch must free what it held, or a run with many failures would stall
-    from gcsemb.decode import PixelBudget
-    from gcsemb.stages import Item, fetch
+    from gcsemb.embedding.stages import Item, fetch
+    from gcsemb.images.decode import PixelBudget
     from gcsemb.storage import ObjectInfo
 
     (tmp_path / "ok.jpg").write_bytes(b"x" * 100)

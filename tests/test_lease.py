@@ -23,8 +23,8 @@ import objstore
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy
 
+from gcsemb.embedding.lease import LEASE_DIR, DestinationBusy, Lease, LeaseLost
 from gcsemb.errors import AccessDenied, GcsembError
-from gcsemb.lease import LEASE_DIR, DestinationBusy, Lease, LeaseLost
 from gcsemb.storage import open_store
 
 FAST = {"poll": 0.05, "heartbeat": 30.0}
@@ -186,7 +186,7 @@ def test_racing_processes_on_the_emulator(gcs, bucket, tmp_path):
     script = tmp_path / "race.py"
     script.write_text(
         "import sys\n"
-        "from gcsemb.lease import DestinationBusy, Lease\n"
+        "from gcsemb.embedding.lease import DestinationBusy, Lease\n"
         "from gcsemb.storage import open_store\n"
         "store = open_store(sys.argv[1]); store.fs\n"
         "print('ready', flush=True); sys.stdin.readline()\n"
@@ -225,7 +225,7 @@ def test_stale_lease_is_taken_over_with_a_warning(dst, caplog):
     dead = Lease(dst, "run-dead", **FAST).acquire()  # renews every 30 s: not during this test
     time.sleep(STORAGE_SECOND)  # older than the heir's stale_after of 1 s, by the storage's clock
     heir = Lease(dst, "run-heir", **SHORT)
-    with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
+    with caplog.at_level(logging.WARNING, logger="gcsemb.embedding.lease"):
         heir.acquire()
     try:
         assert heir.took_over_from is not None and heir.took_over_from.run == "run-dead"
@@ -404,7 +404,7 @@ def test_a_holder_with_our_host_name_in_another_pid_namespace_is_not_taken_over(
     assert "Taking over" not in caplog.text
 
     plant(dst, "here.json", {**ours, "run": "run-here", "pid": gone})  # our namespace: gone
-    with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
+    with caplog.at_level(logging.WARNING, logger="gcsemb.embedding.lease"):
         heir = Lease(dst, "run-heir", **FAST).acquire()
     try:
         assert heir.took_over_from.run == "run-here"
@@ -424,7 +424,7 @@ def test_hostile_claims_neither_crash_nor_block_forever(dst, caplog):
     plant(dst, "future.json", {**claim, "run": "run-future", "host": "far", "pid": 7}, future)
     plant(dst, "inf.json", json.dumps({**claim, "run": "run-inf", "pid": float("inf")}), future)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="gcsemb.lease"):
+    with caplog.at_level(logging.WARNING, logger="gcsemb.embedding.lease"):
         heir = Lease(dst, "run-heir", **SHORT).acquire(wait=20)
     try:
         assert time.monotonic() - started < 10  # stale_after (1 s) by the storage, not the dates

@@ -312,8 +312,8 @@ def test_notebooks_run_on_a_real_bucket_by_changing_only_the_parameters(
     # a private bucket laid out like a phone's camera roll: no PNG, no photos/ folder, no demo
     from PIL import Image
 
-    from gcsemb.embedder import TINY_MODEL
-    from gcsemb.samples import encode, sample_images
+    from gcsemb.demo.samples import encode, sample_images
+    from gcsemb.model.embedder import TINY_MODEL
 
     fs = gcs.filesystem()
     for i, (_, data) in enumerate(sample_images(24)):
@@ -372,7 +372,7 @@ def test_the_demo_never_captures_a_real_bucket(monkeypatch, capsys):
 def test_the_emulator_dies_with_the_process_that_started_it(tmp_path):
     code = (
         "import os, time\n"
-        "from gcsemb.emulator import Emulator\n"
+        "from gcsemb.demo.emulator import Emulator\n"
         "e = Emulator().start()\n"
         "print(e._process.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -20,12 +20,12 @@ import pytest
 from gcsfs.core import GCSFileSystem
 from servers import StubServer, deny
 
-from gcsemb.dataset import read_embeddings, read_errors
-from gcsemb.decode import decode_image
-from gcsemb.demo import upload_samples
-from gcsemb.embedder import TINY_MODEL, load_embedder
+from gcsemb.demo.job import upload_samples
+from gcsemb.embedding.job import embed
 from gcsemb.errors import AccessDenied
-from gcsemb.pipeline import embed
+from gcsemb.explore.dataset import read_embeddings, read_errors
+from gcsemb.images.decode import decode_image
+from gcsemb.model.embedder import TINY_MODEL, load_embedder
 from gcsemb.storage import list_images
 
 COLUMNS = ["uri", "md5", "size", "generation", "updated", "width", "height", "model", "embedding"]
@@ -131,7 +131,7 @@ def test_identical_bytes_are_fetched_once(photos, bucket, tiny_ckpt, monkeypatch
 @pytest.mark.parametrize("kind", ["local", "objstore"])
 def test_killed_run_resumes_exactly_once(kind, tmp_path, tiny_ckpt):
     """Also through the test backend (tests/objstore.py): the writer needs only a Store."""
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     src, dst = tmp_path / "photos", tmp_path / "emb"
     dst_url = f"{objstore.SCHEME}://{dst}" if kind == "objstore" else str(dst)
@@ -140,7 +140,7 @@ def test_killed_run_resumes_exactly_once(kind, tmp_path, tiny_ckpt):
         (src / name).write_bytes(data)
     code = (
         f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import objstore\n"
-        "from gcsemb.pipeline import embed\n"
+        "from gcsemb.embedding.job import embed\n"
         f"embed({str(src)!r}, {dst_url!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
         "progress=False, batch_size=4, rows_per_shard=4, decode_workers=1)\n"
     )
@@ -165,7 +165,7 @@ def test_killed_run_resumes_exactly_once(kind, tmp_path, tiny_ckpt):
 def test_local_folder_to_local_folder_and_duckdb(tmp_path, tiny_ckpt):
     import duckdb
 
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     src = tmp_path / "my photos"
     for name, data in sample_images(12):
@@ -215,7 +215,7 @@ def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
     assert out.returncode == 0, out.stderr
     assert f"{count} images seen" in out.stdout and f"{count - 4} embedded" in out.stdout
     code = (
-        "import sys; from gcsemb.pipeline import embed; "
+        "import sys; from gcsemb.embedding.job import embed; "
         f"s = embed({src!r}, {dst!r}, model={TINY_MODEL!r}, pretrained={tiny_ckpt!r}, "
         "progress=False); print(s.skipped, 'torch' in sys.modules)"
     )
@@ -234,7 +234,7 @@ def test_cli_embed_and_nothing_to_do_loads_no_model(photos, bucket, tiny_ckpt):
 )
 def test_thread_tuner_gives_torch_only_the_threads_the_model_needs(busy, idle, threads):
     torch = pytest.importorskip("torch")
-    from gcsemb.tuner import ThreadTuner
+    from gcsemb.embedding.tuner import ThreadTuner
 
     now = [0.0]
     saved = torch.get_num_threads()
@@ -268,7 +268,7 @@ def test_progress_bar_shows_a_total_and_counts_what_was_done_before(
 def test_every_object_name_is_fetched_literally(gcs, bucket, tiny_ckpt):
     from test_storage import ODD_NAMES
 
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     photos = [data for _, data in sample_images(len(ODD_NAMES))]
     gcs.filesystem().pipe(
@@ -296,7 +296,7 @@ def test_a_run_hands_the_garbage_collector_back_as_it_found_it(
     holding the GIL); afterwards they are collectable again, and a user's own freeze stands."""
     import gc
 
-    from gcsemb.samples import sample_images
+    from gcsemb.demo.samples import sample_images
 
     src = tmp_path / "src"
     for name, data in sample_images(4):
@@ -334,7 +334,7 @@ def test_a_run_hands_the_garbage_collector_back_as_it_found_it(
     ],
 )
 def test_the_first_fetch_groups_are_small_so_decoding_starts_at_once(fetch_batch, sizes, groups):
-    from gcsemb.stages import Item, fetch_groups
+    from gcsemb.embedding.stages import Item, fetch_groups
     from gcsemb.storage import ObjectInfo
 
     items = [Item(ObjectInfo(f"gs://b/{i}.jpg", size)) for i, size in enumerate(sizes)]

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gcsemb.projection import atlas_neighbors, projection_path, umap_project
-from gcsemb.umap_backends import (
+from gcsemb.explore.projection import atlas_neighbors, projection_path, umap_project
+from gcsemb.explore.umap_backends import (
     available,
     choose_backend,
     initial_layout,

@@ -14,10 +14,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'gcsemb[ray]'")
 
-from gcsemb.dataset import read_embeddings, read_errors  # noqa: E402
-from gcsemb.demo import upload_samples  # noqa: E402
-from gcsemb.embedder import TINY_MODEL  # noqa: E402
-from gcsemb.pipeline import embed  # noqa: E402
+from gcsemb.demo.job import upload_samples  # noqa: E402
+from gcsemb.embedding.job import embed  # noqa: E402
+from gcsemb.explore.dataset import read_embeddings, read_errors  # noqa: E402
+from gcsemb.model.embedder import TINY_MODEL  # noqa: E402
 
 pytestmark = [
     pytest.mark.ray,
@@ -45,7 +45,7 @@ def local_ray(gcs, tiny_ckpt):
         log_to_driver=False,
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("gcsemb.ray_engine.FETCH_CPUS", 1)
+        mp.setattr("gcsemb.embedding.ray_engine.FETCH_CPUS", 1)
         yield
     ray.shutdown()
 
@@ -137,8 +137,8 @@ def test_rerun_after_changes_embeds_only_them(runs, gcs):
 def test_preprocess_without_weights_matches_the_embedder(tiny_ckpt):
     from PIL import Image
 
-    from gcsemb.embedder import _create, load_embedder
-    from gcsemb.ray_engine import preprocessor
+    from gcsemb.embedding.ray_engine import preprocessor
+    from gcsemb.model.embedder import _create, load_embedder
 
     image = Image.effect_mandelbrot((97, 61), (-2, -1, 1, 1), 50).convert("RGB")
     ours = preprocessor(TINY_MODEL, tiny_ckpt)
@@ -176,7 +176,7 @@ def test_cli_flags_and_missing_ray_message(tmp_path):
     src, dst = str(tmp_path / "photos"), str(tmp_path / "emb")
     code = (
         "import sys\n"
-        "from gcsemb.pipeline import embed\n"
+        "from gcsemb.embedding.job import embed\n"
         f"embed({src!r}, {dst!r}, progress=False)\n"
         "print('ray' in sys.modules)\n"
         "sys.modules['ray'] = None\n"
@@ -191,8 +191,8 @@ def test_cli_flags_and_missing_ray_message(tmp_path):
 
 
 def test_a_workers_gcsemb_error_reaches_the_caller_as_itself(local_ray):
+    from gcsemb.embedding.ray_engine import _reraise
     from gcsemb.errors import AccessDenied
-    from gcsemb.ray_engine import _reraise
 
     def denied(batch):
         raise AccessDenied("svc@p.iam may not read gs://b/x.jpg (403). Grant it objectViewer.")

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gcsemb.dataset import read_embeddings, schema
+from gcsemb.explore.dataset import read_embeddings, schema
 from gcsemb.storage import list_images, open_store
-from gcsemb.thumbnails import MAX_SOURCE_BYTES, row_thumbnails, thumbnail_bytes
+from gcsemb.view.thumbnails import MAX_SOURCE_BYTES, row_thumbnails, thumbnail_bytes
 
 MODEL = "tiny-clip/random-seed0"
 
@@ -117,9 +117,9 @@ HOSTILE = {  # a recorded source, and a row under it, as a dataset's author coul
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_a_source_of_another_protocol_makes_no_request(kind, gcs, bucket, fresh_cache, caplog):
-    from gcsemb.grid import image_grid
+    from gcsemb.view.grid import image_grid
 
-    caplog.set_level(logging.WARNING, logger="gcsemb.thumbnails")
+    caplog.set_level(logging.WARNING, logger="gcsemb.view.thumbnails")
     with Listener() as server:
         source, tail = HOSTILE[kind]
         source = source.format(port=server.port)
@@ -137,7 +137,7 @@ def test_a_source_of_another_protocol_makes_no_request(kind, gcs, bucket, fresh_
 def test_a_source_that_is_everything_allows_nothing(
     whole, gcs, bucket, tmp_path, fresh_cache, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="gcsemb.thumbnails")
+    caplog.set_level(logging.WARNING, logger="gcsemb.view.thumbnails")
     if whole == "/":
         picture = tmp_path / "elsewhere" / "x.jpg"  # any file on the machine
         picture.parent.mkdir()
@@ -166,7 +166,7 @@ def test_a_source_that_is_everything_allows_nothing(
 
 @pytest.mark.slow
 def test_thumbnails_read_no_further_than_the_rows_size(gcs, bucket, fresh_cache):
-    from gcsemb.grid import image_grid
+    from gcsemb.view.grid import image_grid
 
     fs = gcs.filesystem()
     big = 24 << 20  # each row claims 10 bytes
@@ -241,8 +241,8 @@ def _odd_folder(tmp_path: Path) -> Path:
 def test_a_local_folder_lists_regular_files_only_and_the_run_finishes(
     tmp_path, fresh_cache, caplog
 ):
-    from gcsemb.embedder import TINY_MODEL
-    from gcsemb.pipeline import embed
+    from gcsemb.embedding.job import embed
+    from gcsemb.model.embedder import TINY_MODEL
 
     photos = _odd_folder(tmp_path)
     caplog.set_level(logging.WARNING, logger="gcsemb.storage.local_files")
@@ -322,7 +322,7 @@ def test_1100_nested_folders_list_every_image(tmp_path):
 
 
 def test_the_ray_listing_skips_what_is_no_regular_file(tmp_path):
-    from gcsemb.ray_engine import fan_out
+    from gcsemb.embedding.ray_engine import fan_out
 
     photos = _odd_folder(tmp_path)
     parts, _ = fan_out(open_store(str(photos)), None, {})

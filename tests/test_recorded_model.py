@@ -25,13 +25,13 @@ import pytest
 from PIL import Image
 from test_reads import _dataset
 
-from gcsemb import checkpoints
-from gcsemb.checkpoints import model_tag
-from gcsemb.dataset import read_embeddings
-from gcsemb.embedder import TINY_MODEL, save_random_checkpoint
+from gcsemb.embedding.job import embed
 from gcsemb.errors import GcsembError
-from gcsemb.pipeline import embed
-from gcsemb.search import search_text
+from gcsemb.explore.dataset import read_embeddings
+from gcsemb.explore.search import search_text
+from gcsemb.model import checkpoints
+from gcsemb.model.checkpoints import model_tag
+from gcsemb.model.embedder import TINY_MODEL, save_random_checkpoint
 
 _OPENED: list[list[str]] = []  # the lists of files opened while a test listens
 

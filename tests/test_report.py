@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 from servers import ACCESS_TOKEN, GatewayProxy
 
-from gcsemb.config import EmbedConfig
-from gcsemb.embedder import TINY_MODEL
-from gcsemb.pipeline import embed
-from gcsemb.report import STAGES, StageClock, bound_stage
-from gcsemb.samples import encode, sample_images
+from gcsemb.demo.samples import encode, sample_images
+from gcsemb.embedding.config import EmbedConfig
+from gcsemb.embedding.job import embed
+from gcsemb.embedding.report import STAGES, StageClock, bound_stage
+from gcsemb.model.embedder import TINY_MODEL
 from gcsemb.storage import open_store
 
 
@@ -140,8 +140,8 @@ def test_cli_json_report_and_the_final_line(tmp_path, tiny_ckpt):
 
 def test_gpu_decode_path_matches_the_cpu_path(tmp_path, tiny_ckpt, monkeypatch):
     # the batched tensor path (nvJPEG on CUDA) wired into the pipeline, run here on the CPU
-    import gcsemb.tensor_decode as td
-    from gcsemb.dataset import read_embeddings
+    import gcsemb.images.tensor_decode as td
+    from gcsemb.explore.dataset import read_embeddings
 
     (tmp_path / "photos").mkdir()
     _photos(tmp_path / "photos", 10)

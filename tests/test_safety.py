@@ -30,14 +30,14 @@ from matplotlib import cbook  # noqa: E402
 from PIL import Image  # noqa: E402
 from servers import StubServer  # noqa: E402
 
-from gcsemb.dataset import read_embeddings  # noqa: E402
-from gcsemb.embedder import TINY_MODEL, load_embedder, save_random_checkpoint  # noqa: E402
+from gcsemb.embedding.job import embed  # noqa: E402
 from gcsemb.errors import GcsembError  # noqa: E402
-from gcsemb.pipeline import embed  # noqa: E402
-from gcsemb.search import search_image, search_text  # noqa: E402
+from gcsemb.explore.dataset import read_embeddings  # noqa: E402
+from gcsemb.explore.search import search_image, search_text  # noqa: E402
+from gcsemb.model.embedder import TINY_MODEL, load_embedder, save_random_checkpoint  # noqa: E402
 from gcsemb.storage.scope import dataset_scope  # noqa: E402
-from gcsemb.thumbnails import thumbnail_bytes  # noqa: E402
-from gcsemb.viz import image_grid, plot_projection  # noqa: E402
+from gcsemb.view.thumbnails import thumbnail_bytes  # noqa: E402
+from gcsemb.view.viz import image_grid, plot_projection  # noqa: E402
 
 GCSEMB = str(Path(sys.executable).parent / "gcsemb")
 COLORS = ["red", "green", "blue", "orange", "purple", "teal"]
@@ -215,7 +215,7 @@ def test_a_dataset_naming_urls_makes_no_request(tmp_path, fresh_cache, caplog):
         assert len(done.stderr.strip().splitlines()) == 1
 
         # thumbnails of its rows: only the image under the source folder
-        caplog.set_level(logging.WARNING, logger="gcsemb.thumbnails")
+        caplog.set_level(logging.WARNING, logger="gcsemb.view.thumbnails")
         df, matrix = read_embeddings(crafted)
         hits = search_image((df, matrix), uris[0], k=4)  # a dataset uri: its stored vector
         fig = image_grid(hits)
@@ -230,7 +230,7 @@ def test_a_dataset_naming_urls_makes_no_request(tmp_path, fresh_cache, caplog):
 
 def test_the_explorer_shows_only_thumbnails_from_the_source(tmp_path, fresh_cache):
     pytest.importorskip("ipywidgets")
-    from gcsemb.widgets import Explorer
+    from gcsemb.view.widgets import Explorer
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -350,7 +350,7 @@ def test_dollar_signs_in_folders_and_queries_draw_as_text(tmp_path):
 
 def test_weights_a_dataset_may_name(tmp_path, fresh_cache):
     """Random weights and open_clip's own tags need nothing passed; nothing else is taken."""
-    from gcsemb.dataset_embedder import dataset_weights
+    from gcsemb.model.dataset_embedder import dataset_weights
 
     assert dataset_weights("ViT-B-32/random-seed0") is None
     assert dataset_weights("ViT-B-32/laion2b_s34b_b79k") == "laion2b_s34b_b79k"

@@ -1,4 +1,4 @@
-"""The tensor decode path (gcsemb.tensor_decode) against open_clip's own PIL preprocess.
+"""The tensor decode path (gcsemb.images.tensor_decode) against open_clip's own PIL preprocess.
 
 Everything runs on CPU here (torchvision's libjpeg decode plus the same tensor transforms the GPU
 path uses); the ``gpu`` tests repeat the parity checks with nvJPEG where CUDA exists.
@@ -14,10 +14,10 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image, ImageDraw
 
-from gcsemb import tensor_decode
-from gcsemb.decode import decode_image
-from gcsemb.samples import encode, photo_dir, sample_images
-from gcsemb.tensor_decode import (
+from gcsemb.demo.samples import encode, photo_dir, sample_images
+from gcsemb.images import tensor_decode
+from gcsemb.images.decode import decode_image
+from gcsemb.images.tensor_decode import (
     JpegHeader,
     Preprocess,
     decode_batch,
@@ -87,7 +87,7 @@ def reference_images(photos) -> list[Image.Image]:
 
 
 def _pil_batch(images: list[Image.Image], cfg: dict) -> torch.Tensor:
-    """open_clip's own inference transform, as gcsemb.embedder builds it."""
+    """open_clip's own inference transform, as gcsemb.model.embedder builds it."""
     transform = image_transform_v2(PreprocessCfg(**{"size": 224, **cfg}), is_train=False)
     return torch.stack([transform(im) for im in images])
 

@@ -224,10 +224,10 @@ def test_a_checkpoint_url_keeps_no_password_or_signature(
 
     from PIL import Image
 
-    from gcsemb.checkpoints import model_tag
-    from gcsemb.embedder import TINY_MODEL
+    from gcsemb.embedding.job import embed
+    from gcsemb.model.checkpoints import model_tag
+    from gcsemb.model.embedder import TINY_MODEL
     from gcsemb.notebook import setup
-    from gcsemb.pipeline import embed
 
     monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
     url, wrong, server = signed_checkpoint
@@ -326,7 +326,7 @@ def other_key(tmp_path, oauth) -> str:
 def test_dst_gets_exactly_the_access_a_local_src_was_given(
     gcs, bucket, other_key, tmp_path, monkeypatch, sa_info
 ):
-    from gcsemb.run import open_stores
+    from gcsemb.embedding.run import open_stores
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # not where DST is
     photos = tmp_path / "photos"

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gcsemb.dataset import read_embeddings
-from gcsemb.embedder import TINY_MODEL
-from gcsemb.pipeline import embed
+from gcsemb.embedding.job import embed
+from gcsemb.explore.dataset import read_embeddings
+from gcsemb.model.embedder import TINY_MODEL
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title
 CLEAR = "\x1b[2J"  # clears the screen

@@ -25,14 +25,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gcsemb.dataset import read_embeddings  # noqa: E402
-from gcsemb.demo import upload_samples  # noqa: E402
-from gcsemb.embedder import TINY_MODEL, load_embedder  # noqa: E402
+from gcsemb.demo.job import upload_samples  # noqa: E402
+from gcsemb.embedding.job import embed  # noqa: E402
 from gcsemb.errors import GcsembError  # noqa: E402
-from gcsemb.pipeline import embed  # noqa: E402
-from gcsemb.projection import projection_path, umap_project  # noqa: E402
-from gcsemb.search import near_duplicates, search_image, search_text  # noqa: E402
-from gcsemb.viz import THUMBNAIL_GID, image_grid, plot_projection  # noqa: E402
+from gcsemb.explore.dataset import read_embeddings  # noqa: E402
+from gcsemb.explore.projection import projection_path, umap_project  # noqa: E402
+from gcsemb.explore.search import near_duplicates, search_image, search_text  # noqa: E402
+from gcsemb.model.embedder import TINY_MODEL, load_embedder  # noqa: E402
+from gcsemb.view.viz import THUMBNAIL_GID, image_grid, plot_projection  # noqa: E402
 
 GCSEMB = str(Path(sys.executable).parent / "gcsemb")
 COPY = "copies/same bytes, other name.jpg"
@@ -265,7 +265,7 @@ def test_cli_search_jsonl_table_and_grid(dataset, tmp_path):
 
 
 def test_thumbnails_are_fetched_once_then_read_from_disk(dataset, monkeypatch):
-    from gcsemb import thumbnails
+    from gcsemb.view import thumbnails
 
     uris = [*dataset.df.uri[:6], dataset.dst.replace("/emb", "/photos/broken/truncated.jpg")]
     md5s = [*dataset.df.md5[:6], None]
@@ -286,7 +286,7 @@ def test_thumbnails_are_fetched_once_then_read_from_disk(dataset, monkeypatch):
 def test_explorer_reacts_to_a_query_and_to_picking_an_image(dataset):
     import ipywidgets
 
-    from gcsemb.widgets import Explorer
+    from gcsemb.view.widgets import Explorer
 
     _coords(dataset)
     ex = Explorer(dataset.dst, pretrained=dataset.ckpt, k=6)
@@ -325,7 +325,7 @@ def test_explorer_reacts_to_a_query_and_to_picking_an_image(dataset):
 
 
 def test_explorer_in_colab_enables_the_custom_widget_manager(monkeypatch, dataset):
-    from gcsemb import widget_display, widgets
+    from gcsemb.view import widget_display, widgets
 
     calls = []
     output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append(1))
@@ -362,7 +362,7 @@ def _rows(tmp_path, n=12):
 
 
 def test_explorer_state_searches_without_widgets(tmp_path, monkeypatch):
-    from gcsemb import explorer
+    from gcsemb.view import explorer
 
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not importable: not needed
     df, matrix = _rows(tmp_path)
@@ -393,7 +393,7 @@ def test_explorer_state_searches_without_widgets(tmp_path, monkeypatch):
 
 
 def test_colab_widgets_are_left_alone_where_google_colab_cannot_be_imported(monkeypatch):
-    from gcsemb import widget_display
+    from gcsemb.view import widget_display
 
     monkeypatch.setenv("COLAB_RELEASE_TAG", "x")  # looks like Colab...
     monkeypatch.setitem(sys.modules, "google.colab", None)  # ...but google.colab fails to import
@@ -405,7 +405,7 @@ def test_colab_widgets_are_left_alone_where_google_colab_cannot_be_imported(monk
 def test_projection_plot_is_computed_without_drawing():
     import matplotlib.pyplot as plt
 
-    from gcsemb.plot_content import OTHER_COLOR, projection_plot
+    from gcsemb.view.plot_content import OTHER_COLOR, projection_plot
 
     rng = np.random.default_rng(0)
     n = 400
@@ -468,7 +468,7 @@ def test_a_small_map_asked_for_density_draws_every_point(n):
 
 
 def test_thumbnail_plan_never_overlaps():
-    from gcsemb.layout import plan_thumbnails
+    from gcsemb.view.layout import plan_thumbnails
 
     rng = np.random.default_rng(1)
     xy = np.concatenate([rng.normal(c, 0.3, (300, 2)) for c in ((0, 0), (5, 5), (0, 6))])
@@ -486,8 +486,8 @@ def test_thumbnail_plan_never_overlaps():
 
 
 def test_grid_content_and_embedding_matrix():
-    from gcsemb.grid import grid_content
-    from gcsemb.search import embedding_matrix
+    from gcsemb.explore.search import embedding_matrix
+    from gcsemb.view.grid import grid_content
 
     pairs = pd.DataFrame(
         {"uri_a": ["gs://b/x/1.jpg"], "uri_b": ["gs://b/y/$2$.jpg"], "score": [0.99]}

@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Say which identity is in use and whether it may list, read and write at URL."""
-    from gcsemb.check import check
+    from gcsemb.embedding.check import check
 
     report = check(store_of(args, args.url), write=not args.no_write)
     lines = [f"identity: {report.identity}", *map(str, report.checks)]

@@ -87,11 +87,11 @@ class Command:
 def add_field(group: Any, flag: str, owner: Any, *, name: str = "", **options: Any) -> None:
     """Add ``flag`` for the field ``name`` (default: the flag's) of the dataclass ``owner``.
 
-    Its default and help are the field's (:func:`gcsemb.config.field_help`): stated once, in
-    :mod:`gcsemb.config`. ``options`` go to ``add_argument`` (``default=None``: only a flag
-    given is passed on, the config's default applies).
+    Its default and help are the field's (:func:`gcsemb.embedding.config.field_help`): stated once,
+    in :mod:`gcsemb.embedding.config`. ``options`` go to ``add_argument`` (``default=None``: only a
+    flag given is passed on, the config's default applies).
     """
-    from gcsemb.config import field_default, field_help
+    from gcsemb.embedding.config import field_default, field_help
 
     name = name or flag.lstrip("-").replace("-", "_")
     if options.get("action") != "store_true":

@@ -24,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default: local GCS, sample photographs."""
-    from gcsemb.demo import run_demo
+    from gcsemb.demo.job import run_demo
 
     run_demo(n_images=args.images, model=args.model)
     return 0

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from gcsemb.cli.common import Command, add_credentials, add_field, store_of
-from gcsemb.config import DECODES, MIB, PRECISIONS, EmbedConfig, RayEngine, field_default
+from gcsemb.embedding.config import DECODES, MIB, PRECISIONS, EmbedConfig, RayEngine, field_default
 from gcsemb.errors import READ_ROLE, WRITE_ROLE
 
 THROUGHPUT = ("batch_size", "io_workers", "fetch_batch", "decode_workers", "rows_per_shard")
@@ -110,7 +110,7 @@ def _engine_options(group: Any) -> None:
 
 
 def engine_of(args: argparse.Namespace) -> Any:
-    """``"local"``, or the :class:`~gcsemb.config.RayEngine` the ray flags describe."""
+    """``"local"``, or the :class:`~gcsemb.embedding.config.RayEngine` the ray flags describe."""
     if args.engine != "ray":
         return "local"
     return RayEngine(args.address, args.workers, args.gpus_per_worker)
@@ -132,7 +132,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Embed every image under SRC into a parquet dataset at DST."""
-    from gcsemb.pipeline import embed
+    from gcsemb.embedding.job import embed
 
     pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
     summary = embed(

@@ -16,8 +16,8 @@ from gcsemb.cli.common import (
     store_of,
     use_agg,
 )
-from gcsemb.dataset_embedder import ModelChoice
 from gcsemb.errors import GcsembError
+from gcsemb.model.dataset_embedder import ModelChoice
 
 DESCRIPTION = """\
 Embed QUERY with the text tower of the model that embedded DST (or, with
@@ -77,7 +77,7 @@ def print_results(results: Any, fmt: str, out: TextIO) -> None:
 def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
     """Save the results as an image grid PNG at ``args.out``; say so on stderr."""
     use_agg()
-    from gcsemb.viz import image_grid
+    from gcsemb.view.viz import image_grid
 
     what = f"images like {args.image}" if args.image else f"\u201c{args.query}\u201d"
     fig = image_grid(results, title=f"Top {len(results)}: {what}")
@@ -87,7 +87,7 @@ def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the images of a dataset that best match a text (or an image), best first."""
-    from gcsemb.search import embeddings_of, search_image, search_text
+    from gcsemb.explore.search import embeddings_of, search_image, search_text
 
     if not args.query and not args.image:
         raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gcsemb.cli.common import Command, add_credentials, save_figure, store_of, use_agg
-from gcsemb.umap_backends import BACKENDS, MIN_DIST, N_NEIGHBORS
+from gcsemb.explore.umap_backends import BACKENDS, MIN_DIST, N_NEIGHBORS
 
 DESCRIPTION = """\
 Project the embeddings under DST to 2-D with UMAP (cosine, on all cores) and
@@ -68,8 +68,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Project a dataset with UMAP and save the scatter plot, with thumbnails, as a PNG."""
     use_agg()
-    from gcsemb.projection import umap_project
-    from gcsemb.viz import THUMBNAIL_GID, plot_projection
+    from gcsemb.explore.projection import umap_project
+    from gcsemb.view.viz import THUMBNAIL_GID, plot_projection
 
     dataset = store_of(args, args.dst)  # credentials resolved once
     coords = umap_project(

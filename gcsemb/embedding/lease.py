@@ -1,0 +1,729 @@
+"""One writer per destination: the lease a run holds in DST while it writes there.
+
+Two runs writing the same DST at once (two notebooks, a notebook and the CLI) would both embed
+every image and leave two rows per image. So a run first takes the lease of DST, stops (or waits)
+when another live run holds it, renews it while it writes, and gives it back at the end.
+
+The lease is a folder of *claims*, ``DST/_lease/<run>.<tag>.json``, one JSON object per contender
+(run id, host, pid, start and heartbeat times, gcsemb version, and a state: ``claiming`` or
+``held``). pyarrow and gcsemb's readers skip ``_`` names. A run takes the lease like this:
+
+1. List the claims. A live ``held`` claim of another run: the lease is busy.
+2. Write its own ``claiming`` claim (a name no other run writes).
+3. List again. Withdraw (delete its claim) if another run holds the lease, or if another run's
+   claim ranks before its own (earlier start, then name). If claims that rank after its own are
+   still there, list again shortly: those runs withdraw or win. Alone: rewrite its claim as
+   ``held``. It now holds the lease.
+
+Two runs never both hold it, on any storage whose listing shows every object written before the
+listing started (GCS, a local folder, fake-gcs-server). Say both won, and X listed before Y. X
+wrote its claim before it listed, and a winner never deletes its claim, so Y's listing shows X's
+claim, and Y cannot have been alone. Apart from telling dead runs (below), no step relies on
+timing or on a precondition, so the lease holds on fake-gcs-server, which ignores
+``ifGenerationMatch``. On GCS every write and delete carries a generation precondition as well:
+a paused holder that comes back cannot rewrite a claim that was taken over meanwhile, and a taker
+cannot delete a claim that was renewed after it read it.
+
+A claim not renewed for ``stale_after`` belongs to a run that died. The next run deletes it
+with a warning that names that run, and takes over. A ``claiming`` claim is stale after
+:data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts over.
+How old a claim is never rests on another machine's clock (the times inside a claim are shown,
+never trusted): it is the storage's own time since the claim was last written (on GCS the
+object's ``updated`` time against the ``Date`` of the listing; in a local folder the file's
+modification time against this machine's clock), or how long this run has seen it unchanged
+(``time.monotonic``), whichever is longer. So a contender whose clock runs ahead takes no live
+lease, and a claim dated in the future blocks no one for longer than ``stale_after``. A claim
+written on this very machine (same boot and PID namespace) whose process is gone is taken over
+at once; a same-named host elsewhere (another container) is not.
+
+Taking the lease rides through an outage of DST as long as shard writes do (``retry_seconds``).
+While held, a daemon thread renews the heartbeat every ``heartbeat`` seconds (sooner after a
+failure). If the claim was deleted, or another run took over, the lease is lost:
+:attr:`Lease.lost` is set, a warning is logged, and :meth:`Lease.check` raises
+:class:`LeaseLost`. The writer calls :meth:`Lease.confirm` (a fresh look at DST) before each
+shard. The lease also counts as lost when the run could not renew it for
+``stale_after - 2 * heartbeat``, because another run may take it over soon after. Should two
+runs ever both hold it (a paused run that comes back on a storage without preconditions), the
+one that took it last keeps it and the other loses it at its next heartbeat.
+
+Example:
+    >>> from gcsemb.embedding.lease import Lease
+    >>> from gcsemb.storage import open_store
+    >>> dst = open_store("gs://my-bucket/embeddings")  # doctest: +SKIP
+    >>> with Lease(dst, run="20260801-120000-123456ab").acquire(wait=60) as lease:  # doctest: +SKIP
+    ...     for shard in shards:
+    ...         lease.check()  # raises LeaseLost if another run took over
+    ...         write(shard)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from gcsemb.embedding.config import WRITE_RETRY_SECONDS
+from gcsemb.embedding.report import duration as _duration
+from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
+from gcsemb.storage import Store, explain, parse_time
+
+logger = logging.getLogger(__name__)
+
+LEASE_DIR = "_lease"
+"""The folder of claims under DST. Readers skip names that start with ``_``."""
+HEARTBEAT = 15.0
+"""Seconds between renewals. A renewal is a listing, a read per claim and a small write: nothing
+a run notices at four a minute, and often enough that 8 of them fit in :data:`STALE_AFTER`."""
+STALE_AFTER = 150.0
+"""Seconds without a renewal after which a holder counts as dead and its lease is taken over.
+That is 10 missed heartbeats. A live run never goes that long: the renewal runs in its own
+thread, so a slow GPU batch or a long shard write does not delay it. It is short because the
+common dead holder is a notebook whose runtime disconnected: its user reconnects, runs again, and
+waits at most this long (a holder on this very machine, in this PID namespace, whose process is
+gone is taken over at once). A holder that could not renew for 2 of these 2.5 minutes stops
+writing by itself (:meth:`Lease.check`)."""
+CLAIM_STALE_AFTER = 60.0
+"""Seconds after which a claim that never became ``held`` counts as abandoned. Claiming takes
+two or three requests. A run that takes longer than half of this starts over, so a live
+contender's claim is never mistaken for an abandoned one."""
+POLL = 2.0
+"""Seconds between looks at a busy lease while ``acquire(wait=...)`` waits."""
+RETRY_DELAY = 2.0
+"""Seconds before the first new try of a failed claim or renewal (claims back off up to 60 s)."""
+RESOLVE_POLL = 0.05
+"""Seconds between looks while runs that started at the same moment sort out who goes first."""
+WAIT_HINT = "wait_for_lease=SECONDS (CLI: --wait SECONDS)"
+"""How a user asks a run to wait for a busy destination. The busy message names it."""
+
+CLAIMING, HELD = "claiming", "held"
+
+
+class DestinationBusy(GcsembError):
+    """Another live run holds the lease of the destination. The message names it.
+
+    Attributes:
+        holder: The run that holds the lease, as read from its claim.
+    """
+
+    def __init__(self, message: str, holder: Holder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LeaseLost(DestinationBusy):
+    """This run's lease was taken over, or could not be renewed. Stop writing to DST."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One claim on the lease, as read from ``DST/_lease/``.
+
+    Attributes:
+        run: The run id of the claimant (its shard names start with it).
+        host: The machine it runs on.
+        pid: Its process id on that machine.
+        since: When it claimed the lease (seconds since the epoch, its clock: shown only).
+        heartbeat: When it last renewed the lease (seconds since the epoch, its clock: shown
+            only).
+        state: ``"claiming"`` while it acquires, ``"held"`` once it holds the lease.
+        version: Its gcsemb version.
+        uri: Where the claim is, e.g. ``gs://bucket/emb/_lease/RUN.TAG.json``.
+        generation: The GCS generation of the claim, if any.
+        age: Seconds since the claim last changed when it was read: by the storage's clock, or
+            as long as the reader has seen it unchanged, whichever is longer.
+        boot: Its machine's boot id and PID namespace (Linux), where its pid means a process.
+    """
+
+    run: str
+    host: str
+    pid: int
+    since: float
+    heartbeat: float
+    state: str
+    version: str
+    uri: str
+    generation: int | None = None
+    age: float = 0.0
+    boot: str | None = None
+
+    @property
+    def rank(self) -> tuple[float, str]:
+        """The order among runs that claim at the same moment: earlier start first."""
+        return (self.since, self.uri)
+
+    def describe(self) -> str:
+        """``run R on host H (pid P)``."""
+        return f"run {self.run} on host {self.host} (pid {self.pid})"
+
+
+@dataclass(frozen=True)
+class _Outage:
+    """Tries at the lease that failed in a row: since when, and the wait before the next."""
+
+    since: float = field(default_factory=time.monotonic)
+    delay: float = RETRY_DELAY
+
+
+class Lease:
+    """The right to write one destination, held by one run at a time.
+
+    Args:
+        store: The destination (DST).
+        run: This run's id, as named in shard files and messages.
+        stale_after: Take over a lease whose heartbeat is older than this (seconds).
+        heartbeat: Renew the held lease this often (seconds).
+        poll: Look at a busy lease this often while waiting (seconds).
+        clock: Wall-clock time in seconds since the epoch: the times a claim shows, and the
+            ages of claims in a local folder (this machine's files). Tests move it.
+        retry_seconds: How long taking the lease is retried while DST fails (as long as a shard
+            write, by default); a refusal (403, 401, no bucket) is never retried.
+
+    Attributes:
+        held: Whether this run holds the lease.
+        lost: Whether the held lease was taken over or could not be renewed.
+        lost_to: The run that took it over, if known.
+        took_over_from: The dead run whose lease this run took over, if any.
+        uri: This run's claim, ``DST/_lease/RUN.TAG.json``.
+
+    Example:
+        >>> lease = Lease(open_store("/tmp/emb"), run="run-1").acquire(wait=60)  # doctest: +SKIP
+        >>> try:  # doctest: +SKIP
+        ...     for shard in shards:
+        ...         lease.check()  # raises LeaseLost if another run took over
+        ...         write(shard)
+        ... finally:  # errors and Ctrl-C too
+        ...     lease.release()
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        run: str,
+        *,
+        stale_after: float = STALE_AFTER,
+        heartbeat: float = HEARTBEAT,
+        poll: float = POLL,
+        clock: Callable[[], float] = time.time,
+        retry_seconds: float = WRITE_RETRY_SECONDS,
+    ) -> None:
+        if not 0 < 2 * heartbeat < stale_after:
+            raise ValueError(
+                f"heartbeat={heartbeat} and stale_after={stale_after}: the lease must be "
+                "renewed at least twice before it goes stale (0 < 2 * heartbeat < stale_after)."
+            )
+        self.store, self.run = store, run
+        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
+        self.folder = f"{store.path.rstrip('/')}/{LEASE_DIR}"
+        self.path = f"{self.folder}/{run}.{uuid.uuid4().hex[:8]}.json"
+        self.uri = store.where(self.path)
+        self.dst = store.url
+        self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), _boot_id()
+        self.held = self.lost = False
+        self.lost_to: Holder | None = None
+        self.took_over_from: Holder | None = None
+        self._reason = ""
+        self._since = 0.0
+        self._generation: int | None = None  # of our claim on GCS; None: not written
+        self._renewed = 0.0  # time.monotonic() of the last renewal that reached DST
+        self._seen: dict[tuple[Any, ...], float] = {}  # claim version -> monotonic first seen
+        self._io = threading.RLock()  # one storage sequence at a time (renewal, release)
+        self._state = threading.Lock()  # the flags; never held during a request
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- taking and giving back -------------------------------------------------------------
+
+    def acquire(self, wait: float = 0.0) -> Lease:
+        """Take the lease. If another live run holds it, wait up to ``wait`` seconds for it.
+
+        Args:
+            wait: The longest to wait for another run to finish (seconds). 0 means stop at once.
+
+        Returns:
+            This lease, held, for use in a ``with`` statement.
+
+        Raises:
+            DestinationBusy: Another live run still holds the lease. The message names it.
+            AccessDenied: This identity may not write, list or delete in DST.
+            GcsembError: DST failed (or was too slow) for ``retry_seconds``.
+        """
+        if self.held:
+            return self
+        deadline = time.monotonic() + max(0.0, wait)
+        told: set[str] = set()
+        outage: _Outage | None = None  # tries that failed in a row
+        while True:
+            try:
+                won, holder = self._attempt()
+            except (AccessDenied, AuthError, NotFound):
+                raise  # refused: another try changes nothing
+            except GcsembError as e:
+                outage = self._wait_out(outage or _Outage(), e)
+                continue
+            if won:
+                break
+            if holder is None:  # claiming took too long to be trusted: try again
+                slow = GcsembError(
+                    f"Could not take the lease of {self.dst}: the storage is too slow (a try "
+                    f"took over {_duration(CLAIM_STALE_AFTER / 2)}). Try again."
+                )
+                outage = self._wait_out(outage or _Outage(), slow)
+                continue
+            outage = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if holder.state == CLAIMING:  # it may itself lose: name whoever wins
+                    holder = self._winner(holder)
+                raise DestinationBusy(self._busy_message(holder), holder)
+            if holder.uri not in told:
+                told.add(holder.uri)
+                logger.info("%s is busy: waiting for %s.", self.dst, holder.describe())
+            time.sleep(min(self.poll, left))
+        self.held, self.lost, self.lost_to, self._reason = True, False, None, ""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat_forever, name=f"gcsemb-lease-{self.run}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _wait_out(self, outage: _Outage, error: GcsembError) -> _Outage:
+        """Wait before the next try at the lease; raise ``error`` after ``retry_seconds``."""
+        if time.monotonic() + outage.delay - outage.since > self.retry_seconds:
+            raise error
+        logger.warning(
+            "Could not take the lease of %s (%s); trying again in %.0f s.",
+            self.dst,
+            error,
+            outage.delay,
+        )
+        time.sleep(outage.delay)
+        return replace(outage, delay=min(outage.delay * 2, 60.0))
+
+    def release(self) -> None:
+        """Give the lease back: stop renewing it and delete this run's claim.
+
+        Only this run's own claim is deleted, never another run's. Storage errors are logged,
+        not raised, because a release often runs while another error is on its way up. A claim
+        that stays behind is taken over once its heartbeat is ``stale_after`` old.
+        """
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._io:
+            self.held = False
+            try:
+                self._withdraw()
+            except Exception as e:  # reported, never raised: see docstring
+                logger.warning(
+                    "Could not remove the lease %s (%s). The next run takes it over once its "
+                    "heartbeat is %s old, or delete it by hand.",
+                    self.uri,
+                    e,
+                    _duration(self.stale_after),
+                )
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # --- while held ------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if this run may no longer write to DST.
+
+        Cheap: it reads flags that the heartbeat thread sets, and never waits for storage.
+        Call it before each shard write.
+
+        Raises:
+            LeaseLost: Another run took the lease over, its claim was deleted, or it could not
+                be renewed for so long that another run may take it over.
+            GcsembError: The lease was never acquired, or was released.
+        """
+        if not self.held and not self.lost:
+            raise GcsembError(f"Run {self.run} does not hold the lease of {self.dst}: acquire it.")
+        self._expire()
+        if self.lost:
+            raise LeaseLost(self._lost_message(), self.lost_to)
+
+    def confirm(self) -> None:
+        """Look at DST now: raise :class:`LeaseLost` unless this run still holds the lease.
+
+        The writer calls it before each shard, so that no shard is written after the claim was
+        deleted or taken over, however recently. It renews the lease on the way. When DST cannot
+        be reached, the heartbeat's verdict stands (:meth:`check`).
+
+        Raises:
+            LeaseLost: The claim is gone, another run took over, or the lease could not be
+                renewed for so long that another run may take it over.
+        """
+        try:
+            self.beat()
+        except GcsembError as e:  # an outage: the heartbeat thread keeps trying
+            logger.debug("Could not look at the lease of %s: %s", self.dst, e)
+        self.check()
+
+    def beat(self) -> None:
+        """Renew the lease now, or notice that it was lost. The heartbeat thread calls this.
+
+        Raises:
+            GcsembError: DST could not be reached. The thread logs it and tries again.
+        """
+        with self._io:
+            if not self.held or self.lost or self._stop.is_set():
+                return
+            claims = self._read_claims()
+            mine = next((c for c in claims if c.uri == self.uri), None)
+            others = [c for c in claims if c.uri != self.uri and not self._stale(c)]
+            mine_rank = (self._since, self.uri)
+            newer = [c for c in others if c.state == HELD and c.rank > mine_rank]
+            if newer:  # the one that took over last keeps it; the other yields
+                self._lose(newer[0], f"{newer[0].describe()} took it over")
+            elif mine is None:
+                holder = next((c for c in others if c.state == HELD), None)
+                self._lose(holder, "its claim was deleted (taken over, or deleted by hand)")
+            else:
+                started = time.monotonic()
+                try:
+                    self._generation = self._put(HELD, self.clock(), self._generation)
+                except FileExistsError:  # GCS: the claim changed or went since we read it
+                    self._lose(None, "its claim was deleted (taken over, or deleted by hand)")
+                    return
+                self._renewed = started
+
+    # --- the steps -------------------------------------------------------------------------
+
+    def _attempt(self) -> tuple[bool, Holder | None]:
+        """One try at the lease: (True, None) when taken, else (False, the run that has it).
+
+        (False, None): this try took too long to be trusted (see :data:`CLAIM_STALE_AFTER`).
+        """
+        others = self._rivals()
+        holder = next((c for c in others if c.state == HELD), None)
+        if holder is not None:
+            return False, holder
+        self._since = self.clock()
+        started = time.monotonic()
+        try:
+            return self._claim(started)
+        except FileExistsError:  # GCS: our claim went meanwhile (taken for abandoned): again
+            self._withdraw()
+            return False, None
+        except BaseException:
+            try:
+                self._withdraw()
+            except Exception:  # the first error is the one to report
+                logger.debug("Could not withdraw %s", self.uri, exc_info=True)
+            raise
+
+    def _claim(self, started: float) -> tuple[bool, Holder | None]:
+        """Write this run's claim, then settle who goes first (see the module's steps)."""
+        self._generation = self._put(CLAIMING, self._since, 0)
+        while True:
+            others = self._rivals()
+            rank = (self._since, self.uri)
+            blocker = next((c for c in others if c.state == HELD), None) or min(
+                (c for c in others if c.rank < rank), key=lambda c: c.rank, default=None
+            )
+            if blocker is not None:
+                self._withdraw()
+                return False, blocker
+            if time.monotonic() - started > CLAIM_STALE_AFTER / 2:  # others may call it dead
+                self._withdraw()
+                return False, None
+            if not others:
+                self._generation = self._put(HELD, self.clock(), self._generation)
+                if time.monotonic() - started > CLAIM_STALE_AFTER / 2:
+                    self._withdraw()
+                    return False, None
+                self._renewed = time.monotonic()
+                return True, None
+            time.sleep(RESOLVE_POLL)  # later claims withdraw once they see ours
+
+    def _winner(self, claimant: Holder, patience: float = 2.0) -> Holder:
+        """The run that ends up holding the lease, or ``claimant`` if none does within a while."""
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            held = next((c for c in self._rivals() if c.state == HELD), None)
+            if held is not None:
+                return held
+            time.sleep(RESOLVE_POLL)
+        return claimant
+
+    def _rivals(self) -> list[Holder]:
+        """Other runs' live claims. Stale ones are deleted (taken over) on the way."""
+        live = []
+        for claim in self._read_claims():
+            if claim.uri == self.uri:
+                continue
+            if not self._stale(claim):
+                live.append(claim)
+                continue
+            try:
+                self._delete(claim.uri, claim.generation)
+            except FileExistsError:  # GCS: renewed since we read it, so it is alive
+                live.append(claim)
+                continue
+            if claim.state == HELD:
+                why = (
+                    "its process is gone"
+                    if claim.age <= self.stale_after
+                    else f"its last heartbeat was {_duration(claim.age)} ago (more than "
+                    f"{_duration(self.stale_after)})"
+                )
+                logger.warning(
+                    "Taking over the lease of %s from %s: %s, so that run has stopped.",
+                    self.dst,
+                    claim.describe(),
+                    why,
+                )
+                self.took_over_from = claim
+        return live
+
+    def _stale(self, claim: Holder) -> bool:
+        return claim.age > self._limit(claim) or self._gone(claim)
+
+    def _limit(self, claim: Holder) -> float:
+        """How old ``claim`` may grow before its run counts as dead."""
+        return self.stale_after if claim.state == HELD else min(self.stale_after, CLAIM_STALE_AFTER)
+
+    def _gone(self, claim: Holder) -> bool:
+        """Whether ``claim`` is of a run on this machine whose process ended (kill -9, a restart).
+
+        Only where the claim names this boot and PID namespace: the same host name with another
+        boot id, or in another container, may be a live run elsewhere.
+        """
+        same = self.boot is not None and claim.boot == self.boot and claim.host == self.host
+        return same and claim.pid != self.pid and not _alive(claim.pid)
+
+    @property
+    def _grace(self) -> float:
+        """How long the holder may fail to renew before it must count the lease as lost."""
+        return max(self.stale_after - 2 * self.heartbeat, self.stale_after / 2)
+
+    def _lose(self, holder: Holder | None, reason: str) -> None:
+        """Mark the lease lost (once). The claim goes at :meth:`release`."""
+        with self._state:
+            if self.lost:
+                return
+            self.lost, self.lost_to, self._reason = True, holder, reason
+        self._stop.set()
+        logger.warning("%s", self._lost_message())
+
+    def _expire(self) -> None:
+        """Count the lease lost once it has gone unrenewed so long that others may take it."""
+        if self.held and not self.lost and time.monotonic() - self._renewed > self._grace:
+            self._lose(None, f"it could not be renewed for {_duration(self._grace)}")
+
+    def _beat_forever(self) -> None:
+        """Renew every ``heartbeat`` seconds; after a failure, sooner, until the grace is over."""
+        pause = self.heartbeat
+        while not self._stop.wait(pause):
+            pause = self.heartbeat
+            try:
+                self.beat()
+            except Exception as e:  # the thread must go on; check() reports
+                logger.warning("Could not renew the lease of %s: %s", self.dst, e)
+                pause = min(self.heartbeat, RETRY_DELAY)
+            self._expire()
+
+    # --- messages --------------------------------------------------------------------------
+
+    def _busy_message(self, holder: Holder) -> str:
+        doing = "has been claiming" if holder.state == CLAIMING else "has held"
+        left = max(0.0, self._limit(holder) - holder.age)
+        due = self.clock() + left
+        text = (
+            f"{self.dst} is being written by {holder.describe()}, another gcsemb run: it "
+            f"{doing} the lease since {_utc(holder.since)}, last heartbeat "
+            f"{_duration(holder.age)} ago (gcsemb {holder.version}). "
+            f"Wait for it to finish: pass {WAIT_HINT} to wait up to that long. If that run has "
+            f"stopped, its lease is taken over automatically once its heartbeat is older than "
+            f"{_duration(self._limit(holder))} (at {_utc(due)}, in {_duration(left)}); if you "
+            f"are sure it died, delete {holder.uri}."
+        )
+        if holder.host == self.host and holder.pid == self.pid and holder.boot == self.boot:
+            text += (
+                f" That run is in this very process (pid {self.pid}): unless it is still going "
+                "on here, it ended without releasing its lease. Call release() on its Lease, or "
+                "restart the kernel."
+            )
+        return text
+
+    def _lost_message(self) -> str:
+        return (
+            f"Run {self.run} lost its lease of {self.dst}: {self._reason}. It must stop "
+            "writing there, since another run may be writing now. Rows already written stay, "
+            "and a later run skips them: run again once the other run has finished."
+        )
+
+    # --- storage ---------------------------------------------------------------------------
+
+    def _payload(self, state: str, heartbeat: float) -> bytes:
+        from gcsemb import __version__
+
+        doc = {
+            "run": self.run,
+            "host": self.host,
+            "pid": self.pid,
+            "since": _iso(self._since),
+            "heartbeat": _iso(heartbeat),
+            "state": state,
+            "gcsemb": __version__,
+            "boot": self.boot,
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    def _put(self, state: str, heartbeat: float, generation: int | None) -> int | None:
+        """Write this run's claim, if its generation is still ``generation`` (0: if absent).
+
+        The precondition holds where the store keeps generations (GCS).
+
+        Returns:
+            The new generation, where the store keeps them, else None.
+
+        Raises:
+            FileExistsError: The store refused the precondition: the claim changed or went.
+        """
+        data = self._payload(state, heartbeat)
+        try:
+            return self.store.write(self.path, data, if_generation=generation)
+        except FileExistsError:
+            raise
+        except Exception as e:
+            raise explain(e, self.uri, self.store, "write") from e
+
+    def _withdraw(self) -> None:
+        """Delete this run's claim, if it was written (its name is ours alone: no precondition)."""
+        if self._since:
+            self._delete(self.uri, None)
+
+    def _delete(self, uri: str, generation: int | None) -> None:
+        """Delete a claim (only if its generation is still ``generation``, where kept).
+
+        Raises:
+            FileExistsError: The store refused the precondition: the claim changed.
+        """
+        try:
+            self.store.delete(self.store.fs._strip_protocol(uri), if_generation=generation)
+        except FileNotFoundError:
+            pass  # already gone
+        except FileExistsError:
+            raise
+        except Exception as e:
+            raise explain(e, uri, self.store, "delete") from e
+
+    def _read_claims(self) -> list[Holder]:
+        """Every claim in ``DST/_lease/`` (this run's too), read fresh, with its age.
+
+        The age is the storage's time since the claim was written (a local folder: this
+        machine's clock against the file's time), or how long this run has seen the claim
+        unchanged, whichever is longer: no claim looks younger than it is for long, whatever
+        clock or dates its writer had.
+        """
+        try:
+            listed, now = self.store.entries(self.folder)
+        except Exception as e:
+            raise explain(e, self.store.where(self.folder), self.store, "index") from e
+        now = self.clock() if now is None else now
+        entries = [e for e in listed if _is_claim(e.path)]
+        datas = self.store.read_many([e.path for e in entries])
+        claims, seen, looked = [], {}, time.monotonic()
+        for (path, generation, written), data in zip(
+            ((e.path, e.generation, e.updated) for e in entries), datas, strict=True
+        ):
+            if isinstance(data, FileNotFoundError):
+                continue  # withdrawn or released since the listing
+            if isinstance(data, BaseException):
+                raise explain(data, self.store.where(path), self.store, "index") from data
+            claim = _parse(data, self.store.where(path), generation, written)
+            version = (claim.uri, claim.generation, claim.heartbeat, claim.state)
+            seen[version] = self._seen.get(version, looked)
+            claims.append(replace(claim, age=max(now - written, looked - seen[version])))
+        self._seen = seen
+        return claims
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (in this PID namespace)."""
+    if pid <= 0:  # 0 and negative ids name process groups, never one process
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none, or an id no process can have
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _boot_id() -> str | None:
+    """This kernel's boot id and this process's PID namespace, where a pid names one process.
+
+    None where unknown (not Linux): then no claim is ever taken for a process that is gone.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _is_claim(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".json") and not base.startswith(".")
+
+
+def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holder:
+    """A claim from its JSON. An unreadable one blocks until its file is ``stale_after`` old."""
+    try:
+        doc = json.loads(data)
+        boot = doc.get("boot")
+        return Holder(
+            run=str(doc["run"]),
+            host=str(doc["host"]),
+            pid=int(doc["pid"]),
+            since=_ts(doc["since"]),
+            heartbeat=_ts(doc["heartbeat"]),
+            state=CLAIMING if doc.get("state") == CLAIMING else HELD,
+            version=str(doc.get("gcsemb", "?")),
+            uri=uri,
+            generation=generation,
+            boot=boot if isinstance(boot, str) else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        return Holder("(unreadable claim)", "?", 0, mtime, mtime, HELD, "?", uri, generation)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+def _ts(text: str) -> float:
+    return parse_time(text).timestamp()
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

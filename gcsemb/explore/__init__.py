@@ -1,0 +1,11 @@
+"""Exploring a dataset, computed (drawing lives in :mod:`gcsemb.view`).
+
+- Reading: :mod:`~gcsemb.explore.dataset` (schema, ``read_embeddings``) and
+  :mod:`~gcsemb.explore.shards` (the lean read: one matrix from the Arrow buffers).
+- Neighbours: :mod:`~gcsemb.explore.index` (``DST/_index/``), :mod:`~gcsemb.explore.ivf`
+  (the inverted-file index on numpy arrays), :mod:`~gcsemb.explore.neighbours` (kNN graph),
+  :mod:`~gcsemb.explore.search` (text and image queries), :mod:`~gcsemb.explore.duplicates`.
+- Maps: :mod:`~gcsemb.explore.projection` (``umap_project``, saved in ``DST/_umap/``), with
+  :mod:`~gcsemb.explore.umap_backends` (umap-learn or cuML) and
+  :mod:`~gcsemb.explore.umap_cache`.
+"""
