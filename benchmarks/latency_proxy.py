@@ -127,12 +127,9 @@ class LatencyProxy:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            from gcsemb.demo.emulator import stop_process
+
+            stop_process(self._process)
             self._process = None
 
     def __enter__(self) -> LatencyProxy:

@@ -235,7 +235,8 @@ def test_the_widget_shows_a_state_made_before_as_it_is(tmp_path, monkeypatch):
 
 
 def test_a_model_choice_is_one_value_and_its_fields_are_keywords_too(monkeypatch):
-    from gcsemb.model import dataset_embedder, search
+    from gcsemb.explore import search
+    from gcsemb.model import dataset_embedder
     from gcsemb.model.dataset_embedder import ModelChoice
 
     df, matrix, _ = _map(50)

@@ -23,7 +23,8 @@ import objstore
 import pytest
 from servers import ACCESS_TOKEN, GatewayProxy
 
-from gcsemb.embedding.lease import LEASE_DIR, DestinationBusy, Lease, LeaseLost
+from gcsemb.embedding.claims import LEASE_DIR
+from gcsemb.embedding.lease import DestinationBusy, Lease, LeaseLost
 from gcsemb.errors import AccessDenied, GcsembError
 from gcsemb.storage import open_store
 

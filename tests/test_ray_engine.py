@@ -137,7 +137,7 @@ def test_rerun_after_changes_embeds_only_them(runs, gcs):
 def test_preprocess_without_weights_matches_the_embedder(tiny_ckpt):
     from PIL import Image
 
-    from gcsemb.embedding.ray_engine import preprocessor
+    from gcsemb.embedding.ray_tasks import preprocessor
     from gcsemb.model.embedder import _create, load_embedder
 
     image = Image.effect_mandelbrot((97, 61), (-2, -1, 1, 1), 50).convert("RGB")

@@ -322,7 +322,7 @@ def test_1100_nested_folders_list_every_image(tmp_path):
 
 
 def test_the_ray_listing_skips_what_is_no_regular_file(tmp_path):
-    from gcsemb.embedding.ray_engine import fan_out
+    from gcsemb.embedding.ray_listing import fan_out
 
     photos = _odd_folder(tmp_path)
     parts, _ = fan_out(open_store(str(photos)), None, {})

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gcsemb.errors import GcsembError
 from gcsemb.extras import require
@@ -54,6 +54,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Terminate ``process``, and kill it if it has not exited 5 seconds later."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Emulator:
@@ -156,12 +166,7 @@ class Emulator:
     def stop(self) -> None:
         """Stop the server (its objects vanish unless ``root`` was given)."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
             atexit.unregister(self.stop)
 

@@ -7,8 +7,8 @@
 - :mod:`~gcsemb.embedding.stages`: plan, fetch, decode, outcome as plain functions.
 - Engines: :mod:`~gcsemb.embedding.local` (this machine: :mod:`~gcsemb.embedding.graph`,
   :mod:`~gcsemb.embedding.prefetch`, :mod:`~gcsemb.embedding.tuner`) and
-  :mod:`~gcsemb.embedding.ray_engine` (Ray Data: :mod:`~gcsemb.embedding.ray_tasks`,
-  :mod:`~gcsemb.embedding.ray_listing`).
+  :mod:`~gcsemb.embedding.ray_engine` (Ray Data: :mod:`~gcsemb.embedding.ray_listing`,
+  :mod:`~gcsemb.embedding.ray_tasks`, :mod:`~gcsemb.embedding.ray_rows`).
 - Output: :mod:`~gcsemb.embedding.writer` (atomic shards, spill), :mod:`~gcsemb.embedding.lease`
   (one writer per DST; claims in :mod:`~gcsemb.embedding.claims`), :mod:`~gcsemb.embedding.report`
   (what a run did and what bounds it).

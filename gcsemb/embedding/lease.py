@@ -27,12 +27,8 @@ cannot delete a claim that was renewed after it read it.
 A claim not renewed for ``stale_after`` belongs to a run that died. The next run deletes it
 with a warning that names that run, and takes over. A ``claiming`` claim is stale after
 :data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts over.
-How old a claim is never rests on another machine's clock (the times inside a claim are shown,
-never trusted): it is the storage's own time since the claim was last written (on GCS the
-object's ``updated`` time against the ``Date`` of the listing; in a local folder the file's
-modification time against this machine's clock), or how long this run has seen it unchanged
-(``time.monotonic``), whichever is longer. So a contender whose clock runs ahead takes no live
-lease, and a claim dated in the future blocks no one for longer than ``stale_after``. A claim
+Its age is the storage's own clock, never another machine's (see
+:mod:`gcsemb.embedding.claims`). A claim
 written on this very machine (same boot and PID namespace) whose process is gone is taken over
 at once; a same-named host elsewhere (another container) is not.
 
@@ -58,7 +54,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -67,19 +62,25 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
 
+from gcsemb.embedding.claims import (
+    CLAIMING,
+    HELD,
+    ClaimFolder,
+    Holder,
+    alive,
+    boot_id,
+    claim_json,
+    utc,
+)
 from gcsemb.embedding.config import WRITE_RETRY_SECONDS
 from gcsemb.embedding.report import duration as _duration
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
-from gcsemb.storage import Store, explain, parse_time
+from gcsemb.storage import Store
 
 logger = logging.getLogger(__name__)
 
-LEASE_DIR = "_lease"
-"""The folder of claims under DST. Readers skip names that start with ``_``."""
 HEARTBEAT = 15.0
 """Seconds between renewals. A renewal is a listing, a read per claim and a small write: nothing
 a run notices at four a minute, and often enough that 8 of them fit in :data:`STALE_AFTER`."""
@@ -104,8 +105,6 @@ RESOLVE_POLL = 0.05
 WAIT_HINT = "wait_for_lease=SECONDS (CLI: --wait SECONDS)"
 """How a user asks a run to wait for a busy destination. The busy message names it."""
 
-CLAIMING, HELD = "claiming", "held"
-
 
 class DestinationBusy(GcsembError):
     """Another live run holds the lease of the destination. The message names it.
@@ -121,48 +120,6 @@ class DestinationBusy(GcsembError):
 
 class LeaseLost(DestinationBusy):
     """This run's lease was taken over, or could not be renewed. Stop writing to DST."""
-
-
-@dataclass(frozen=True)
-class Holder:
-    """One claim on the lease, as read from ``DST/_lease/``.
-
-    Attributes:
-        run: The run id of the claimant (its shard names start with it).
-        host: The machine it runs on.
-        pid: Its process id on that machine.
-        since: When it claimed the lease (seconds since the epoch, its clock: shown only).
-        heartbeat: When it last renewed the lease (seconds since the epoch, its clock: shown
-            only).
-        state: ``"claiming"`` while it acquires, ``"held"`` once it holds the lease.
-        version: Its gcsemb version.
-        uri: Where the claim is, e.g. ``gs://bucket/emb/_lease/RUN.TAG.json``.
-        generation: The GCS generation of the claim, if any.
-        age: Seconds since the claim last changed when it was read: by the storage's clock, or
-            as long as the reader has seen it unchanged, whichever is longer.
-        boot: Its machine's boot id and PID namespace (Linux), where its pid means a process.
-    """
-
-    run: str
-    host: str
-    pid: int
-    since: float
-    heartbeat: float
-    state: str
-    version: str
-    uri: str
-    generation: int | None = None
-    age: float = 0.0
-    boot: str | None = None
-
-    @property
-    def rank(self) -> tuple[float, str]:
-        """The order among runs that claim at the same moment: earlier start first."""
-        return (self.since, self.uri)
-
-    def describe(self) -> str:
-        """``run R on host H (pid P)``."""
-        return f"run {self.run} on host {self.host} (pid {self.pid})"
 
 
 @dataclass(frozen=True)
@@ -223,11 +180,11 @@ class Lease:
         self.store, self.run = store, run
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
-        self.folder = f"{store.path.rstrip('/')}/{LEASE_DIR}"
-        self.path = f"{self.folder}/{run}.{uuid.uuid4().hex[:8]}.json"
+        self.claims = ClaimFolder(store, clock)
+        self.path = f"{self.claims.path}/{run}.{uuid.uuid4().hex[:8]}.json"
         self.uri = store.where(self.path)
         self.dst = store.url
-        self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), _boot_id()
+        self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), boot_id()
         self.held = self.lost = False
         self.lost_to: Holder | None = None
         self.took_over_from: Holder | None = None
@@ -235,7 +192,6 @@ class Lease:
         self._since = 0.0
         self._generation: int | None = None  # of our claim on GCS; None: not written
         self._renewed = 0.0  # time.monotonic() of the last renewal that reached DST
-        self._seen: dict[tuple[Any, ...], float] = {}  # claim version -> monotonic first seen
         self._io = threading.RLock()  # one storage sequence at a time (renewal, release)
         self._state = threading.Lock()  # the flags; never held during a request
         self._stop = threading.Event()
@@ -390,7 +346,7 @@ class Lease:
         with self._io:
             if not self.held or self.lost or self._stop.is_set():
                 return
-            claims = self._read_claims()
+            claims = self.claims.read()
             mine = next((c for c in claims if c.uri == self.uri), None)
             others = [c for c in claims if c.uri != self.uri and not self._stale(c)]
             mine_rank = (self._since, self.uri)
@@ -471,14 +427,14 @@ class Lease:
     def _rivals(self) -> list[Holder]:
         """Other runs' live claims. Stale ones are deleted (taken over) on the way."""
         live = []
-        for claim in self._read_claims():
+        for claim in self.claims.read():
             if claim.uri == self.uri:
                 continue
             if not self._stale(claim):
                 live.append(claim)
                 continue
             try:
-                self._delete(claim.uri, claim.generation)
+                self.claims.delete(claim.uri, claim.generation)
             except FileExistsError:  # GCS: renewed since we read it, so it is alive
                 live.append(claim)
                 continue
@@ -512,7 +468,7 @@ class Lease:
         boot id, or in another container, may be a live run elsewhere.
         """
         same = self.boot is not None and claim.boot == self.boot and claim.host == self.host
-        return same and claim.pid != self.pid and not _alive(claim.pid)
+        return same and claim.pid != self.pid and not alive(claim.pid)
 
     @property
     def _grace(self) -> float:
@@ -553,11 +509,11 @@ class Lease:
         due = self.clock() + left
         text = (
             f"{self.dst} is being written by {holder.describe()}, another gcsemb run: it "
-            f"{doing} the lease since {_utc(holder.since)}, last heartbeat "
+            f"{doing} the lease since {utc(holder.since)}, last heartbeat "
             f"{_duration(holder.age)} ago (gcsemb {holder.version}). "
             f"Wait for it to finish: pass {WAIT_HINT} to wait up to that long. If that run has "
             f"stopped, its lease is taken over automatically once its heartbeat is older than "
-            f"{_duration(self._limit(holder))} (at {_utc(due)}, in {_duration(left)}); if you "
+            f"{_duration(self._limit(holder))} (at {utc(due)}, in {_duration(left)}); if you "
             f"are sure it died, delete {holder.uri}."
         )
         if holder.host == self.host and holder.pid == self.pid and holder.boot == self.boot:
@@ -575,155 +531,25 @@ class Lease:
             "and a later run skips them: run again once the other run has finished."
         )
 
-    # --- storage ---------------------------------------------------------------------------
-
-    def _payload(self, state: str, heartbeat: float) -> bytes:
-        from gcsemb import __version__
-
-        doc = {
-            "run": self.run,
-            "host": self.host,
-            "pid": self.pid,
-            "since": _iso(self._since),
-            "heartbeat": _iso(heartbeat),
-            "state": state,
-            "gcsemb": __version__,
-            "boot": self.boot,
-        }
-        return json.dumps(doc, indent=1).encode()
+    # --- this run's claim ------------------------------------------------------------------
 
     def _put(self, state: str, heartbeat: float, generation: int | None) -> int | None:
         """Write this run's claim, if its generation is still ``generation`` (0: if absent).
 
-        The precondition holds where the store keeps generations (GCS).
-
-        Returns:
-            The new generation, where the store keeps them, else None.
-
-        Raises:
-            FileExistsError: The store refused the precondition: the claim changed or went.
+        Returns the new generation where the store keeps them (see :meth:`ClaimFolder.put`).
         """
-        data = self._payload(state, heartbeat)
-        try:
-            return self.store.write(self.path, data, if_generation=generation)
-        except FileExistsError:
-            raise
-        except Exception as e:
-            raise explain(e, self.uri, self.store, "write") from e
+        data = claim_json(
+            self.run,
+            self.host,
+            self.pid,
+            since=self._since,
+            heartbeat=heartbeat,
+            state=state,
+            boot=self.boot,
+        )
+        return self.claims.put(self.path, data, generation)
 
     def _withdraw(self) -> None:
         """Delete this run's claim, if it was written (its name is ours alone: no precondition)."""
         if self._since:
-            self._delete(self.uri, None)
-
-    def _delete(self, uri: str, generation: int | None) -> None:
-        """Delete a claim (only if its generation is still ``generation``, where kept).
-
-        Raises:
-            FileExistsError: The store refused the precondition: the claim changed.
-        """
-        try:
-            self.store.delete(self.store.fs._strip_protocol(uri), if_generation=generation)
-        except FileNotFoundError:
-            pass  # already gone
-        except FileExistsError:
-            raise
-        except Exception as e:
-            raise explain(e, uri, self.store, "delete") from e
-
-    def _read_claims(self) -> list[Holder]:
-        """Every claim in ``DST/_lease/`` (this run's too), read fresh, with its age.
-
-        The age is the storage's time since the claim was written (a local folder: this
-        machine's clock against the file's time), or how long this run has seen the claim
-        unchanged, whichever is longer: no claim looks younger than it is for long, whatever
-        clock or dates its writer had.
-        """
-        try:
-            listed, now = self.store.entries(self.folder)
-        except Exception as e:
-            raise explain(e, self.store.where(self.folder), self.store, "index") from e
-        now = self.clock() if now is None else now
-        entries = [e for e in listed if _is_claim(e.path)]
-        datas = self.store.read_many([e.path for e in entries])
-        claims, seen, looked = [], {}, time.monotonic()
-        for (path, generation, written), data in zip(
-            ((e.path, e.generation, e.updated) for e in entries), datas, strict=True
-        ):
-            if isinstance(data, FileNotFoundError):
-                continue  # withdrawn or released since the listing
-            if isinstance(data, BaseException):
-                raise explain(data, self.store.where(path), self.store, "index") from data
-            claim = _parse(data, self.store.where(path), generation, written)
-            version = (claim.uri, claim.generation, claim.heartbeat, claim.state)
-            seen[version] = self._seen.get(version, looked)
-            claims.append(replace(claim, age=max(now - written, looked - seen[version])))
-        self._seen = seen
-        return claims
-
-
-# --- claims ---------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (in this PID namespace)."""
-    if pid <= 0:  # 0 and negative ids name process groups, never one process
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # none, or an id no process can have
-        return False
-    except OSError:  # e.g. another user's process: it exists
-        return True
-    return True
-
-
-def _boot_id() -> str | None:
-    """This kernel's boot id and this process's PID namespace, where a pid names one process.
-
-    None where unknown (not Linux): then no claim is ever taken for a process that is gone.
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return None
-
-
-def _is_claim(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return base.endswith(".json") and not base.startswith(".")
-
-
-def _parse(data: bytes, uri: str, generation: int | None, mtime: float) -> Holder:
-    """A claim from its JSON. An unreadable one blocks until its file is ``stale_after`` old."""
-    try:
-        doc = json.loads(data)
-        boot = doc.get("boot")
-        return Holder(
-            run=str(doc["run"]),
-            host=str(doc["host"]),
-            pid=int(doc["pid"]),
-            since=_ts(doc["since"]),
-            heartbeat=_ts(doc["heartbeat"]),
-            state=CLAIMING if doc.get("state") == CLAIMING else HELD,
-            version=str(doc.get("gcsemb", "?")),
-            uri=uri,
-            generation=generation,
-            boot=boot if isinstance(boot, str) else None,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
-        return Holder("(unreadable claim)", "?", 0, mtime, mtime, HELD, "?", uri, generation)
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="microseconds")
-
-
-def _ts(text: str) -> float:
-    return parse_time(text).timestamp()
-
-
-def _utc(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self.claims.delete(self.uri, None)

@@ -363,13 +363,13 @@ def iter_embeddings(
     model_tag: str | None = None,
     dtype: Any = np.float32,
     token: Any = None,
-    endpoint: str | None = None,
 ) -> Iterator[tuple[Any, np.ndarray]]:
     """Yield ``(rows, matrix)`` per shard: the rows of :func:`read_embeddings`, streamed.
 
     The small columns of every shard are read first (to keep the newest version of each uri);
     then one shard's embeddings at a time, so the whole matrix is never in memory. ``rows``
-    keeps the row numbers :func:`read_embeddings` gives those rows (its index).
+    keeps the row numbers :func:`read_embeddings` gives those rows (its index). Arguments as
+    for :func:`read_embeddings` (a :class:`~gcsemb.storage.Store` carries another endpoint).
 
     Example:
         >>> for rows, X in iter_embeddings("gs://my-bucket/embeddings"):  # doctest: +SKIP
@@ -378,7 +378,7 @@ def iter_embeddings(
     """
     from gcsemb.explore.shards import iter_shards, plan
 
-    store = open_store(dst, token=token, endpoint=endpoint)
+    store = open_store(dst, token=token)
     yield from iter_shards(plan(store, model_tag), np.dtype(dtype))
 
 
