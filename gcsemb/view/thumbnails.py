@@ -11,15 +11,15 @@ replaced in the bucket gets a fresh thumbnail; the next plot of the same images 
 A dataset may come from anyone, and its ``uri`` column names what would be fetched. So
 :func:`row_thumbnails` fetches the rows of a dataset only under the source it was embedded from
 (:mod:`gcsemb.storage.scope`); the others are left blank, with one log line saying why. URIs
-you pass yourself (a list, to :func:`thumbnails`) are fetched as given. Every read is capped
+you pass yourself (a list, to :func:`thumbnail_bytes`) are fetched as given. Every read is capped
 (ranged): at the row's ``size`` when known, and at :data:`MAX_SOURCE_BYTES`; one fetch holds at
 most 512 MiB of caps. An image is decoded only in the formats its name implies, as in a run (a
 PCX file named ``.jpg`` gets no thumbnail).
 
 Example:
-    >>> from gcsemb.view.thumbnails import thumbnails
-    >>> images = thumbnails(["gs://my-bucket/photos/cat.jpg"], size_px=128)  # doctest: +SKIP
-    >>> images[0].size  # doctest: +SKIP
+    >>> from gcsemb.view.thumbnails import as_image, thumbnail_bytes
+    >>> jpegs = thumbnail_bytes(["gs://my-bucket/photos/cat.jpg"], size_px=128)  # doctest: +SKIP
+    >>> as_image(jpegs[0]).size  # doctest: +SKIP
     (128, 96)
 """
 
@@ -202,24 +202,6 @@ def as_image(jpeg: bytes | None) -> Image.Image | None:
     image = Image.open(io.BytesIO(jpeg))
     image.load()
     return image.convert("RGB")
-
-
-def thumbnails(
-    uris: Sequence[str],
-    md5s: Sequence[str | None] | None = None,
-    *,
-    size_px: int = DEFAULT_SIZE_PX,
-    token: Any = None,
-    cache: bool = True,
-    scope: FetchScope | None = None,
-) -> list[Image.Image | None]:
-    """Like :func:`thumbnail_bytes`, as RGB PIL images (None where unavailable).
-
-    Example:
-        >>> images = thumbnails(results["uri"], results["md5"])  # doctest: +SKIP
-    """
-    jpegs = thumbnail_bytes(uris, md5s, size_px=size_px, token=token, cache=cache, scope=scope)
-    return [as_image(jpeg) for jpeg in jpegs]
 
 
 def _refused(uris: list[str], scope: FetchScope | None) -> set[str]:
