@@ -157,12 +157,9 @@ def preloaded_emulator(data: Path, timeout: float = 600.0) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from gcsemb.demo.emulator import stop_process
+
+        stop_process(proc)
 
 
 # ------------------------------------------------------------------------------------ timing
