@@ -96,8 +96,7 @@ class Backend:
         """
         from gcsemb.storage.auth import Identity
 
-        scheme = url.split("://", 1)[0] if "://" in url else "file"
-        return Identity(None, f"{scheme} (no Google account)"), access
+        return Identity(None, f"{_scheme(url)} (no Google account)"), access
 
     def filesystem(self) -> Any:
         """The fsspec filesystem for :attr:`store`'s URL (called once per handle)."""
@@ -286,8 +285,12 @@ def _defaults() -> None:
 def backend_class(url: str) -> type[Backend]:
     """The backend for ``url``'s scheme: a registered one, else the plain fsspec one."""
     _defaults()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
-    return _BACKENDS.get(scheme, Backend)
+    return _BACKENDS.get(_scheme(url), Backend)
+
+
+def _scheme(url: str) -> str:
+    """``url``'s scheme, lower-case (``file`` for a plain path)."""
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
 def local_path(url: str) -> str | None:
