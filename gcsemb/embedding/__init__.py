@@ -10,6 +10,7 @@
   :mod:`~gcsemb.embedding.ray_engine` (Ray Data: :mod:`~gcsemb.embedding.ray_listing`,
   :mod:`~gcsemb.embedding.ray_tasks`, :mod:`~gcsemb.embedding.ray_rows`).
 - Output: :mod:`~gcsemb.embedding.writer` (atomic shards, spill), :mod:`~gcsemb.embedding.lease`
-  (one writer per DST; claims in :mod:`~gcsemb.embedding.claims`), :mod:`~gcsemb.embedding.report`
+  (one writer per DST; taking it in :mod:`~gcsemb.embedding.contest`, claims in
+  :mod:`~gcsemb.embedding.claims`), :mod:`~gcsemb.embedding.report`
   (what a run did and what bounds it).
 """

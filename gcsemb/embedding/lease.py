@@ -26,11 +26,11 @@ cannot delete a claim that was renewed after it read it.
 
 A claim not renewed for ``stale_after`` belongs to a run that died. The next run deletes it
 with a warning that names that run, and takes over. A ``claiming`` claim is stale after
-:data:`CLAIM_STALE_AFTER`. A run that cannot finish claiming within half that time starts over.
-Its age is the storage's own clock, never another machine's (see
-:mod:`gcsemb.embedding.claims`). A claim
-written on this very machine (same boot and PID namespace) whose process is gone is taken over
-at once; a same-named host elsewhere (another container) is not.
+:data:`~gcsemb.embedding.contest.CLAIM_STALE_AFTER`. A run that cannot finish claiming within
+half that time starts over. Its age is the storage's own clock, never another machine's (see
+:mod:`gcsemb.embedding.claims`). A claim written on this very machine (same boot and PID
+namespace) whose process is gone is taken over at once; a same-named host elsewhere (another
+container) is not.
 
 Taking the lease rides through an outage of DST as long as shard writes do (``retry_seconds``).
 While held, a daemon thread renews the heartbeat every ``heartbeat`` seconds (sooner after a
@@ -41,6 +41,9 @@ shard. The lease also counts as lost when the run could not renew it for
 ``stale_after - 2 * heartbeat``, because another run may take it over soon after. Should two
 runs ever both hold it (a paused run that comes back on a storage without preconditions), the
 one that took it last keeps it and the other loses it at its next heartbeat.
+
+The steps that take the lease, and the judging of other runs' claims, are in
+:mod:`gcsemb.embedding.contest`; the claims' format and folder in :mod:`gcsemb.embedding.claims`.
 
 Example:
     >>> from gcsemb.embedding.lease import Lease
@@ -55,26 +58,15 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
-from gcsemb.embedding.claims import (
-    CLAIMING,
-    HELD,
-    ClaimFolder,
-    Holder,
-    alive,
-    boot_id,
-    claim_json,
-    utc,
-)
+from gcsemb.embedding.claims import CLAIMING, HELD, ClaimFolder, Holder
 from gcsemb.embedding.config import WRITE_RETRY_SECONDS
+from gcsemb.embedding.contest import CLAIM_STALE_AFTER, Claimant
 from gcsemb.embedding.report import duration as _duration
 from gcsemb.errors import AccessDenied, AuthError, GcsembError, NotFound
 from gcsemb.storage import Store
@@ -92,18 +84,10 @@ common dead holder is a notebook whose runtime disconnected: its user reconnects
 waits at most this long (a holder on this very machine, in this PID namespace, whose process is
 gone is taken over at once). A holder that could not renew for 2 of these 2.5 minutes stops
 writing by itself (:meth:`Lease.check`)."""
-CLAIM_STALE_AFTER = 60.0
-"""Seconds after which a claim that never became ``held`` counts as abandoned. Claiming takes
-two or three requests. A run that takes longer than half of this starts over, so a live
-contender's claim is never mistaken for an abandoned one."""
 POLL = 2.0
 """Seconds between looks at a busy lease while ``acquire(wait=...)`` waits."""
 RETRY_DELAY = 2.0
 """Seconds before the first new try of a failed claim or renewal (claims back off up to 60 s)."""
-RESOLVE_POLL = 0.05
-"""Seconds between looks while runs that started at the same moment sort out who goes first."""
-WAIT_HINT = "wait_for_lease=SECONDS (CLI: --wait SECONDS)"
-"""How a user asks a run to wait for a busy destination. The busy message names it."""
 
 
 class DestinationBusy(GcsembError):
@@ -181,17 +165,11 @@ class Lease:
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
         self.claims = ClaimFolder(store, clock)
-        self.path = f"{self.claims.path}/{run}.{uuid.uuid4().hex[:8]}.json"
-        self.uri = store.where(self.path)
-        self.dst = store.url
-        self.host, self.pid, self.boot = socket.gethostname(), os.getpid(), boot_id()
+        self.claimant = Claimant(self.claims, run, stale_after, clock)
+        self.uri, self.dst = self.claimant.uri, store.url
         self.held = self.lost = False
         self.lost_to: Holder | None = None
-        self.took_over_from: Holder | None = None
         self._reason = ""
-        self._since = 0.0
-        self._generation: int | None = None  # of our claim on GCS; None: not written
-        self._renewed = 0.0  # time.monotonic() of the last renewal that reached DST
         self._io = threading.RLock()  # one storage sequence at a time (renewal, release)
         self._state = threading.Lock()  # the flags; never held during a request
         self._stop = threading.Event()
@@ -220,7 +198,7 @@ class Lease:
         outage: _Outage | None = None  # tries that failed in a row
         while True:
             try:
-                won, holder = self._attempt()
+                won, holder = self.claimant.attempt()
             except (AccessDenied, AuthError, NotFound):
                 raise  # refused: another try changes nothing
             except GcsembError as e:
@@ -239,8 +217,8 @@ class Lease:
             left = deadline - time.monotonic()
             if left <= 0:
                 if holder.state == CLAIMING:  # it may itself lose: name whoever wins
-                    holder = self._winner(holder)
-                raise DestinationBusy(self._busy_message(holder), holder)
+                    holder = self.claimant.winner(holder)
+                raise DestinationBusy(self.claimant.busy_message(holder), holder)
             if holder.uri not in told:
                 told.add(holder.uri)
                 logger.info("%s is busy: waiting for %s.", self.dst, holder.describe())
@@ -280,7 +258,7 @@ class Lease:
         with self._io:
             self.held = False
             try:
-                self._withdraw()
+                self.claimant.withdraw()
             except Exception as e:  # reported, never raised: see docstring
                 logger.warning(
                     "Could not remove the lease %s (%s). The next run takes it over once its "
@@ -289,6 +267,11 @@ class Lease:
                     e,
                     _duration(self.stale_after),
                 )
+
+    @property
+    def took_over_from(self) -> Holder | None:
+        """The dead run whose lease this run took over, if any."""
+        return self.claimant.took_over_from
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -348,9 +331,8 @@ class Lease:
                 return
             claims = self.claims.read()
             mine = next((c for c in claims if c.uri == self.uri), None)
-            others = [c for c in claims if c.uri != self.uri and not self._stale(c)]
-            mine_rank = (self._since, self.uri)
-            newer = [c for c in others if c.state == HELD and c.rank > mine_rank]
+            others = [c for c in claims if c.uri != self.uri and not self.claimant.stale(c)]
+            newer = [c for c in others if c.state == HELD and c.rank > self.claimant.rank]
             if newer:  # the one that took over last keeps it; the other yields
                 self._lose(newer[0], f"{newer[0].describe()} took it over")
             elif mine is None:
@@ -359,116 +341,11 @@ class Lease:
             else:
                 started = time.monotonic()
                 try:
-                    self._generation = self._put(HELD, self.clock(), self._generation)
+                    self.claimant.put(HELD, self.clock(), self.claimant.generation)
                 except FileExistsError:  # GCS: the claim changed or went since we read it
                     self._lose(None, "its claim was deleted (taken over, or deleted by hand)")
                     return
-                self._renewed = started
-
-    # --- the steps -------------------------------------------------------------------------
-
-    def _attempt(self) -> tuple[bool, Holder | None]:
-        """One try at the lease: (True, None) when taken, else (False, the run that has it).
-
-        (False, None): this try took too long to be trusted (see :data:`CLAIM_STALE_AFTER`).
-        """
-        others = self._rivals()
-        holder = next((c for c in others if c.state == HELD), None)
-        if holder is not None:
-            return False, holder
-        self._since = self.clock()
-        started = time.monotonic()
-        try:
-            return self._claim(started)
-        except FileExistsError:  # GCS: our claim went meanwhile (taken for abandoned): again
-            self._withdraw()
-            return False, None
-        except BaseException:
-            try:
-                self._withdraw()
-            except Exception:  # the first error is the one to report
-                logger.debug("Could not withdraw %s", self.uri, exc_info=True)
-            raise
-
-    def _claim(self, started: float) -> tuple[bool, Holder | None]:
-        """Write this run's claim, then settle who goes first (see the module's steps)."""
-        self._generation = self._put(CLAIMING, self._since, 0)
-        while True:
-            others = self._rivals()
-            rank = (self._since, self.uri)
-            blocker = next((c for c in others if c.state == HELD), None) or min(
-                (c for c in others if c.rank < rank), key=lambda c: c.rank, default=None
-            )
-            if blocker is not None:
-                self._withdraw()
-                return False, blocker
-            if time.monotonic() - started > CLAIM_STALE_AFTER / 2:  # others may call it dead
-                self._withdraw()
-                return False, None
-            if not others:
-                self._generation = self._put(HELD, self.clock(), self._generation)
-                if time.monotonic() - started > CLAIM_STALE_AFTER / 2:
-                    self._withdraw()
-                    return False, None
-                self._renewed = time.monotonic()
-                return True, None
-            time.sleep(RESOLVE_POLL)  # later claims withdraw once they see ours
-
-    def _winner(self, claimant: Holder, patience: float = 2.0) -> Holder:
-        """The run that ends up holding the lease, or ``claimant`` if none does within a while."""
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            held = next((c for c in self._rivals() if c.state == HELD), None)
-            if held is not None:
-                return held
-            time.sleep(RESOLVE_POLL)
-        return claimant
-
-    def _rivals(self) -> list[Holder]:
-        """Other runs' live claims. Stale ones are deleted (taken over) on the way."""
-        live = []
-        for claim in self.claims.read():
-            if claim.uri == self.uri:
-                continue
-            if not self._stale(claim):
-                live.append(claim)
-                continue
-            try:
-                self.claims.delete(claim.uri, claim.generation)
-            except FileExistsError:  # GCS: renewed since we read it, so it is alive
-                live.append(claim)
-                continue
-            if claim.state == HELD:
-                why = (
-                    "its process is gone"
-                    if claim.age <= self.stale_after
-                    else f"its last heartbeat was {_duration(claim.age)} ago (more than "
-                    f"{_duration(self.stale_after)})"
-                )
-                logger.warning(
-                    "Taking over the lease of %s from %s: %s, so that run has stopped.",
-                    self.dst,
-                    claim.describe(),
-                    why,
-                )
-                self.took_over_from = claim
-        return live
-
-    def _stale(self, claim: Holder) -> bool:
-        return claim.age > self._limit(claim) or self._gone(claim)
-
-    def _limit(self, claim: Holder) -> float:
-        """How old ``claim`` may grow before its run counts as dead."""
-        return self.stale_after if claim.state == HELD else min(self.stale_after, CLAIM_STALE_AFTER)
-
-    def _gone(self, claim: Holder) -> bool:
-        """Whether ``claim`` is of a run on this machine whose process ended (kill -9, a restart).
-
-        Only where the claim names this boot and PID namespace: the same host name with another
-        boot id, or in another container, may be a live run elsewhere.
-        """
-        same = self.boot is not None and claim.boot == self.boot and claim.host == self.host
-        return same and claim.pid != self.pid and not alive(claim.pid)
+                self.claimant.renewed = started
 
     @property
     def _grace(self) -> float:
@@ -486,7 +363,7 @@ class Lease:
 
     def _expire(self) -> None:
         """Count the lease lost once it has gone unrenewed so long that others may take it."""
-        if self.held and not self.lost and time.monotonic() - self._renewed > self._grace:
+        if self.held and not self.lost and time.monotonic() - self.claimant.renewed > self._grace:
             self._lose(None, f"it could not be renewed for {_duration(self._grace)}")
 
     def _beat_forever(self) -> None:
@@ -503,53 +380,9 @@ class Lease:
 
     # --- messages --------------------------------------------------------------------------
 
-    def _busy_message(self, holder: Holder) -> str:
-        doing = "has been claiming" if holder.state == CLAIMING else "has held"
-        left = max(0.0, self._limit(holder) - holder.age)
-        due = self.clock() + left
-        text = (
-            f"{self.dst} is being written by {holder.describe()}, another gcsemb run: it "
-            f"{doing} the lease since {utc(holder.since)}, last heartbeat "
-            f"{_duration(holder.age)} ago (gcsemb {holder.version}). "
-            f"Wait for it to finish: pass {WAIT_HINT} to wait up to that long. If that run has "
-            f"stopped, its lease is taken over automatically once its heartbeat is older than "
-            f"{_duration(self._limit(holder))} (at {utc(due)}, in {_duration(left)}); if you "
-            f"are sure it died, delete {holder.uri}."
-        )
-        if holder.host == self.host and holder.pid == self.pid and holder.boot == self.boot:
-            text += (
-                f" That run is in this very process (pid {self.pid}): unless it is still going "
-                "on here, it ended without releasing its lease. Call release() on its Lease, or "
-                "restart the kernel."
-            )
-        return text
-
     def _lost_message(self) -> str:
         return (
             f"Run {self.run} lost its lease of {self.dst}: {self._reason}. It must stop "
             "writing there, since another run may be writing now. Rows already written stay, "
             "and a later run skips them: run again once the other run has finished."
         )
-
-    # --- this run's claim ------------------------------------------------------------------
-
-    def _put(self, state: str, heartbeat: float, generation: int | None) -> int | None:
-        """Write this run's claim, if its generation is still ``generation`` (0: if absent).
-
-        Returns the new generation where the store keeps them (see :meth:`ClaimFolder.put`).
-        """
-        data = claim_json(
-            self.run,
-            self.host,
-            self.pid,
-            since=self._since,
-            heartbeat=heartbeat,
-            state=state,
-            boot=self.boot,
-        )
-        return self.claims.put(self.path, data, generation)
-
-    def _withdraw(self) -> None:
-        """Delete this run's claim, if it was written (its name is ours alone: no precondition)."""
-        if self._since:
-            self.claims.delete(self.uri, None)
