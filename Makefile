@@ -8,14 +8,24 @@ PY := $(VENV)/bin/python
 # The torch build this project is tested with; on Colab/Workbench keep the preinstalled one.
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.gcsemb-installed
+# Downloads are not cached: the two venvs hold two torch builds (~7 GB each) and a cached copy
+# of every wheel would add ~3 GB each on CI's disk; a finished venv is never reinstalled anyway.
+export PIP_NO_CACHE_DIR := 1
+# $(call retry,COMMAND): three tries, 30 s apart. Registries drop a download now and then (CI
+# once saw a wheel cut off at the same byte six times in a row); a full disk fails the same
+# way, so each failed try prints the free space.
+retry = ok=; for try in 1 2 3; do if $(1); then ok=1; break; fi; \
+  echo "pip failed (try $$try of 3; free disk: $$(df -h . | awk 'NR==2 {print $$4}'))"; \
+  [ $$try = 3 ] || sleep 30; done; [ -n "$$ok" ]
+EXTRAS := notebook,lab,demo,dev,ray
 
 .PHONY: demo test test-colab colab-constraints lint bench clean chromium notebooks
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[notebook,lab,demo,dev,ray]'
+	$(call retry,$(PY) -m pip install --quiet --upgrade pip)
+	$(call retry,$(PY) -m pip install --quiet $(TORCH))
+	$(call retry,$(PY) -m pip install --quiet -e '.[$(EXTRAS)]')
 	touch $@
 
 demo: $(STAMP)
@@ -47,6 +57,8 @@ COLAB := constraints/colab.txt
 COLAB_FREEZE ?= ../shared/ref/colab-gpu-pip-freeze-2026-08.txt
 COLAB_OUT := .artifacts/colab
 COLAB_STAMP := $(COLAB_VENV)/.gcsemb-installed
+COLAB_USER_EXTRAS := notebook,demo
+COLAB_EXTRAS := notebook,demo,dev
 # pip 24.1 (Colab's) warns once per package about this machine's file:// index: leave that out.
 showlog = grep -v 'is ignored: it is neither a file nor a directory' $(COLAB_OUT)/$(1)
 
@@ -57,23 +69,24 @@ $(COLAB_STAMP): pyproject.toml Makefile $(COLAB) .ci/colab_constraints.py
 	  (e.g. pyenv install 3.13, or apt install python3.13-venv) or pass COLAB_PYTHON=/path/to/python3.13"; exit 1; }
 	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
 	echo '*' > $(COLAB_VENV)/.gitignore
-	$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1 || { $(call showlog,pip.log); exit 1; }
-	$(COLAB_PIP) install -c $(COLAB) $(COLAB_TORCH) > $(COLAB_OUT)/torch.log 2>&1 \
+	$(call retry,$(COLAB_PIP) install -c $(COLAB) pip > $(COLAB_OUT)/pip.log 2>&1) \
+	  || { $(call showlog,pip.log); exit 1; }
+	$(call retry,$(COLAB_PIP) install -c $(COLAB) $(COLAB_TORCH) > $(COLAB_OUT)/torch.log 2>&1) \
 	  || { $(call showlog,torch.log); exit 1; }
-	$(COLAB_PIP) install --dry-run --report $(COLAB_OUT)/resolve.json -c $(COLAB) \
-	  -e '.[notebook,demo,dev]' > $(COLAB_OUT)/resolve.log 2>&1 || { $(call showlog,resolve.log); exit 1; }
+	$(call retry,$(COLAB_PIP) install --dry-run --report $(COLAB_OUT)/resolve.json -c $(COLAB) \
+	  -e '.[$(COLAB_EXTRAS)]' > $(COLAB_OUT)/resolve.log 2>&1) || { $(call showlog,resolve.log); exit 1; }
 	$(COLAB_PY) .ci/colab_constraints.py preinstalled $(COLAB_OUT)/resolve.json \
 	  > $(COLAB_OUT)/preinstalled.txt
-	$(COLAB_PIP) install -c $(COLAB) -r $(COLAB_OUT)/preinstalled.txt > $(COLAB_OUT)/colab.log 2>&1 \
-	  || { $(call showlog,colab.log); exit 1; }
+	$(call retry,$(COLAB_PIP) install -c $(COLAB) -r $(COLAB_OUT)/preinstalled.txt \
+	  > $(COLAB_OUT)/colab.log 2>&1) || { $(call showlog,colab.log); exit 1; }
 	@echo "Colab's packages in place: $$(wc -l < $(COLAB_OUT)/preinstalled.txt) (.artifacts/colab/preinstalled.txt)"
-	$(COLAB_PIP) install -e '.[notebook,demo]' > $(COLAB_OUT)/install.log 2>&1 \
+	$(call retry,$(COLAB_PIP) install -e '.[$(COLAB_USER_EXTRAS)]' > $(COLAB_OUT)/install.log 2>&1) \
 	  || { $(call showlog,install.log); exit 1; }
 	$(COLAB_PY) .ci/colab_constraints.py check-install $(COLAB_OUT)/install.log \
 	  > $(COLAB_OUT)/successfully-installed.txt || { cat $(COLAB_OUT)/successfully-installed.txt; exit 1; }
 	cat $(COLAB_OUT)/successfully-installed.txt
-	$(COLAB_PIP) install -c $(COLAB) -e '.[notebook,demo,dev]' > $(COLAB_OUT)/install-dev.log 2>&1 \
-	  || { $(call showlog,install-dev.log); exit 1; }
+	$(call retry,$(COLAB_PIP) install -c $(COLAB) -e '.[$(COLAB_EXTRAS)]' \
+	  > $(COLAB_OUT)/install-dev.log 2>&1) || { $(call showlog,install-dev.log); exit 1; }
 	grep '^Successfully installed' $(COLAB_OUT)/install-dev.log || true
 	$(COLAB_PIP) freeze > $(COLAB_OUT)/freeze.txt
 	$(COLAB_PY) .ci/colab_constraints.py check-freeze < $(COLAB_OUT)/freeze.txt
