@@ -229,7 +229,7 @@ def _search(bench: Bench) -> dict[str, Any]:
     import pandas as pd
 
     import gcsemb
-    from gcsemb.explore.search import NPROBE, ranked, top_k
+    from gcsemb.explore.ranking import NPROBE, ranked, top_k
 
     df, x = gcsemb.read_embeddings(bench.path)
     gcsemb.build_index(bench.path, progress=False)
@@ -273,7 +273,7 @@ def _search_faiss(bench: Bench) -> dict[str, Any]:
         return {"skipped": "pip install faiss-cpu to compare"}
     import gcsemb
     from gcsemb.explore.ivf import nlist_for
-    from gcsemb.explore.search import NPROBE
+    from gcsemb.explore.ranking import NPROBE
 
     _, x = gcsemb.read_embeddings(bench.path)
     start = time.perf_counter()
@@ -300,7 +300,7 @@ def _search_fp16(bench: Bench) -> dict[str, Any]:
     import pandas as pd
 
     import gcsemb
-    from gcsemb.explore.search import NPROBE, ranked
+    from gcsemb.explore.ranking import NPROBE, ranked
 
     start = time.perf_counter()
     df, x = gcsemb.read_embeddings(bench.path, dtype=np.float16)

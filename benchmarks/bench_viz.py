@@ -78,8 +78,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from gcsemb.explore.duplicates import near_duplicates
     from gcsemb.explore.projection import umap_project
-    from gcsemb.explore.search import near_duplicates
     from gcsemb.explore.umap_cache import import_umap
     from gcsemb.view.viz import THUMBNAIL_GID, plot_projection
 

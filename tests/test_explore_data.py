@@ -216,11 +216,11 @@ def test_cli_index_says_what_it_covers(dst, capsys):
 
 @pytest.mark.parametrize("share", [0.25, 0.0])  # the index's vectors in memory, or on disk only
 def test_search_by_index_matches_exact(dst, monkeypatch, share):
-    from gcsemb.explore import search
+    from gcsemb.explore import ranking
     from gcsemb.explore.search import search_image
 
-    monkeypatch.setattr(search, "RESIDENT_SHARE", share)
-    monkeypatch.setitem(search.NPROBE, "image", 10_000)  # every list: the exact answer
+    monkeypatch.setattr(ranking, "RESIDENT_SHARE", share)
+    monkeypatch.setitem(ranking.NPROBE, "image", 10_000)  # every list: the exact answer
     folder, x = dst
     gcsemb.build_index(str(folder), progress=False)
     pair = gcsemb.read_embeddings(str(folder))
@@ -233,14 +233,16 @@ def test_search_by_index_matches_exact(dst, monkeypatch, share):
 
 
 def test_a_large_dataset_is_searched_from_a_float16_matrix(dst, monkeypatch):
-    from gcsemb.explore import search
-    from gcsemb.explore.search import embeddings_of, search_image
+    from gcsemb.explore import inputs, ranking
+    from gcsemb.explore.inputs import embeddings_of
+    from gcsemb.explore.search import search_image
 
     folder, x = dst
     gcsemb.build_index(str(folder), progress=False)
     assert embeddings_of(str(folder), lean=True)[1].dtype == np.float32  # small: as it is
-    monkeypatch.setattr(search, "SEARCH_EXACT_MAX", 100)  # 600 rows are "large" now
-    monkeypatch.setitem(search.NPROBE, "image", 10_000)
+    for module in (inputs, ranking):  # 600 rows are "large" now: read lean, searched by index
+        monkeypatch.setattr(module, "SEARCH_EXACT_MAX", 100)
+    monkeypatch.setitem(ranking.NPROBE, "image", 10_000)
     df, matrix, _ = embeddings_of(str(folder), lean=True)
     assert matrix.dtype == np.float16 and matrix.nbytes == 600 * DIM * 2  # half the memory
     exact = search_image((df, x.astype(np.float32)), df.uri[42], k=5, method="exact")

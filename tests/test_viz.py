@@ -29,8 +29,9 @@ from gcsemb.demo.job import upload_samples  # noqa: E402
 from gcsemb.embedding.job import embed  # noqa: E402
 from gcsemb.errors import GcsembError  # noqa: E402
 from gcsemb.explore.dataset import read_embeddings  # noqa: E402
+from gcsemb.explore.duplicates import near_duplicates  # noqa: E402
 from gcsemb.explore.projection import projection_path, umap_project  # noqa: E402
-from gcsemb.explore.search import near_duplicates, search_image, search_text  # noqa: E402
+from gcsemb.explore.search import search_image, search_text  # noqa: E402
 from gcsemb.model.embedder import TINY_MODEL, load_embedder  # noqa: E402
 from gcsemb.view.viz import THUMBNAIL_GID, image_grid, plot_projection  # noqa: E402
 
@@ -486,7 +487,7 @@ def test_thumbnail_plan_never_overlaps():
 
 
 def test_grid_content_and_embedding_matrix():
-    from gcsemb.explore.search import embedding_matrix
+    from gcsemb.explore.dataset import embedding_matrix
     from gcsemb.view.grid import grid_content
 
     pairs = pd.DataFrame(

@@ -87,7 +87,8 @@ def draw_results(results: Any, args: argparse.Namespace, dataset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the images of a dataset that best match a text (or an image), best first."""
-    from gcsemb.explore.search import embeddings_of, search_image, search_text
+    from gcsemb.explore.inputs import embeddings_of
+    from gcsemb.explore.search import search_image, search_text
 
     if not args.query and not args.image:
         raise GcsembError('Give a text to search for ("a dog on a beach") or --image URI.')

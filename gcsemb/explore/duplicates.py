@@ -114,7 +114,7 @@ def _candidate_pairs(
     from gcsemb.explore.neighbours import _size, dataset_ivf
 
     if method == "exact" or (method == "auto" and _size(data, token, model_tag) <= EXACT_MAX):
-        from gcsemb.explore.search import embeddings_of
+        from gcsemb.explore.inputs import embeddings_of
 
         df, matrix, _ = embeddings_of(data, token=token, model_tag=model_tag)
         unit = ivf._unit(matrix)

@@ -93,7 +93,7 @@ def dataset_ivf(
         index = build_index(store, model_tag=model_tag, progress=progress)
         df = plan(store, index.model_tag).df
         return df, live_ivf(index, df), index
-    from gcsemb.explore.search import embeddings_of
+    from gcsemb.explore.inputs import embeddings_of
 
     df, matrix, _ = embeddings_of(data, token=token, model_tag=model_tag)
     return df, ivf.train(matrix), None
@@ -135,7 +135,7 @@ def knn_graph(
     _check_method(method)
     dataset = isinstance(data, str | os.PathLike | Store)
     if method == "exact" or (method == "auto" and _size(data, token, model_tag) <= EXACT_MAX):
-        from gcsemb.explore.search import embeddings_of
+        from gcsemb.explore.inputs import embeddings_of
 
         _, matrix, _ = embeddings_of(data, token=token, model_tag=model_tag)
         indices, scores = exact_knn(matrix, k)

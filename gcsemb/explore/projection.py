@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gcsemb.explore.search import embeddings_of, model_tag_of
+from gcsemb.explore.inputs import embeddings_of, model_tag_of
 from gcsemb.explore.umap_backends import (
     MIN_DIST,
     N_NEIGHBORS,

@@ -26,13 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gcsemb.explore.search import (
-    RESULT_COLUMNS,
-    embeddings_of,
-    model_tag_of,
-    search_image,
-    search_text,
-)
+from gcsemb.explore.inputs import embeddings_of, model_tag_of
+from gcsemb.explore.ranking import RESULT_COLUMNS
+from gcsemb.explore.search import search_image, search_text
 from gcsemb.model.dataset_embedder import ModelChoice, chosen_model, embedder_for
 from gcsemb.view.map_picture import Overlay
 from gcsemb.view.thumbnails import DEFAULT_SIZE_PX, row_thumbnails

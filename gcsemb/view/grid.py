@@ -135,7 +135,7 @@ def image_grid(
     Args:
         results: The DataFrame of :func:`~gcsemb.explore.search.search_text` /
             :func:`~gcsemb.explore.search.search_image` (``uri``, ``score``), of
-            :func:`~gcsemb.explore.search.near_duplicates` (``uri_a``, ``uri_b``, ``score``: one
+            :func:`~gcsemb.explore.duplicates.near_duplicates` (``uri_a``, ``uri_b``, ``score``: one
             pair per row, side by side), or a list of URIs. A DataFrame's images are fetched only
             under its dataset's source (:func:`gcsemb.storage.scope.dataset_scope`); the URIs of
             a list are fetched as given.
