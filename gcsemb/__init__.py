@@ -52,7 +52,7 @@ _EXPORTS = {
     "read_embeddings": "gcsemb.explore.dataset",
     "read_errors": "gcsemb.explore.dataset",
     "iter_embeddings": "gcsemb.explore.dataset",
-    "build_index": "gcsemb.explore.index",
+    "build_index": "gcsemb.explore.indexing",
     "knn_graph": "gcsemb.explore.neighbours",
     "load_embedder": "gcsemb.model.embedder",
     "ModelChoice": "gcsemb.model.dataset_embedder",

@@ -105,7 +105,7 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
     index = gcsemb.build_index(str(folder), progress=False)
     assert len(index.keys) == 600 and len(index.manifest["segments"]) == 1
     write_shard(folder, "c", unit(np.random.default_rng(1), 50), first=600)
-    from gcsemb.explore import index as index_module
+    from gcsemb.explore import indexing as index_module
 
     read = []
     original = index_module._add_segment
@@ -123,7 +123,7 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
 
 
 def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
-    from gcsemb.explore import index as index_module
+    from gcsemb.explore import indexing as index_module
     from gcsemb.explore.search import search_image
 
     monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))

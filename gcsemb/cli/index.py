@@ -30,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build or update the index; say what it covers."""
-    from gcsemb.explore.index import build_index
+    from gcsemb.explore.indexing import build_index
 
     start = time.perf_counter()
     index = build_index(

@@ -2,7 +2,8 @@
 
 - Reading: :mod:`~gcsemb.explore.dataset` (schema, ``read_embeddings``) and
   :mod:`~gcsemb.explore.shards` (the lean read: one matrix from the Arrow buffers).
-- Neighbours: :mod:`~gcsemb.explore.index` (``DST/_index/``), :mod:`~gcsemb.explore.ivf`
+- Neighbours: :mod:`~gcsemb.explore.index` (``DST/_index/``, built by
+  :mod:`~gcsemb.explore.indexing`), :mod:`~gcsemb.explore.ivf`
   (the inverted-file index on numpy arrays), :mod:`~gcsemb.explore.neighbours` (kNN graph),
   :mod:`~gcsemb.explore.search` (text and image queries) and :mod:`~gcsemb.explore.ranking`
   (exact or through an index), :mod:`~gcsemb.explore.duplicates`.

@@ -83,7 +83,7 @@ def dataset_ivf(
     A dataset (URL or Store) uses its index in ``DST/_index/`` (built or updated first); rows
     given as a ``(df, matrix)`` pair are indexed in memory.
     """
-    from gcsemb.explore.index import build_index
+    from gcsemb.explore.indexing import build_index
 
     if isinstance(data, str | os.PathLike | Store):
         from gcsemb.explore.shards import plan
