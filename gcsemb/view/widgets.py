@@ -11,7 +11,8 @@ count and a sample of thumbnails. Works in JupyterLab, Jupyter Notebook, VS Code
 switches on Colab's custom widget manager for you). Everything it does can also be driven from
 Python: :meth:`Explorer.query`, :meth:`Explorer.select`, :meth:`Explorer.pick`,
 :meth:`Explorer.select_box`, :meth:`Explorer.select_lasso`, :meth:`Explorer.highlight`; what it
-shows, without widgets, is an :class:`gcsemb.view.explorer.ExplorerState`.
+shows, without widgets, is an :class:`gcsemb.view.explorer.ExplorerState`; its widgets are made
+in :mod:`gcsemb.view.explorer_controls`.
 
 Example:
     >>> from gcsemb.view.widgets import Explorer
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gcsemb.view.explorer import COLORS, ExplorerState, Selection
+from gcsemb.view.explorer_controls import ExplorerControls
 from gcsemb.view.map_gestures import MOUSE_HINT, PYTHON_HINT, Gestures, watch
 from gcsemb.view.map_picture import MapPicture, Overlay, painted_png, render_map
 from gcsemb.view.widget_display import enable_colab_widgets, import_ipywidgets, widget_bundle
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from gcsemb.model.embedder import Embedder
 
 
-class Explorer:
+class Explorer(ExplorerControls):
     """Search a dataset by text, browse neighbours of an image, and see them on the UMAP map.
 
     Args:
@@ -102,7 +104,7 @@ class Explorer:
         self.state = data
         self._px = int(thumbnail_px)
         self._syncing = False
-        self._make_controls(w, k)
+        self._make_controls(w, k, len(self.state.df), self.state.model_tag)
         self._map: MapPicture | None = None
         if self.state.coords is not None:
             shown = color_by if color_by in self.state.coords else None
@@ -113,85 +115,20 @@ class Explorer:
             self.map_hint.value = MOUSE_HINT if self._events else PYTHON_HINT
         else:
             self.plot.layout.display = "none"
-        self.widget = self._assemble(w)
+        self.widget = self._wire(w)
         if self.state.last is not None:  # a state already searched: its results, as tiles
             self._show_results(time.perf_counter())
         if self.state.selection is not None:
             self._show_selection(time.perf_counter())
 
-    def _make_controls(self, w: Any, k: int) -> None:
-        """The text and URI boxes, the ``k`` slider, the button, status line, tiles and map."""
-        n, tag = len(self.state.df), self.state.model_tag
-        self.text = w.Text(
-            placeholder="describe an image, then Enter (e.g. 'a cat on a sofa')",
-            description="Text",
-            continuous_update=False,
-            layout=w.Layout(width="420px"),
-        )
-        self.k_slider = w.IntSlider(
-            value=min(k, n),
-            min=1,
-            max=min(60, n),
-            description="k",
-            continuous_update=False,
-            layout=w.Layout(width="260px"),
-        )
-        self.uri_box = w.Text(
-            placeholder="an image URI of the dataset, then Enter",
-            description="Image",
-            continuous_update=False,
-            layout=w.Layout(width="420px"),
-        )
-        self.random_button = w.Button(description="random image", icon="random")
-        self.status = w.HTML(
-            f"<b>{n:,}</b> images ({html.escape(tag)}). "
-            "Search by text, or pick an image to see its neighbours."
-            if tag is not None
-            else f"<b>{n:,}</b> images."
-        )
-        self.result_box = w.GridBox(
-            layout=w.Layout(
-                grid_template_columns=f"repeat(auto-fill, {self._px + 8}px)",
-                grid_gap="6px",
-                flex="1 1 420px",
-                align_content="flex-start",
-            )
-        ).add_class("gcsemb-results")
-        self.plot = w.Image(format="png", layout=w.Layout(width="520px", flex="0 0 auto"))
-        self.map_hint = w.HTML(layout=w.Layout(width="520px"))
-        self.selection_status = w.HTML()
-        self.clear_button = w.Button(description="clear selection", icon="times")
-        self.sample_box = w.GridBox(
-            layout=w.Layout(
-                grid_template_columns=f"repeat(auto-fill, {self._px // 2 + 4}px)",
-                grid_gap="4px",
-            )
-        ).add_class("gcsemb-selection")
-        self.selection_panel = w.VBox(
-            [w.HBox([self.selection_status, self.clear_button]), self.sample_box],
-            layout=w.Layout(display="none"),
-        )
-
-    def _assemble(self, w: Any) -> Any:
-        """Wire the controls to their actions and lay them out: the root widget."""
+    def _wire(self, w: Any) -> Any:
+        """Wire the controls to their actions; the root widget."""
         self.text.observe(self._on_text, names="value")
         self.uri_box.observe(self._on_uri, names="value")
         self.k_slider.observe(self._on_k, names="value")
         self.random_button.on_click(self._on_random)
         self.clear_button.on_click(lambda _button: self._safely(self.clear_selection))
-        row = w.Layout(flex_flow="row wrap")
-        return w.VBox(
-            [
-                w.HBox([self.text, self.k_slider], layout=row),
-                w.HBox([self.uri_box, self.random_button], layout=row),
-                self.status,
-                w.HBox(
-                    [self.result_box, w.VBox([self.plot, self.map_hint])],
-                    layout=w.Layout(flex_flow="row wrap", align_items="flex-start"),
-                ),
-                self.selection_panel,
-            ]
-        )
+        return self._layout(w)
 
     @property
     def results(self) -> pd.DataFrame:
@@ -320,7 +257,10 @@ class Explorer:
     def _show(self, heading: str, started: float) -> None:
         results = self.state.results
         tiles = zip(results["uri"], results["score"], self.state.thumbnails(), strict=True)
-        self.result_box.children = [self._tile(u, float(s), jpeg) for u, s, jpeg in tiles]
+        neighbours = self._neighbours
+        self.result_box.children = [
+            self._tile(u, float(s), jpeg, neighbours) for u, s, jpeg in tiles
+        ]
         self._repaint()
         seconds = time.perf_counter() - started
         self.status.value = f"{heading} ({seconds:.2f} s). Click <b>neighbours</b> under an image."
@@ -332,17 +272,8 @@ class Explorer:
 
     def _show_selection(self, started: float) -> None:
         """The selection's count and its sample's thumbnails, below the results."""
-        w = import_ipywidgets()
         selection = self.state.selection
-        size = f"{self._px // 2}px"
-        self.sample_box.children = [
-            w.Image(
-                value=jpeg or b"",
-                format="jpeg",
-                layout=w.Layout(width=size, height=size, object_fit="contain"),
-            )
-            for jpeg in self.state.sample_thumbnails()
-        ]
+        self.sample_box.children = self._samples(self.state.sample_thumbnails())
         self._repaint()
         seconds = time.perf_counter() - started
         self.selection_status.value = (
@@ -351,30 +282,6 @@ class Explorer:
         )
         self.selection_panel.layout.display = "flex"
 
-    def _tile(self, uri: str, score: float, jpeg: bytes | None) -> Any:
-        w = import_ipywidgets()
-        size = f"{self._px}px"
-        image = w.Image(
-            value=jpeg or b"",
-            format="jpeg",
-            layout=w.Layout(width=size, height=size, object_fit="contain"),
-        )
-        name = html.escape(uri.rsplit("/", 1)[-1])
-        label = w.HTML(
-            f"<div title='{html.escape(uri, quote=True)}' style='font-size:11px;line-height:1.3;"
-            f"width:{size};overflow:hidden;text-overflow:ellipsis;white-space:nowrap'>"
-            f"<b>{score:.3f}</b> {name}</div>"
-        )
-        button = w.Button(
-            description="neighbours",
-            tooltip=f"images like {uri}",
-            layout=w.Layout(width=size, height="26px"),
-        )
-        button.on_click(lambda _button, uri=uri: self._safely(self.select, uri))
-        tile = w.VBox([image, label, button], layout=w.Layout(width=f"{self._px + 4}px"))
-        tile.uri = uri
-        return tile
-
     # -------------------------------------------------------------------------- callbacks
 
     def _safely(self, action: Callable[..., Any], *args: Any) -> None:
@@ -382,10 +289,11 @@ class Explorer:
         try:
             action(*args)
         except Exception as e:
-            self.status.value = (
-                f"<span style='color:#b00020'>{html.escape(type(e).__name__)}: "
-                f"{html.escape(str(e))}</span>"
-            )
+            self._show_error(e)
+
+    def _neighbours(self, uri: str) -> None:
+        """A tile's "neighbours" button."""
+        self._safely(self.select, uri)
 
     def _on_text(self, change: dict[str, Any]) -> None:
         if not self._syncing and change["new"].strip():
