@@ -184,6 +184,7 @@ def umap_project(
         >>> coords.attrs["umap"]["reused"]  # doctest: +SKIP
         False
     """
+    chosen = choose_backend(backend, **available(backend))  # before a read it would waste
     frame, matrix, source = _rows(data, token, model_tag)
     store = open_store(dst, token=token or source) if dst is not None else source
     params = {
@@ -195,7 +196,6 @@ def umap_project(
         "init": init,
         **{k: v for k, v in sorted(umap_kwargs.items())},
     }
-    chosen = choose_backend(backend, **available(backend))
     tag = model_tag_of(frame)
     uris = frame["uri"].tolist() if "uri" in frame else None
     md5s = frame["md5"].tolist() if "md5" in frame else None
