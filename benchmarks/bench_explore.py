@@ -18,7 +18,7 @@ index library.
 Steps live in :data:`STEPS` (name -> function taking a :class:`Bench` and returning a dict of
 figures); other steps register with :func:`step`. Run:
 
-    python benchmarks/bench_explore.py --sizes 100000 [--only read search] [--big]
+    python benchmarks/bench_explore.py --sizes 100000 [--only read search] [--big] [--repeat 7]
 """
 
 from __future__ import annotations
@@ -364,7 +364,9 @@ def _explorer(bench: Bench) -> dict[str, Any]:
 
 def _child(name: str, size: int, conn: Any) -> None:
     # imported before the clock starts, as in a notebook (pandas, and what pyarrow and pandas
-    # import on first use): a step times its work, not Python's imports
+    # import on first use; fsspec, which gcsemb's first read of any store imports, ~20 ms):
+    # a step times its work, not Python's imports
+    import fsspec  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.compute  # noqa: F401
     import pyarrow.dataset  # noqa: F401
@@ -382,39 +384,80 @@ def _child(name: str, size: int, conn: Any) -> None:
     conn.send(figures)
 
 
-def main() -> None:
-    """Run the chosen steps at the chosen sizes, each in a child process."""
+def _run(name: str, size: int) -> dict[str, Any]:
+    """One step in a fresh child process: its figures."""
     import multiprocessing
 
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    proc = context.Process(target=_child, args=(name, size, child))
+    proc.start()
+    figures = parent.recv()
+    proc.join()
+    return figures
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over ``runs`` (other values from the first run)."""
+    return {
+        k: float(np.median([r[k] for r in runs])) if isinstance(v, float) else v
+        for k, v in runs[0].items()
+    }
+
+
+def _show(size: int, name: str, runs: list[dict[str, Any]]) -> None:
+    figures = _median(runs)
+    shown = ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+    )
+    if len(runs) > 1:
+        times = [r["seconds"] for r in runs]
+        shown += f" (median of {len(runs)} runs; seconds {min(times):.3g}-{max(times):.3g})"
+    print(f"{size:>9,} {name:<16} {shown}", flush=True)
+
+
+def _read_ratio(size: int, ours: list[dict[str, Any]], bare: list[dict[str, Any]]) -> None:
+    """The read's ratios to pyarrow's, pair by pair (runs alternate, so drift cancels)."""
+    time_ratio = [a["seconds"] / b["seconds"] for a, b in zip(ours, bare, strict=True)]
+    peak_ratio = [a["peak MiB"] / b["peak MiB"] for a, b in zip(ours, bare, strict=True)]
+    spread = f" (pairs {min(time_ratio):.2f}-{max(time_ratio):.2f}x)" if len(ours) > 1 else ""
+    print(
+        f"{size:>9,} {'read ratio':<16} time {np.median(time_ratio):.2f}x{spread}, "
+        f"peak {np.median(peak_ratio):.2f}x of pyarrow's",
+        flush=True,
+    )
+
+
+def main() -> None:
+    """Run the chosen steps at the chosen sizes, each in a child process."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--big", action="store_true", help="also 3M rows")
     parser.add_argument("--only", nargs="+", choices=sorted(STEPS), help="these steps only")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the steps N times in turn (A B A B ...) and print medians: short steps on a "
+        "noisy machine need 5 or more",
+    )
     args = parser.parse_args()
     sizes = [*args.sizes, *([3_000_000] if args.big else [])]
     print(f"{platform.node()}: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    context = multiprocessing.get_context("spawn")
+    names = list(dict.fromkeys(args.only or [n for n in STEPS if n not in SLOW]))
     for size in sizes:
         generate(size)
-        results: dict[str, dict[str, Any]] = {}
-        for name in args.only or [n for n in STEPS if n not in SLOW]:
-            parent, child = context.Pipe()
-            proc = context.Process(target=_child, args=(name, size, child))
-            proc.start()
-            figures = parent.recv()
-            proc.join()
-            shown = ", ".join(
-                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
-            )
-            print(f"{size:>9,} {name:<16} {shown}", flush=True)
-            results[name] = figures
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for _ in range(args.repeat):
+            for name in names:
+                results[name].append(_run(name, size))
+                if args.repeat == 1:
+                    _show(size, name, results[name])
+        if args.repeat > 1:
+            for name in names:
+                _show(size, name, results[name])
         if {"read", "read-baseline"} <= set(results):
-            ours, bare = results["read"], results["read-baseline"]
-            print(
-                f"{size:>9,} {'read ratio':<16} time {ours['seconds'] / bare['seconds']:.2f}x, "
-                f"peak {ours['peak MiB'] / bare['peak MiB']:.2f}x of pyarrow's",
-                flush=True,
-            )
+            _read_ratio(size, results["read"], results["read-baseline"])
 
 
 if __name__ == "__main__":

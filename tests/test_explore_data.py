@@ -80,6 +80,28 @@ def test_newest_version_kept(dst):
     np.testing.assert_array_equal(matrix[df.uri == "gs://b/p/00000.jpg"][0], -x[0])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_newest_row_of_each_uri_is_chosen_as_pandas_would(seed):
+    """Re-embedded images: ties keep the later row and a row with no date counts as newest."""
+    import pandas as pd
+
+    from gcsemb.explore.shards import _newest
+
+    rng = np.random.default_rng(seed)
+    n = 500
+    updated = rng.integers(0, 5, n).astype(object)
+    updated[rng.random(n) < 0.1] = None
+    table = pa.table(
+        {
+            "uri": [f"u{i}" for i in rng.integers(0, 120, n)],
+            "updated": pa.array(updated, pa.timestamp("us", "UTC")),
+        }
+    )
+    df = table.to_pandas()
+    expected = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
+    assert _newest(table).tolist() == sorted(expected.index)
+
+
 def test_footer_check_skips_a_zip_bomb(dst, caplog):
     folder, x = dst
     bomb = pa.table(

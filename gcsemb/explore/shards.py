@@ -114,10 +114,9 @@ def _select(store: Store, model_tag: str, read: list[tuple[str, pa.Table]]) -> R
     # 2 GB of strings in a column cannot be one chunk: left as it is)
     with contextlib.suppress(pa.ArrowInvalid):
         table = table.combine_chunks()
+    if pc.count_distinct(table.column("uri")).as_py() < table.num_rows:
+        table = table.take(_newest(table))
     df = table.to_pandas()
-    # an image changed since an earlier run has two rows: keep its newest version
-    df = df.sort_values("updated", kind="stable").drop_duplicates("uri", keep="last")
-    df = df.sort_index().reset_index(drop=True)
     shard = df.pop(_SHARD).to_numpy()
     row = df.pop("__gcsemb_row").to_numpy()
     bounds = np.searchsorted(shard, np.arange(len(read) + 1))
@@ -125,6 +124,28 @@ def _select(store: Store, model_tag: str, read: list[tuple[str, pa.Table]]) -> R
     df.attrs["store"] = store
     df.attrs["dataset"] = info
     return ReadPlan(store, model_tag, [p for p, _ in read], df, rows, info)
+
+
+def _newest(table: pa.Table) -> np.ndarray:
+    """The row numbers that keep each uri's newest version, in table order.
+
+    An image changed since an earlier run has two rows; the newest ``updated`` wins (no date
+    counts as newest, and of equal dates the later row), as pandas' stable
+    ``sort_values("updated").drop_duplicates("uri", keep="last")`` would choose, without its
+    hashing of every uri (~50 ms at 100k rows; this runs only when some uri repeats).
+
+    Example:
+        >>> t = pa.table({"uri": ["a", "b", "a"], "updated": [2, 1, 1]})
+        >>> _newest(t).tolist()
+        [0, 1]
+    """
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(table, [("uri", "ascending"), ("updated", "ascending")]).to_numpy()
+    uris = table.column("uri").take(order)
+    # the last row of each run of one uri (sorted by date within it)
+    last = np.append(pc.not_equal(uris[1:], uris[:-1]).to_numpy(zero_copy_only=False), True)
+    return np.sort(order[last])
 
 
 def fill(
