@@ -164,9 +164,7 @@ class Lease:
         self.store, self.run = store, run
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self.poll, self.clock, self.retry_seconds = poll, clock, retry_seconds
-        self.claims = ClaimFolder(store, clock)
-        self.claimant = Claimant(self.claims, run, stale_after, clock)
-        self.uri, self.dst = self.claimant.uri, store.url
+        self.claimant = Claimant(ClaimFolder(store, clock), run, stale_after, clock)
         self.held = self.lost = False
         self.lost_to: Holder | None = None
         self._reason = ""
@@ -273,6 +271,16 @@ class Lease:
         """The dead run whose lease this run took over, if any."""
         return self.claimant.took_over_from
 
+    @property
+    def uri(self) -> str:
+        """This run's claim, ``DST/_lease/RUN.TAG.json`` (what to delete by hand, if ever)."""
+        return self.claimant.uri
+
+    @property
+    def dst(self) -> str:
+        """The destination's URL."""
+        return self.store.url
+
     def __enter__(self) -> Lease:
         return self.acquire()
 
@@ -329,7 +337,7 @@ class Lease:
         with self._io:
             if not self.held or self.lost or self._stop.is_set():
                 return
-            claims = self.claims.read()
+            claims = self.claimant.claims.read()
             mine = next((c for c in claims if c.uri == self.uri), None)
             others = [c for c in claims if c.uri != self.uri and not self.claimant.stale(c)]
             newer = [c for c in others if c.state == HELD and c.rank > self.claimant.rank]
