@@ -142,6 +142,9 @@ def test_index_incremental_and_invalidated(dst, monkeypatch):
     write_shard(folder, "a", x[:290])  # a shard changed under the index: rebuilt whole
     rebuilt = gcsemb.build_index(str(folder), progress=False)
     assert len(read[-1]) == 3 and len(rebuilt.keys) == 640
+    forced = gcsemb.build_index(str(folder), rebuild=True, progress=False)
+    on_disk = sorted(p.name for p in (folder / "_index").glob("*/seg-*"))
+    assert on_disk == sorted(forced.manifest["segments"])  # the old segments are gone
 
 
 def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
@@ -176,6 +179,14 @@ def test_a_large_dataset_is_indexed_in_bounded_segments(tmp_path, monkeypatch):
     sizes = [len(s) for s in index.segments]
     assert sizes[:3] == [200, 200, 200] and sum(sizes) == 660 and len(sizes) <= 3 + 4
     assert (index.rows_of(gcsemb.read_embeddings(str(folder))[0]) == np.arange(660)).all()
+    # image 300 re-embedded as a copy of 400: its old row (in a segment) is no longer read
+    write_shard(folder, "redo", x[400:401], first=300, updated=10)
+    for method in ("exact", "index"):
+        found = gcsemb.near_duplicates(str(folder), threshold=0.95, method=method, progress=False)
+        assert sorted(map(sorted, found[["uri_a", "uri_b"]].values.tolist())) == [
+            ["gs://b/p/00050.jpg", "gs://b/p/00550.jpg"],
+            ["gs://b/p/00300.jpg", "gs://b/p/00400.jpg"],
+        ], method
 
 
 def test_streaming_shards_never_reads_far_ahead_of_its_consumer(tmp_path, monkeypatch):
@@ -290,3 +301,31 @@ def test_index_on_the_emulator(bucket, tmp_path, monkeypatch):
     assert pairs[["uri_a", "uri_b"]].values.tolist() == [
         ["gs://b/p/00003.jpg", "gs://b/p/00009.jpg"]
     ]
+
+
+def test_an_index_manifest_is_never_a_list_of_places_to_write(bucket, tmp_path, monkeypatch):
+    """A dataset's manifest naming ``../`` segments: nothing written outside the cache."""
+    import json
+
+    from gcsemb.explore.index import index_url
+    from gcsemb.storage import open_store
+
+    monkeypatch.setenv("GCSEMB_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "src"
+    local.mkdir()
+    write_shard(local, "a", unit(np.random.default_rng(4), 100))
+    store = open_store(f"gs://{bucket}/hostile")
+    store.fs.pipe_file(f"{bucket}/hostile/part-a.parquet", (local / "part-a.parquet").read_bytes())
+    first = gcsemb.build_index(store, progress=False)
+    folder = store.fs._strip_protocol(index_url(store, MODEL))
+    manifest = dict(first.manifest, segments=["../../../../escaped"])
+    store.fs.pipe_file(f"{folder}/manifest.json", json.dumps(manifest).encode())
+    store.fs.pipe_file(f"{bucket}/escaped/offsets.npy", b"planted")
+    for name in ("offsets", "ids", "vectors", "second", "keys"):  # objects named with ../
+        store.fs.pipe_file(f"{folder}/../../../../escaped/{name}.npy", b"planted")
+    again = gcsemb.build_index(store, progress=False)  # ignored with a warning, then rebuilt
+    assert len(again.keys) == 100
+    assert not list(tmp_path.rglob("escaped")) and not list(tmp_path.parent.glob("escaped"))
+    assert store.fs.cat_file(f"{bucket}/escaped/offsets.npy") == b"planted"  # never removed
+    cached = sorted(p.name for p in (tmp_path / "cache" / "index").glob("*/seg-*"))
+    assert cached == sorted(again.manifest["segments"])  # the first build's copy is gone

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 INDEX_DIR = "_index"
 FORMAT = 1
 ARRAYS = ("offsets", "ids", "vectors", "second", "keys")
+SEGMENT_NAME = re.compile(r"seg-[0-9a-z-]+")
+"""What a segment's folder is called; a manifest naming anything else is not read or acted on."""
 
 
 def index_url(store: Store, model_tag: str) -> str:
@@ -170,6 +173,24 @@ def changes(index: Index, listing: dict[str, dict[str, Any]]) -> tuple[str, list
     return ("grown" if new else "same"), new
 
 
+def saved_segments(store: Store, model_tag: str) -> list[str]:
+    """The segments the saved manifest names (well-formed names only); none without one.
+
+    What a build removes once its own manifest is written: a rebuild must not leave the old
+    index's segments behind (2 GB at 1M rows). Only names of :data:`SEGMENT_NAME`'s form are
+    given, so a manifest written by someone else can never point a removal elsewhere.
+    """
+    path = store.fs._strip_protocol(index_url(store, model_tag))
+    try:
+        manifest = json.loads(store.fs.cat_file(f"{path}/manifest.json"))
+    except (OSError, ValueError):  # none, or unreadable: nothing known to remove
+        return []
+    names = manifest.get("segments") if isinstance(manifest, dict) else None
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and SEGMENT_NAME.fullmatch(n)]
+
+
 def _local_copy(store: Store, url: str, manifest: dict[str, Any]) -> Path:
     """A local folder holding the index files (the folder itself for a local dataset)."""
     if store.backend.local:
@@ -188,6 +209,9 @@ def _local_copy(store: Store, url: str, manifest: dict[str, Any]) -> Path:
             continue
         with atomic_path(target, size) as tmp:
             store.fs.get_file(remote, tmp)
+    for old in local.glob("seg-*"):  # segments of earlier versions of the index
+        if old.name not in manifest["segments"]:
+            shutil.rmtree(old, ignore_errors=True)
     return local
 
 
@@ -200,12 +224,13 @@ def load_index(store: Store, model_tag: str) -> Index:
         raise ValueError("not a gcsemb index manifest of this version")
     if manifest.get("model") != model_tag or not isinstance(manifest.get("segments"), list):
         raise ValueError("the manifest does not describe this model's index")
+    for name in manifest["segments"]:  # before any of them becomes a path
+        if not SEGMENT_NAME.fullmatch(str(name)):
+            raise ValueError(f"bad segment name {name!r}")
     local = _local_copy(store, url, manifest)
     centroids = np.load(local / "centroids.npy", allow_pickle=False)
     segments, keys = [], []
     for name in manifest["segments"]:
-        if not re.fullmatch(r"seg-[0-9a-z-]+", str(name)):
-            raise ValueError(f"bad segment name {name!r}")
         arrays = {
             a: np.load(local / name / f"{a}.npy", mmap_mode="r", allow_pickle=False) for a in ARRAYS
         }

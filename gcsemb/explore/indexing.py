@@ -34,6 +34,7 @@ from gcsemb.explore.index import (
     load_index,
     open_index,
     row_keys,
+    saved_segments,
     shard_listing,
 )
 from gcsemb.storage import Store, open_store
@@ -125,6 +126,7 @@ def _add_segment(
     if index is None and (read is None or not len(read.df)):
         raise FileNotFoundError(f"No rows of {model_tag} under {store.url} to index.")
     manifest = dict(index.manifest) if index else {"format": FORMAT, "model": model_tag}
+    old = set(saved_segments(store, model_tag))  # a rebuild's too: removed once replaced
     parts: list[_Part] = [_Part(n, s, k) for n, s, k in _parts(index)]
     rows: dict[str, int] = {}
     if read is not None and len(read.df):
@@ -145,7 +147,6 @@ def _add_segment(
         {"name": n, **listing[n], "rows": rows.get(n, 0)} for n in map(os.path.basename, files)
     ]
     manifest["shards"] = [*(manifest.get("shards") or []), *covered]
-    old = set(manifest.get("segments") or [])
     manifest["segments"] = [p.name for p in parts]
     store.write(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())
     for name in old - set(manifest["segments"]):
