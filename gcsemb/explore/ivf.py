@@ -32,6 +32,12 @@ import numpy as np
 
 BLOCK = 2048
 """Rows of vectors scored at a time (bounds the temporary float32 copies)."""
+SCORES = BLOCK * 16384
+"""Scores computed at a time (128 MiB of float32): a list's block of rows against its
+candidates has fewer rows when the candidates are many (a few lists are the second-nearest of
+tens of thousands of vectors)."""
+GATHER = 1 << 16
+"""Rows gathered from memory-mapped segments at a time (see :class:`Gathered`)."""
 
 
 def nlist_for(n: int) -> int:
@@ -102,7 +108,7 @@ class IVF:
     centroids: np.ndarray
     offsets: np.ndarray
     ids: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray | Gathered
     second: np.ndarray
 
     def __len__(self) -> int:
@@ -196,25 +202,81 @@ def train(x: np.ndarray, nlist: int | None = None, seed: int = 0, vectors: bool 
 
 
 def merge(parts: list[IVF]) -> IVF:
-    """One index holding the lists of ``parts`` (all on the same centroids), list by list."""
+    """One index holding the lists of ``parts`` (all on the same centroids), copied list by list.
+
+    What a segment saved to disk needs; to read several segments as one, :func:`stack` copies
+    no vector.
+    """
     if len(parts) == 1:
         return parts[0]
-    nlist = len(parts[0].centroids)
+    view = stack(parts)
+    vectors = view.vectors[: len(view)]
+    return IVF(view.centroids, view.offsets, view.ids, vectors, view.second)
+
+
+def stack(parts: list[IVF]) -> IVF:
+    """``parts`` (all on the same centroids) seen as one index, their vectors left where they lie.
+
+    Its ``vectors`` is a :class:`Gathered`: a position's vector is read from its part when asked
+    for, so segments memory-mapped from disk are never copied whole (a merged copy of 1M rows
+    is 2 GB). Ids and second lists (12 bytes a row) are merged.
+
+    Example:
+        >>> X = np.eye(4, dtype=np.float32)
+        >>> first = train(X[:2], nlist=2)
+        >>> both = stack([first, build(X[2:], first.centroids, ids=np.arange(2, 4))])
+        >>> sorted(both.ids.tolist()), both.vectors[np.arange(4)].shape
+        ([0, 1, 2, 3], (4, 4))
+    """
     sizes = np.stack([np.diff(p.offsets) for p in parts])  # (parts, nlist)
     offsets = np.concatenate([[0], np.cumsum(sizes.sum(0))]).astype(np.int64)
-    total = int(offsets[-1])
-    ids = np.empty(total, np.int64)
-    second = np.empty(total, np.int32)
-    vectors = np.empty((total, parts[0].dim), np.float32)
-    for c in range(nlist):
-        at = int(offsets[c])
-        for p in parts:
-            a, b = int(p.offsets[c]), int(p.offsets[c + 1])
-            ids[at : at + b - a] = p.ids[a:b]
-            second[at : at + b - a] = p.second[a:b]
-            vectors[at : at + b - a] = p.vectors[a:b]
-            at += b - a
-    return IVF(parts[0].centroids, offsets, ids, vectors, second)
+    # runs in merged order: list by list, each part's share of the list in turn
+    lengths = sizes.T.ravel()
+    run_part = np.tile(np.arange(len(parts), dtype=np.int32), sizes.shape[1])
+    run_start = np.stack([p.offsets[:-1] for p in parts]).T.ravel()
+    part = np.repeat(run_part, lengths)
+    at = np.repeat(run_start - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    vectors = Gathered([p.vectors for p in parts], part, at)
+    ids = vectors.gather([p.ids for p in parts], np.arange(len(part)))
+    second = vectors.gather([p.second for p in parts], np.arange(len(part)))
+    return IVF(parts[0].centroids, offsets, ids.astype(np.int64), vectors, second)
+
+
+class Gathered:
+    """The vectors of several arrays seen as one ``(n, dim)`` float32 array, read on demand.
+
+    Position ``p`` is row ``at[p]`` of ``parts[part[p]]``. Indexing with positions (an array
+    or a slice) returns a new array of just those rows.
+    """
+
+    def __init__(self, parts: list[np.ndarray], part: np.ndarray, at: np.ndarray) -> None:
+        self.parts, self.part, self.at = parts, part, at
+        self.shape = (len(part), parts[0].shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def __getitem__(self, positions: np.ndarray | slice) -> np.ndarray:
+        if isinstance(positions, slice):
+            positions = np.arange(*positions.indices(len(self)))
+        return self.gather(self.parts, np.asarray(positions))
+
+    def gather(self, arrays: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+        """The rows at ``positions`` of per-part ``arrays`` laid out like the vectors."""
+        out = np.empty((len(positions), *arrays[0].shape[1:]), arrays[0].dtype)
+        for a in range(0, len(positions), GATHER):  # bounded temporary copies
+            block = positions[a : a + GATHER]
+            part, at, view = self.part[block], self.at[block], out[a : a + GATHER]
+            for i, array in enumerate(arrays):
+                mine = part == i
+                if mine.any():
+                    view[mine] = array[at[mine]]
+        return out
+
+    def select(self, keep: np.ndarray) -> Gathered:
+        """The positions ``keep`` (a mask or positions) as a new view."""
+        return Gathered(self.parts, self.part[keep], self.at[keep])
 
 
 def knn(
@@ -236,8 +298,9 @@ def knn(
         candidates = _positions(index.offsets, probes[c])
         start = int(np.flatnonzero(candidates == own.start)[0])
         vectors = index.vectors[candidates]
-        for a in range(0, own.stop - own.start, BLOCK):
-            rows = np.arange(a, min(a + BLOCK, own.stop - own.start))
+        step = _rows_per_block(len(candidates))
+        for a in range(0, own.stop - own.start, step):
+            rows = np.arange(a, min(a + step, own.stop - own.start))
             s = vectors[start + rows] @ vectors.T
             s[np.arange(len(rows)), start + rows] = np.inf  # itself first, whatever its ties
             best = _top(s, k)
@@ -266,8 +329,9 @@ def pairs(
         members = np.concatenate([np.arange(own.start, own.stop), extra])
         vectors = index.vectors[members]
         ids = index.ids[members]
-        for a in range(0, own.stop - own.start, BLOCK):
-            ii, jj = np.nonzero(vectors[a : a + BLOCK] @ vectors.T >= threshold)
+        step = _rows_per_block(len(members))
+        for a in range(0, own.stop - own.start, step):
+            ii, jj = np.nonzero(vectors[a : a + step] @ vectors.T >= threshold)
             ii += a
             keep = jj > ii
             lo = np.minimum(ids[ii[keep]], ids[jj[keep]])
@@ -281,6 +345,11 @@ def pairs(
                 )
     keys = np.unique(np.concatenate(found))
     return keys // max(n, 1), keys % max(n, 1)
+
+
+def _rows_per_block(candidates: int) -> int:
+    """Rows scored at once against ``candidates`` vectors: at most :data:`SCORES` scores."""
+    return max(1, min(BLOCK, SCORES // max(candidates, 1)))
 
 
 def _bar(items: list, show: bool, what: str) -> Iterator:

@@ -63,7 +63,7 @@ def live_ivf(index: Any, df: Any) -> ivf.IVF:
     Raises:
         LookupError: Some rows of ``df`` are not in the index (it is older than ``df``).
     """
-    merged = ivf.merge(list(index.segments))
+    merged = ivf.stack(list(index.segments))  # no copy of the (memory-mapped) vectors
     rows = index.rows_of(df)[merged.ids]
     keep = rows >= 0
     if np.count_nonzero(np.bincount(rows[keep], minlength=len(df))) != len(df):
@@ -72,7 +72,8 @@ def live_ivf(index: Any, df: Any) -> ivf.IVF:
         return ivf.IVF(merged.centroids, merged.offsets, rows, merged.vectors, merged.second)
     kept = np.concatenate([[0], np.cumsum(keep)])
     offsets = kept[merged.offsets].astype(np.int64)
-    return ivf.IVF(merged.centroids, offsets, rows[keep], merged.vectors[keep], merged.second[keep])
+    vectors = merged.vectors.select(keep)
+    return ivf.IVF(merged.centroids, offsets, rows[keep], vectors, merged.second[keep])
 
 
 def dataset_ivf(
