@@ -353,10 +353,13 @@ def _umap(bench: Bench) -> dict[str, Any]:
 @step("explorer")
 def _explorer(bench: Bench) -> dict[str, Any]:
     """The Explorer's open, pick, selections, highlight and text query (bench_explorer.py)."""
+    import logging
+
     from bench_explorer import explorer_steps
 
     import gcsemb
 
+    logging.getLogger("gcsemb").setLevel(logging.ERROR)  # fake URIs: no thumbnails, no noise
     df, matrix = gcsemb.read_embeddings(bench.path)
     df["model"] = "bench/random"  # bench_explorer's stand-in text model embeds the queries
     return {f"{name} ({note or 's'})": value for name, value, note in explorer_steps(df, matrix)}
