@@ -83,8 +83,6 @@ def test_newest_version_kept(dst):
 @pytest.mark.parametrize("seed", range(4))
 def test_the_newest_row_of_each_uri_is_chosen_as_pandas_would(seed):
     """Re-embedded images: ties keep the later row and a row with no date counts as newest."""
-    import pandas as pd
-
     from gcsemb.explore.shards import _newest
 
     rng = np.random.default_rng(seed)

@@ -104,6 +104,37 @@ def test_auto_init_leaves_umap_learns_slow_spectral_init_at_a_million_points():
     assert initial_layout("random", 1_000_000, "umap-learn") == "random"  # asked for: kept
 
 
+def test_the_pca_layout_is_umap_learns_without_copying_the_matrix(monkeypatch):
+    """Past SPECTRAL_MAX points, umap-learn gets gcsemb's PCA layout (same axes as sklearn's)."""
+    import tracemalloc
+
+    from sklearn.decomposition import PCA
+
+    from gcsemb.explore import umap_backends
+
+    big = clustered(40_000, dim=64)
+    monkeypatch.setattr(umap_backends, "PCA_BLOCK", 256)  # 16,384 rows of 512-d at scale
+    tracemalloc.start()
+    umap_backends.pca_layout(big, seed=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < big.nbytes / 4  # the layout alone; sklearn copies the whole matrix first
+    x = clustered(3000, dim=64)
+    xy = umap_backends.pca_layout(x, seed=0)
+    reference = PCA(n_components=2).fit_transform(x)
+    for axis in range(2):  # the same axes, up to sign and scale
+        assert abs(np.corrcoef(xy[:, axis], reference[:, axis])[0, 1]) > 0.999
+    assert np.abs(xy).max() == pytest.approx(10, abs=1e-3)
+    monkeypatch.setattr(umap_backends, "SPECTRAL_MAX", 1000)
+    inits = []
+    original = umap_backends.pca_layout
+    monkeypatch.setattr(
+        umap_backends, "pca_layout", lambda m, s: inits.append(len(m)) or original(m, s)
+    )
+    coords = umap_project(x, n_epochs=10)
+    assert inits == [3000] and np.isfinite(coords[["x", "y"]]).all().all()
+
+
 # ------------------------------------------------------------------------- the kNN graph, once
 
 

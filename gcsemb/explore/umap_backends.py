@@ -28,6 +28,7 @@ N_NEIGHBORS = 15
 MIN_DIST = 0.1
 """UMAP's ``min_dist`` by default (:func:`gcsemb.umap_project`, ``gcsemb umap``)."""
 SPECTRAL_MAX = 100_000  # init="auto": umap-learn's spectral init up to here, PCA beyond
+PCA_BLOCK = 16_384  # rows at a time in :func:`pca_layout` (64 MiB of float64 at 512-d)
 CUML_HINT = (
     "pip install cuml-cu12 (Colab's GPU runtime ships it) on a machine with an NVIDIA GPU, "
     "or use backend='umap-learn'"
@@ -140,6 +141,8 @@ def fit_layout(
     data = np.ascontiguousarray(matrix, dtype=np.float32)
     if backend == "cuml":
         return _fit_cuml(data, graph, kwargs, seed=seed, verbose=verbose)
+    if isinstance(kwargs["init"], str) and kwargs["init"] == "pca":
+        kwargs["init"] = pca_layout(data, seed)
     from gcsemb.explore.umap_cache import import_umap
 
     umap = import_umap()
@@ -160,6 +163,40 @@ def fit_layout(
         warnings.filterwarnings("ignore", message="Cannot cache compiled function")
         xy = reducer.fit_transform(data)
     return np.asarray(xy, dtype=np.float32)
+
+
+def pca_layout(matrix: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """umap-learn's ``init="pca"`` layout, without a copy of ``matrix``.
+
+    The two principal components from the ``(dim, dim)`` covariance, accumulated a block of
+    rows at a time, scaled to +-10 with umap-learn's tiny noise, as its own PCA init does; its
+    scikit-learn PCA first copies the whole matrix to centre it (2 GB more at 1M rows).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.standard_normal((500, 8)).astype(np.float32) * [5, 2, 1, 1, 1, 1, 1, 1]
+        >>> xy = pca_layout(X, seed=0)
+        >>> xy.shape, round(float(np.abs(xy).max()))
+        ((500, 2), 10)
+    """
+    import numpy as np
+
+    n, dim = matrix.shape
+    total, products = np.zeros(dim), np.zeros((dim, dim))
+    for a in range(0, n, PCA_BLOCK):
+        block = np.asarray(matrix[a : a + PCA_BLOCK], np.float64)
+        total += block.sum(0)
+        products += block.T @ block
+    mean = total / n
+    _, vectors = np.linalg.eigh(products / n - np.outer(mean, mean))
+    axes = vectors[:, ::-1][:, :2]  # the largest two, largest first
+    xy = np.empty((n, 2), np.float32)
+    for a in range(0, n, PCA_BLOCK):
+        xy[a : a + PCA_BLOCK] = (np.asarray(matrix[a : a + PCA_BLOCK], np.float64) - mean) @ axes
+    xy *= 10 / max(float(np.abs(xy).max()), 1e-12)
+    noise = np.random.RandomState(seed).normal(scale=1e-4, size=xy.shape)
+    return xy + noise.astype(np.float32)
 
 
 def _fit_cuml(
