@@ -135,6 +135,23 @@ def test_the_pca_layout_is_umap_learns_without_copying_the_matrix(monkeypatch):
     assert inits == [3000] and np.isfinite(coords[["x", "y"]]).all().all()
 
 
+def test_a_pca_started_layout_is_the_one_umap_learn_makes_from_the_whole_matrix():
+    """umap-learn is handed the starting layout instead of the matrix: same points, same map."""
+    import umap
+
+    from gcsemb.explore.neighbours import knn_graph
+    from gcsemb.explore.umap_backends import fit_layout, pca_layout
+
+    x = clustered(2000, dim=32)
+    knn = knn_graph((rows(x), x), 15)
+    params = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs": 30}
+    ours = fit_layout(x, knn, {**params, "seed": 7, "init": "pca"}, backend="umap-learn")
+    reducer = umap.UMAP(
+        random_state=7, init=pca_layout(x, 7), precomputed_knn=knn, low_memory=True, **params
+    )
+    np.testing.assert_array_equal(ours, reducer.fit_transform(x))
+
+
 # ------------------------------------------------------------------------- the kNN graph, once
 
 

@@ -143,6 +143,10 @@ def fit_layout(
         return _fit_cuml(data, graph, kwargs, seed=seed, verbose=verbose)
     if isinstance(kwargs["init"], str) and kwargs["init"] == "pca":
         kwargs["init"] = pca_layout(data, seed)
+        # from a kNN graph and a layout to start from, umap-learn reads the embeddings only for
+        # their row count, but copies them (``X[index]``) several times (2 GB each at 1M rows):
+        # it is given the starting layout's rows instead, and lays out the same points the same
+        data = kwargs["init"]
     from gcsemb.explore.umap_cache import import_umap
 
     umap = import_umap()
