@@ -18,7 +18,7 @@ MODEL = "tiny/test"
 DIM = 16
 
 
-def write_shard(folder, name, x, first=0, md5=None, updated=0):
+def write_shard(folder, name, x, first=0, md5=None, updated=0, model=MODEL):
     """A shard in gcsemb's own format with the rows ``x``."""
     n = len(x)
     table = pa.table(
@@ -30,10 +30,10 @@ def write_shard(folder, name, x, first=0, md5=None, updated=0):
             "updated": pa.array(np.full(n, updated, np.int64), pa.timestamp("us", "UTC")),
             "width": pa.array(np.full(n, 100, np.int32)),
             "height": pa.array(np.full(n, 100, np.int32)),
-            "model": [MODEL] * n,
+            "model": [model] * n,
             "embedding": pa.array(list(x.astype(np.float32)), pa.list_(pa.float32())),
         },
-        schema=schema(MODEL, DIM),
+        schema=schema(model, DIM),
     )
     pq.write_table(table, folder / f"part-{name}.parquet", compression="zstd")
 
@@ -100,6 +100,46 @@ def test_the_newest_row_of_each_uri_is_chosen_as_pandas_would(seed):
     assert _newest(table).tolist() == sorted(expected.index)
 
 
+def test_only_the_chosen_models_shards_are_read_past_the_first_few(tmp_path, monkeypatch):
+    from gcsemb.explore import shards
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    for i in range(12):
+        write_shard(folder, f"a{i:02d}", unit(np.random.default_rng(i), 10), first=10 * i)
+        x = unit(np.random.default_rng(50 + i), 10)
+        write_shard(folder, f"b{i:02d}", x, first=10 * i, model="other/model")
+    read = []
+    original = shards._shard_flat
+    monkeypatch.setattr(
+        shards, "_shard_flat", lambda s, p, **k: read.append(p) or original(s, p, **k)
+    )
+    with pytest.raises(ValueError, match="several models"):
+        gcsemb.read_embeddings(str(folder))
+    read.clear()
+    df, matrix = gcsemb.read_embeddings(str(folder), model_tag="other/model")
+    assert len(df) == len(matrix) == 120 and (df.model == "other/model").all()
+    # the first shards are read while the rows are decided; after that, only the model's
+    assert sum("part-a" in p for p in read) <= 9
+    assert sum("part-b" in p for p in read) == 12
+
+
+def test_each_damaged_or_foreign_shard_is_named_once(dst, caplog):
+    """Shards are read ahead while the rows are decided; a skip is still said once, not twice."""
+    folder, x = dst
+    pq.write_table(pa.table({"uri": ["a"], "score": [1.0]}), folder / "part-foreign.parquet")
+    rows = pq.read_table(folder / "part-a.parquet").drop_columns(["embedding"]).slice(0, 3)
+    rows = rows.set_column(0, "uri", pa.array([f"gs://b/p/new{i}.jpg" for i in range(3)]))
+    pq.write_table(rows, folder / "part-noemb.parquet")
+    with caplog.at_level(logging.WARNING):
+        df, matrix = gcsemb.read_embeddings(str(folder))
+    assert len(df) == len(matrix) == 600
+    skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skips) == 2, skips
+    assert any("part-foreign.parquet" in m for m in skips)
+    assert any("part-noemb.parquet" in m and "embedding" in m for m in skips)
+
+
 def test_footer_check_skips_a_zip_bomb(dst, caplog):
     folder, x = dst
     bomb = pa.table(
@@ -118,6 +158,23 @@ def test_footer_check_skips_a_zip_bomb(dst, caplog):
         df, matrix = gcsemb.read_embeddings(str(folder))
     assert len(df) == 600
     assert "part-bomb.parquet: not a gcsemb shard" in caplog.text
+
+
+def test_a_pipe_named_like_a_shard_is_skipped_not_waited_on(dst, caplog):
+    import os
+    import threading
+
+    folder, x = dst
+    os.mkfifo(folder / "part-pipe.parquet")  # opening it for reading would wait for a writer
+    got = []
+    with caplog.at_level(logging.WARNING):
+        reader = threading.Thread(
+            target=lambda: got.append(gcsemb.read_embeddings(str(folder))), daemon=True
+        )
+        reader.start()
+        reader.join(20)
+    assert got, "read_embeddings waited on a named pipe"
+    assert len(got[0][0]) == 600 and "part-pipe.parquet" in caplog.text
 
 
 def test_index_incremental_and_invalidated(dst, monkeypatch):
@@ -198,8 +255,10 @@ def test_streaming_shards_never_reads_far_ahead_of_its_consumer(tmp_path, monkey
     for i in range(8):
         write_shard(folder, f"{i}", unit(np.random.default_rng(i), 20), first=i * 20)
     read = []
-    original = shards._shard_matrix
-    monkeypatch.setattr(shards, "_shard_matrix", lambda p, i: read.append(i) or original(p, i))
+    original = shards._shard_flat
+    monkeypatch.setattr(
+        shards, "_shard_flat", lambda s, path, **k: read.append(path) or original(s, path, **k)
+    )
     stream = shards.iter_shards(shards.plan(open_store(str(folder))))
     next(stream)
     time.sleep(0.3)  # a slow consumer (an index build): the rest of the dataset stays unread

@@ -133,17 +133,18 @@ def _read_one(
     not to read (all others are, when ``columns`` is None).
     """
     try:
-        # a plain read-ahead buffer: gcsfs's "adaptive" cache leaves asyncio tasks behind
         # (ParquetFile, not read_table: that imports pyarrow.dataset and pandas, 0.3 s a run)
-        with store.fs.open(path, "rb", cache_type="readahead", block_size=1 << 20) as f:
+        with store.open_input(path) as f:
             parquet = pq.ParquetFile(f)
             missing = required - set(parquet.schema_arrow.names)
             if missing:
                 log.warning(
-                    "skipping %s: not a gcsemb shard (no %s)", store.uri(path), sorted(missing)
+                    "skipping %s: not a gcsemb shard (no %s)",
+                    store.uri(path),
+                    sorted(missing),
                 )
                 return None
-            too_big = _expansion(parquet, getattr(f, "size", None))
+            too_big = _expansion(parquet, f.size() if callable(f.size) else f.size)
             if too_big:
                 log.warning("skipping %s: not a gcsemb shard (%s)", store.uri(path), too_big)
                 return None
@@ -350,7 +351,7 @@ def read_embeddings(
     from gcsemb.explore.shards import fill, plan
 
     store = open_store(dst, token=token)
-    read, matrix = fill(plan(store, model_tag), np.dtype(dtype), progress)
+    read, matrix = fill(plan(store, model_tag, read_ahead=True), np.dtype(dtype), progress)
     df = read.df
     if with_embeddings:
         df["embedding"] = list(matrix) if len(matrix) else []

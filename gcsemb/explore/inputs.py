@@ -55,7 +55,7 @@ def embeddings_of(
         from gcsemb.storage import open_store
 
         store = open_store(data if isinstance(data, Store) else str(data), token=token)
-        rows = plan(store, model_tag)
+        rows = plan(store, model_tag, read_ahead=True)
         big = lean and len(rows.df) > SEARCH_EXACT_MAX
         rows, matrix = fill(rows, np.float16 if big else np.float32)
         return rows.df, matrix, store

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,8 @@ class ReadPlan:
         df: One row per image (no ``embedding`` column), in shard then row order.
         rows: Per shard, the row numbers within that shard of its rows in ``df`` (ascending).
         info: How the newest shard was made (:func:`gcsemb.explore.dataset.dataset_info`).
+        reads: The shards' embeddings being read already (``plan(read_ahead=True)``), for
+            :func:`fill`.
     """
 
     store: Store
@@ -54,6 +57,20 @@ class ReadPlan:
     df: Any
     rows: list[np.ndarray] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+    reads: _Ahead | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def _position(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.files)}
+
+    def shard(self, path: str) -> int | None:
+        """The number of shard ``path`` in the plan, or None (a file it left out)."""
+        return self._position.get(path)
+
+    def wants(self, path: str) -> bool:
+        """Whether the plan keeps any row of the shard ``path``."""
+        i = self.shard(path)
+        return i is not None and len(self.rows[i]) > 0
 
     def __repr__(self) -> str:
         return (
@@ -63,7 +80,11 @@ class ReadPlan:
 
 
 def plan(
-    store: Store, model_tag: str | None = None, files: Sequence[str] | None = None
+    store: Store,
+    model_tag: str | None = None,
+    files: Sequence[str] | None = None,
+    *,
+    read_ahead: bool = False,
 ) -> ReadPlan:
     """Decide which rows to read: ``model_tag``'s, the newest version of each uri.
 
@@ -71,6 +92,9 @@ def plan(
         store: The dataset.
         model_tag: The model tag to keep; required when the shards hold several.
         files: Read only these shards (default: all of the dataset's).
+        read_ahead: Start reading the first shards' embeddings while the rows are decided
+            (from the small columns already read), for a :func:`fill` that follows (a few
+            shards ahead, no more).
 
     Raises:
         FileNotFoundError: No embeddings under ``store``.
@@ -92,11 +116,22 @@ def plan(
         raise ValueError(
             f"{store.url} holds several models {models}: pass model_tag=... to pick one."
         )
-    model_tag = model_tag or models[0]
-    return _select(store, model_tag, read)
+    if not read_ahead:
+        return _select(store, model_tag or models[0], read, None)
+    decided: list[ReadPlan] = []
+    wanted = lambda p: decided[0].wants(p) if decided else True  # noqa: E731
+    reads = _reads(store, [p for p, _ in read], wanted, 8)
+    try:
+        decided.append(_select(store, model_tag or models[0], read, reads))
+    except BaseException:
+        reads.close()
+        raise
+    return decided[0]
 
 
-def _select(store: Store, model_tag: str, read: list[tuple[str, pa.Table]]) -> ReadPlan:
+def _select(
+    store: Store, model_tag: str, read: list[tuple[str, pa.Table]], reads: _Ahead | None
+) -> ReadPlan:
     """The plan from each shard's small columns: filter by model, keep the newest per uri."""
     import pyarrow.compute as pc
 
@@ -123,7 +158,7 @@ def _select(store: Store, model_tag: str, read: list[tuple[str, pa.Table]]) -> R
     rows = [row[bounds[i] : bounds[i + 1]] for i in range(len(read))]
     df.attrs["store"] = store
     df.attrs["dataset"] = info
-    return ReadPlan(store, model_tag, [p for p, _ in read], df, rows, info)
+    return ReadPlan(store, model_tag, [p for p, _ in read], df, rows, info, reads)
 
 
 def _newest(table: pa.Table) -> np.ndarray:
@@ -159,14 +194,20 @@ def fill(
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
     out: np.ndarray | None = None
     bad: list[int] = []
-    parts = _ahead(lambda i: (i, _shard_matrix(plan, i)), len(plan.files), 8)
-    for i, part in _progress(parts, len(plan.files), progress):
-        if part is not None and out is None:
-            out = np.empty((offsets[-1], part.shape[1]), dtype)
-        if part is None or part.shape[1] != out.shape[1]:
-            bad.append(i)
-            continue
-        out[offsets[i] : offsets[i + 1]] = part
+    reads = plan.reads or _reads(plan.store, plan.files, plan.wants, 8)
+    plan.reads = None  # read once
+    with reads:
+        for path, flat in _progress(reads, len(reads), progress):
+            i = plan.shard(path)
+            if i is None or offsets[i] == offsets[i + 1]:  # left out, or none of its rows kept
+                continue
+            part = _kept(plan, i, flat)
+            if part is not None and out is None:
+                out = np.empty((offsets[-1], part.shape[1]), dtype)
+            if part is None or part.shape[1] != out.shape[1]:
+                bad.append(i)
+                continue
+            out[offsets[i] : offsets[i + 1]] = part
     if out is None:
         out = np.zeros((0, 0), dtype)
     if bad:
@@ -183,25 +224,52 @@ def iter_shards(plan: ReadPlan, dtype: Any = np.float32) -> Iterator[tuple[Any, 
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
     # the next shard is read while this one is used, and no further: a slow consumer (an index
     # build) must not find the whole dataset read ahead into memory
-    for i, part in _ahead(lambda i: (i, _shard_matrix(plan, i)), len(plan.files), 1):
-        if part is not None and len(part):
-            yield plan.df.iloc[offsets[i] : offsets[i + 1]], part.astype(dtype, copy=False)
+    with _reads(plan.store, plan.files, plan.wants, 1) as reads:
+        for i, (_, flat) in enumerate(reads):
+            part = _kept(plan, i, flat)
+            if part is not None and len(part):
+                yield plan.df.iloc[offsets[i] : offsets[i + 1]], part.astype(dtype, copy=False)
 
 
-def _ahead(fn: Callable[[int], T], n: int, ahead: int) -> Iterator[T]:
+class _Ahead(Iterator[T]):
     """``fn(0), ..., fn(n - 1)`` in order, computed in threads at most ``ahead`` in advance.
 
-    Unlike ``ThreadPoolExecutor.map`` (which starts every call at once), the results waiting
-    for the consumer stay bounded: ``ahead + 1`` at most.
+    The first calls start at once (while the caller does other work); unlike
+    ``ThreadPoolExecutor.map`` (which starts every call at once), the results waiting for the
+    consumer stay bounded: ``ahead + 1`` at most. Close it (or use it in ``with``) to cancel
+    what has not started.
     """
-    with ThreadPoolExecutor(max(ahead, 1)) as pool:
-        pending: deque[Future[T]] = deque()
-        for i in range(n):
-            pending.append(pool.submit(fn, i))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+
+    def __init__(self, fn: Callable[[int], T], n: int, ahead: int) -> None:
+        self.fn, self.n, self.ahead, self.started = fn, n, max(ahead, 1), 0
+        self.pool = ThreadPoolExecutor(self.ahead)
+        self.pending: deque[Future[T]] = deque()
+        self._submit()
+
+    def _submit(self) -> None:
+        while self.started < self.n and len(self.pending) <= self.ahead:
+            self.pending.append(self.pool.submit(self.fn, self.started))
+            self.started += 1
+
+    def __next__(self) -> T:
+        self._submit()
+        if not self.pending:
+            self.close()
+            raise StopIteration
+        return self.pending.popleft().result()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        """Cancel the calls not started; those running finish in the background."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> _Ahead[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _progress(items: Any, total: int, show: bool) -> Any:
@@ -233,22 +301,41 @@ def _drop(
     return new, out[keep]
 
 
-def _shard_matrix(plan: ReadPlan, i: int) -> np.ndarray | None:
-    """The kept rows of shard ``i``'s embeddings, as float32, or None when unreadable."""
-    rows = plan.rows[i]
-    if not len(rows):
-        return np.zeros((0, 0), np.float32)
-    path = plan.files[i]
-    table = _read_one(plan.store, path, ["embedding"], {"embedding"})
+def _reads(
+    store: Store, files: list[str], wanted: Callable[[str], bool], ahead: int
+) -> _Ahead[tuple[str, np.ndarray | None]]:
+    """``(path, embeddings)`` of each shard in order, read ``ahead`` shards ahead of their use.
+
+    A shard not ``wanted`` (another model's: none of its rows kept) is not read.
+    """
+
+    def one(i: int) -> tuple[str, np.ndarray | None]:
+        return files[i], _shard_flat(store, files[i]) if wanted(files[i]) else None
+
+    return _Ahead(one, len(files), ahead)
+
+
+def _shard_flat(store: Store, path: str) -> np.ndarray | None:
+    """All of a shard's embeddings, as float32, or None (with a warning) when unreadable."""
+    table = _read_one(store, path, ["embedding"], {"embedding"})
     if table is None:
         return None
     try:
-        flat = embedding_array(table.column("embedding"))
+        return embedding_array(table.column("embedding"))
     except ValueError as e:
-        log.warning("skipping %s: %s", plan.store.uri(path), e)
+        log.warning("skipping %s: %s", store.uri(path), e)
+        return None
+
+
+def _kept(plan: ReadPlan, i: int, flat: np.ndarray | None) -> np.ndarray | None:
+    """The rows of shard ``i``'s embeddings ``flat`` that the plan keeps, or None."""
+    rows = plan.rows[i]
+    if not len(rows):
+        return np.zeros((0, 0), np.float32)
+    if flat is None:
         return None
     if rows[-1] >= len(flat):
-        log.warning("skipping %s: it changed while being read", plan.store.uri(path))
+        log.warning("skipping %s: it changed while being read", plan.store.uri(plan.files[i]))
         return None
     return flat if len(rows) == len(flat) else flat[rows]
 

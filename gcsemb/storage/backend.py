@@ -202,6 +202,11 @@ class Backend:
         end = None if limit is None else limit + 1
         return self.fs.cat_file(path, start=0, end=end)
 
+    def open_input(self, path: str) -> Any:
+        """A seekable file for pyarrow to read ``path`` from (a parquet shard: footer first)."""
+        # a plain read-ahead buffer: gcsfs's "adaptive" cache leaves asyncio tasks behind
+        return self.fs.open(path, "rb", cache_type="readahead", block_size=1 << 20)
+
     # --- writing -------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -154,6 +154,18 @@ class Store:
             return []
         return self.backend.read_many(paths, list(limits) if limits else [None] * len(paths))
 
+    def open_input(self, path: str) -> Any:
+        """A seekable file for pyarrow to read ``path`` from (a context manager).
+
+        Example:
+            >>> import pyarrow.parquet as pq
+            >>> store = open_store("gs://my-bucket/embeddings")  # doctest: +SKIP
+            >>> with store.open_input(store.path + "/part-x.parquet") as f:  # doctest: +SKIP
+            ...     pq.ParquetFile(f).metadata.num_rows
+            5000
+        """
+        return self.backend.open_input(path)
+
     def output(self, path: str) -> Any:
         """A context manager giving a file that appears at ``path`` whole or not at all."""
         return self.backend.output(path)

@@ -58,6 +58,13 @@ def followed_type(path: str) -> str:
     return "file" if stat.S_ISREG(mode) else "directory" if stat.S_ISDIR(mode) else "other"
 
 
+def ensure_regular(path: str) -> None:
+    """Raise OSError unless ``path`` (links followed) is a regular file: never open a pipe."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{path} is {kind(mode)}, not a regular file: not read")
+
+
 def read_regular(path: str, limit: int | None = None) -> bytes:
     """The bytes of the regular file at ``path`` (links followed), at most ``limit + 1`` of them.
 
