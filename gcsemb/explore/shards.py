@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -58,19 +57,6 @@ class ReadPlan:
     rows: list[np.ndarray] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     reads: _Ahead | None = field(default=None, repr=False)
-
-    @functools.cached_property
-    def _position(self) -> dict[str, int]:
-        return {p: i for i, p in enumerate(self.files)}
-
-    def shard(self, path: str) -> int | None:
-        """The number of shard ``path`` in the plan, or None (a file it left out)."""
-        return self._position.get(path)
-
-    def wants(self, path: str) -> bool:
-        """Whether the plan keeps any row of the shard ``path``."""
-        i = self.shard(path)
-        return i is not None and len(self.rows[i]) > 0
 
     def __repr__(self) -> str:
         return (
@@ -119,7 +105,7 @@ def plan(
     if not read_ahead:
         return _select(store, model_tag or models[0], read, None)
     decided: list[ReadPlan] = []
-    wanted = lambda p: decided[0].wants(p) if decided else True  # noqa: E731
+    wanted = lambda i: not decided or len(decided[0].rows[i]) > 0  # noqa: E731
     reads = _reads(store, [p for p, _ in read], wanted, 8)
     try:
         decided.append(_select(store, model_tag or models[0], read, reads))
@@ -194,12 +180,11 @@ def fill(
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
     out: np.ndarray | None = None
     bad: list[int] = []
-    reads = plan.reads or _reads(plan.store, plan.files, plan.wants, 8)
+    reads = plan.reads or _reads(plan.store, plan.files, lambda i: len(plan.rows[i]) > 0, 8)
     plan.reads = None  # read once
     with reads:
-        for path, flat in _progress(reads, len(reads), progress):
-            i = plan.shard(path)
-            if i is None or offsets[i] == offsets[i + 1]:  # left out, or none of its rows kept
+        for i, flat in _progress(enumerate(reads), len(reads), progress):
+            if offsets[i] == offsets[i + 1]:  # none of its rows kept (another model's shard)
                 continue
             part = _kept(plan, i, flat)
             if part is not None and out is None:
@@ -224,8 +209,8 @@ def iter_shards(plan: ReadPlan, dtype: Any = np.float32) -> Iterator[tuple[Any, 
     offsets = np.cumsum([0, *(len(r) for r in plan.rows)])
     # the next shard is read while this one is used, and no further: a slow consumer (an index
     # build) must not find the whole dataset read ahead into memory
-    with _reads(plan.store, plan.files, plan.wants, 1) as reads:
-        for i, (_, flat) in enumerate(reads):
+    with _reads(plan.store, plan.files, lambda i: len(plan.rows[i]) > 0, 1) as reads:
+        for i, flat in enumerate(reads):
             part = _kept(plan, i, flat)
             if part is not None and len(part):
                 yield plan.df.iloc[offsets[i] : offsets[i + 1]], part.astype(dtype, copy=False)
@@ -302,17 +287,13 @@ def _drop(
 
 
 def _reads(
-    store: Store, files: list[str], wanted: Callable[[str], bool], ahead: int
-) -> _Ahead[tuple[str, np.ndarray | None]]:
-    """``(path, embeddings)`` of each shard in order, read ``ahead`` shards ahead of their use.
+    store: Store, files: list[str], wanted: Callable[[int], bool], ahead: int
+) -> _Ahead[np.ndarray | None]:
+    """Each shard's embeddings in order, read ``ahead`` shards ahead of their use.
 
-    A shard not ``wanted`` (another model's: none of its rows kept) is not read.
+    A shard not ``wanted`` (none of its rows kept: another model's) is not read.
     """
-
-    def one(i: int) -> tuple[str, np.ndarray | None]:
-        return files[i], _shard_flat(store, files[i]) if wanted(files[i]) else None
-
-    return _Ahead(one, len(files), ahead)
+    return _Ahead(lambda i: _shard_flat(store, files[i]) if wanted(i) else None, len(files), ahead)
 
 
 def _shard_flat(store: Store, path: str) -> np.ndarray | None:
